@@ -1,0 +1,378 @@
+"""ReasoningEnv: writing a solution to a math problem one reasoning step at a time."""
+
+from __future__ import annotations
+
+import functools
+import os
+import textwrap
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.error import InvalidAction, ResetNeeded
+
+from azgym import rewards as rw
+from azgym.lm.base import LanguageModel
+from azgym.models import DEFAULT_MODEL
+from azgym.tasks import gsm8k
+from azgym.tasks.base import Problem
+from azgym.teachers import Candidate, ProposalRequest, TeacherProposer
+
+PAD = -1  # fills the unused tail of the token-id observations
+TASKS = {"gsm8k": gsm8k}
+
+
+@dataclass(frozen=True)
+class EnvState:
+    """Everything that defines a position in an episode; cheap to copy, holds no model."""
+
+    problem_index: int
+    response_ids: tuple[int, ...]
+    depth: int  # steps taken
+    seed: int  # episode seed: with the state it fixes the candidates
+    pre_return: float = 0.0  # sum_t gamma**t * PRE_t so far
+    episode_return: float = 0.0  # sum of rewards so far
+    num_right_steps: int = 0
+    num_wrong_steps: int = 0
+    terminated: bool = False
+    truncated: bool = False
+
+
+class ReasoningEnv(gym.Env):
+    """Solve a math word problem step by step, choosing among teacher-proposed next steps.
+
+    ## Description
+    A state is a problem plus the partial response written so far. At every step a teacher model
+    proposes up to K candidate next steps (one reasoning line each): ``num_right`` written under a
+    "continue correctly" prompt and ``num_wrong`` under a "continue with a plausible mistake"
+    prompt, each with a prior. The action picks one; its text is appended to the response.
+
+    ## Action Space
+    ``Discrete(K)``, K = ``num_right + num_wrong``. Slot i holds a candidate when
+    ``info["action_mask"][i] == 1`` (duplicates are merged, so a state can have fewer than K).
+    Choosing an empty slot raises ``gymnasium.error.InvalidAction``.
+
+    ## Observation Space
+    ``Dict`` of token ids (the teacher's tokenizer) padded with ``PAD = -1``:
+    - ``question_ids``: ``Box(-1, vocab-1, (max_question_tokens,), int64)``, the problem.
+    - ``response_ids``: ``Box(-1, vocab-1, (max_tokens,), int64)``, the response so far.
+    - ``depth``: ``Discrete(max_depth + 1)``, steps taken.
+    The text is in ``info`` too: ``question``, ``response``, ``candidates`` (texts of the valid
+    slots), ``labels`` ("right"/"wrong"), ``priors`` (K floats), ``action_mask`` (K int8).
+
+    ## Rewards
+    See :mod:`azgym.rewards`. The seed preset (default): 0.4·HRE + 0.6·γ^t·PRE − 0.01 ± direction
+    bonus per step; the outcome preset: 1 for a correct final answer, else 0. ``info["reward_terms"]``
+    holds every term of the last step.
+
+    ## Starting State
+    A problem drawn with ``self.np_random`` (or chosen by ``options={"problem_index": i}`` or
+    ``options={"problem_id": "..."}``), an empty response.
+
+    ## Episode End
+    Terminated when a step states a final answer (``#### <number>`` or ``\\boxed{}``) or the teacher
+    ends its response (end of sequence); ``info["grade"]`` then holds the grade. Truncated after
+    ``max_depth`` steps or ``max_tokens`` response tokens (graded too, but without HRE).
+
+    ## Arguments
+    - ``data``: a GSM8K ``.jsonl``/``.parquet`` path, a folder holding ``<split>.jsonl``, a Hub id
+      (default ``openai/gsm8k``), or a list of :class:`~azgym.tasks.Problem`.
+    - ``split``: ``"train"`` or ``"test"``.
+    - ``model``: a model name (default ``smollm2-135m-instruct``), path or Hub id, or a
+      :class:`~azgym.lm.LanguageModel`; used as the teacher and the scoring model.
+    - ``proposer``: a ready :class:`~azgym.teachers.TeacherProposer`; overrides ``model`` and the
+      candidate settings.
+    - ``num_right`` / ``num_wrong`` (2 / 2), ``chunk_tokens`` (48): candidates per state and step cap.
+    - ``max_depth`` (12; env var ``MAX_TREE_DEPTH``), ``max_tokens`` (256; env var ``MAX_TOKENS``):
+      an explicit argument wins over the environment variable, which wins over the default.
+    - ``rewards``: ``"seed"``, ``"outcome"`` or a :class:`~azgym.rewards.RewardConfig`.
+    - ``max_question_tokens`` (512): size of the question observation.
+    - ``render_mode``: ``None`` or ``"ansi"``.
+
+    ## Version History
+    - v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+
+    def __init__(
+        self,
+        data: str | Path | Sequence[Problem] = gsm8k.HUB_ID,
+        split: str = "train",
+        model: str | LanguageModel = DEFAULT_MODEL,
+        *,
+        task: str = "gsm8k",
+        proposer: TeacherProposer | None = None,
+        num_right: int = 2,
+        num_wrong: int = 2,
+        chunk_tokens: int = 48,
+        max_depth: int | None = None,
+        max_tokens: int | None = None,
+        max_question_tokens: int = 512,
+        rewards: str | rw.RewardConfig = "seed",
+        device: str = "cpu",
+        render_mode: str | None = None,
+    ):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.task = TASKS[task]
+        self.render_mode = render_mode
+        self.max_depth = _setting(max_depth, "MAX_TREE_DEPTH", 12)
+        self.max_tokens = _setting(max_tokens, "MAX_TOKENS", 256)
+        self.max_question_tokens = max_question_tokens
+        self.reward_config = _reward_config(rewards)
+        self.problems = list(data) if _is_problem_list(data) else self.task.load_problems(data, split)
+        if not self.problems:
+            raise ValueError(f"no problems in {data!r} (split {split!r}); the environment needs at least one")
+        self._problem_index = {p.id: i for i, p in enumerate(self.problems)}
+        if proposer is None:
+            lm = _shared_backend(model, device) if isinstance(model, str) else model
+            proposer = TeacherProposer(
+                lm,
+                system_prompt=self.task.SYSTEM_PROMPT,
+                num_right=num_right,
+                num_wrong=num_wrong,
+                chunk_tokens=chunk_tokens,
+            )
+        self.proposer = proposer
+        self.lm = proposer.lm
+        num_candidates = proposer.num_candidates
+        high = self.lm.vocab_size - 1
+        self.action_space = spaces.Discrete(num_candidates)
+        self.observation_space = spaces.Dict(
+            {
+                "question_ids": spaces.Box(PAD, high, (max_question_tokens,), dtype=np.int64),
+                "response_ids": spaces.Box(PAD, high, (self.max_tokens,), dtype=np.int64),
+                "depth": spaces.Discrete(self.max_depth + 1),
+            }
+        )
+        self._state: EnvState | None = None
+        self._last_terms: dict[str, float] = {}
+
+    # -- Gymnasium API ---------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - {"problem_index", "problem_id"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; use 'problem_index' or 'problem_id'")
+        index = self._choose_problem(options)
+        episode_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self._state = EnvState(problem_index=index, response_ids=(), depth=0, seed=episode_seed)
+        self._last_terms = {}
+        return self._observation(), self._info()
+
+    def step(self, action):
+        state = self._require_state()
+        if state.terminated or state.truncated:
+            raise ResetNeeded("the episode has ended (terminated or truncated); call reset() to start a new one")
+        candidates = self.candidates()
+        index = _as_action(action, self.action_space.n)
+        if index >= len(candidates):
+            raise InvalidAction(
+                f"action {index} is an empty slot: this state has {len(candidates)} distinct candidates "
+                f"(see info['action_mask']); choose an action where the mask is 1"
+            )
+        chosen = candidates[index]
+        problem = self.problems[state.problem_index]
+        response_ids = state.response_ids + chosen.token_ids
+        terminated = chosen.finished or self.task.has_answer_marker(chosen.text)
+        truncated = not terminated and (state.depth + 1 >= self.max_depth or len(response_ids) >= self.max_tokens)
+        grade = self.task.grade(self.lm.decode(response_ids), problem.gold) if terminated or truncated else None
+        terms = rw.step_reward(
+            self.reward_config,
+            depth=state.depth,
+            pre=rw.process_reward([chosen.logprob]),
+            label=chosen.label,
+            terminal=terminated,
+            correct=bool(grade and grade.correct),
+        )
+        self._state = replace(
+            state,
+            response_ids=response_ids,
+            depth=state.depth + 1,
+            pre_return=state.pre_return + terms["discounted_pre"],
+            episode_return=state.episode_return + terms["total"],
+            num_right_steps=state.num_right_steps + (chosen.label == "right"),
+            num_wrong_steps=state.num_wrong_steps + (chosen.label == "wrong"),
+            terminated=terminated,
+            truncated=truncated,
+        )
+        self._last_terms = terms
+        info = self._info()
+        if grade is not None:
+            info["grade"] = asdict(grade)
+        return self._observation(), float(terms["total"]), terminated, truncated, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        state = self._require_state()
+        problem = self.problems[state.problem_index]
+        lines = [f"[{problem.id}] {problem.question}", "--- response ---", self.lm.decode(state.response_ids)]
+        status = "terminated" if state.terminated else "truncated" if state.truncated else "running"
+        lines.append(f"--- depth {state.depth}/{self.max_depth}, return {state.episode_return:+.3f}, {status} ---")
+        if state.terminated or state.truncated:
+            grade = self.task.grade(self.lm.decode(state.response_ids), problem.gold)
+            lines.append(f"gold {problem.gold}; parsed {grade.parsed}; correct {grade.correct}")
+        for i, c in enumerate(self.candidates()):
+            lines.append(f"  [{i}] {c.label:5s} p={c.prior:.2f} {textwrap.shorten(c.text, 100) or '<end>'}")
+        return "\n".join(lines) + "\n"
+
+    # -- planning ----------------------------------------------------------------------------------
+
+    def get_state(self) -> EnvState:
+        """The current state: an immutable snapshot, restorable with :meth:`set_state`."""
+        return self._require_state()
+
+    def set_state(self, state: EnvState) -> None:
+        """Jump to a state from :meth:`get_state` (of this env or another on the same problems)."""
+        if not isinstance(state, EnvState):
+            raise TypeError(f"set_state expects an EnvState from get_state(), got {type(state).__name__}")
+        if not 0 <= state.problem_index < len(self.problems):
+            raise ValueError(
+                f"state refers to problem {state.problem_index}, but this env has {len(self.problems)} problems"
+            )
+        self._state = state
+        self._last_terms = {}
+
+    def candidates(self, state: EnvState | None = None) -> list[Candidate]:
+        """The candidates of a state (default: the current one); empty once the episode ended."""
+        return self.expand([state or self._require_state()])[0]
+
+    def expand(self, states: Sequence[EnvState]) -> list[list[Candidate]]:
+        """Candidates of many states in one batched teacher call (what a search agent uses)."""
+        live = [i for i, s in enumerate(states) if not (s.terminated or s.truncated)]
+        proposals = self.proposer.propose([self._request(states[i]) for i in live]) if live else []
+        out: list[list[Candidate]] = [[] for _ in states]
+        for i, candidates in zip(live, proposals, strict=True):
+            out[i] = candidates
+        return out
+
+    def problem(self, state: EnvState | None = None) -> Problem:
+        return self.problems[(state or self._require_state()).problem_index]
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _request(self, state: EnvState) -> ProposalRequest:
+        problem = self.problems[state.problem_index]
+        return ProposalRequest(
+            problem_id=problem.id,
+            question=problem.question,
+            response_ids=state.response_ids,
+            max_tokens=self.max_tokens - len(state.response_ids),
+            seed=state.seed,
+        )
+
+    def _require_state(self) -> EnvState:
+        if self._state is None:
+            raise ResetNeeded("call reset() before step(), render() or get_state()")
+        return self._state
+
+    def _choose_problem(self, options: dict[str, Any]) -> int:
+        if "problem_id" in options:
+            if options["problem_id"] not in self._problem_index:
+                raise ValueError(f"unknown problem_id {options['problem_id']!r}; ids look like {self.problems[0].id!r}")
+            return self._problem_index[options["problem_id"]]
+        if "problem_index" in options:
+            index = int(options["problem_index"])
+            if not 0 <= index < len(self.problems):
+                raise ValueError(f"problem_index {index} out of range: there are {len(self.problems)} problems")
+            return index
+        return int(self.np_random.integers(len(self.problems)))
+
+    def _observation(self) -> dict[str, np.ndarray | int]:
+        state = self._require_state()
+        question = self.lm.encode(self.problems[state.problem_index].question)
+        if len(question) > self.max_question_tokens:
+            raise ValueError(
+                f"problem {self.problems[state.problem_index].id} has {len(question)} tokens, more than "
+                f"max_question_tokens={self.max_question_tokens}; raise max_question_tokens"
+            )
+        return {
+            "question_ids": _padded(question, self.max_question_tokens),
+            "response_ids": _padded(state.response_ids, self.max_tokens),
+            "depth": state.depth,
+        }
+
+    def _info(self) -> dict[str, Any]:
+        state = self._require_state()
+        problem = self.problems[state.problem_index]
+        candidates = self.candidates()
+        k = self.action_space.n
+        priors = np.zeros(k, dtype=np.float32)
+        mask = np.zeros(k, dtype=np.int8)
+        priors[: len(candidates)] = [c.prior for c in candidates]
+        mask[: len(candidates)] = 1
+        return {
+            "problem_id": problem.id,
+            "question": problem.question,
+            "response": self.lm.decode(state.response_ids),
+            "depth": state.depth,
+            "candidates": [c.text for c in candidates],
+            "labels": [c.label for c in candidates],
+            "priors": priors,
+            "action_mask": mask,
+            "reward_terms": dict(self._last_terms),
+            "episode_return": state.episode_return,
+        }
+
+
+def _padded(ids: Sequence[int], size: int) -> np.ndarray:
+    out = np.full(size, PAD, dtype=np.int64)
+    out[: len(ids)] = ids[:size]
+    return out
+
+
+def _as_action(action, n: int) -> int:
+    try:
+        value = int(action)
+        valid = value == action and 0 <= value < n
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise InvalidAction(f"action must be an integer in [0, {n - 1}] (Discrete({n})), got {action!r}")
+    return value
+
+
+def _setting(value: int | None, env_name: str, default: int) -> int:
+    if value is None:
+        raw = os.environ.get(env_name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"environment variable {env_name}={raw!r} must be a positive integer") from None
+    if value < 1:
+        raise ValueError(f"{env_name.lower()} must be a positive integer, got {value}")
+    return value
+
+
+def _reward_config(rewards: str | rw.RewardConfig) -> rw.RewardConfig:
+    if isinstance(rewards, rw.RewardConfig):
+        return rewards
+    if rewards not in rw.REWARD_PRESETS:
+        raise ValueError(
+            f"unknown reward preset {rewards!r}; choose one of {sorted(rw.REWARD_PRESETS)} or pass a RewardConfig"
+        )
+    return rw.REWARD_PRESETS[rewards]()
+
+
+def _is_problem_list(data) -> bool:
+    return isinstance(data, (list, tuple)) and all(isinstance(p, Problem) for p in data)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_backend(name: str, device: str) -> LanguageModel:
+    """One loaded model per (name, device), shared by every env in the process."""
+    from azgym.lm.hf import HFBackend
+
+    return HFBackend.from_name(name, device=device)

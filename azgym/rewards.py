@@ -1,0 +1,124 @@
+"""Rewards: pure functions of one step, and the presets that weight them.
+
+Seed preset (the system this project grew from), per step ``t`` (0-based depth of the step):
+
+    r_t = w_hre * HRE_t + w_pre * gamma**t * PRE_t - length_penalty + bonus_t
+
+- HRE_t (hard reward): 1 when the episode terminates at step t with the correct final answer,
+  else 0. Only a terminal step can earn it.
+- PRE_t (process reward): mean token log-prob of the step's text under the scoring model and the
+  plain solve prompt (a negative log-perplexity, <= 0). Discounting by ``gamma**t`` makes the
+  episode's PRE sum the discounted accumulation ``sum_t gamma**t * PRE_t`` (gamma = 0.95).
+- length_penalty: 0.01 per step, so an episode of depth d pays 0.01 * d.
+- bonus_t: +0.1 for a step proposed as "right", -0.05 for one proposed as "wrong".
+- Weights: w_hre = 0.4, w_pre = 0.6.
+
+Outcome preset: HRE alone (w_hre = 1, everything else 0), what AlphaZero-style value learning wants.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights of the reward terms. Every field is a plain float, documented above."""
+
+    hre_weight: float = 0.4  # weight of the final-answer reward (HRE)
+    pre_weight: float = 0.6  # weight of the step log-prob reward (PRE)
+    pre_discount: float = 0.95  # gamma: PRE of step t is discounted by gamma**t
+    length_penalty: float = 0.01  # paid every step
+    right_bonus: float = 0.1  # added for a step proposed as "right"
+    wrong_penalty: float = 0.05  # subtracted for a step proposed as "wrong"
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"RewardConfig.{f.name} must be a finite number, got {value!r}")
+        if not 0.0 <= self.pre_discount <= 1.0:
+            raise ValueError(f"RewardConfig.pre_discount must lie in [0, 1], got {self.pre_discount}")
+
+
+def seed_preset() -> RewardConfig:
+    """HRE + discounted PRE + length penalty + direction bonus, weighted 0.4 / 0.6."""
+    return RewardConfig()
+
+
+def outcome_preset() -> RewardConfig:
+    """Only the final answer counts: 1 for correct, 0 otherwise."""
+    return RewardConfig(hre_weight=1.0, pre_weight=0.0, length_penalty=0.0, right_bonus=0.0, wrong_penalty=0.0)
+
+
+REWARD_PRESETS = {"seed": seed_preset, "outcome": outcome_preset}
+
+
+def hard_reward(terminal: bool, correct: bool) -> float:
+    """HRE: 1.0 for a terminal step whose final answer is correct, else 0.0.
+
+    >>> hard_reward(True, True), hard_reward(True, False), hard_reward(False, True)
+    (1.0, 0.0, 0.0)
+    """
+    return 1.0 if terminal and correct else 0.0
+
+
+def process_reward(token_logprobs) -> float:
+    """PRE: mean token log-prob of a step (0.0 for an empty step).
+
+    >>> process_reward([-1.0, -3.0])
+    -2.0
+    >>> process_reward([])
+    0.0
+    """
+    values = [float(x) for x in token_logprobs]
+    if not values:
+        return 0.0
+    mean = sum(values) / len(values)
+    if math.isnan(mean):
+        raise FloatingPointError(
+            "a step's log-probs contain NaN: the scoring model produced invalid logits "
+            "(check its dtype and weights; fp16 on CPU is a common cause)"
+        )
+    return mean
+
+
+def direction_bonus(label: str, config: RewardConfig) -> float:
+    """+right_bonus for a "right" step, -wrong_penalty for a "wrong" one.
+
+    >>> direction_bonus("right", seed_preset()), direction_bonus("wrong", seed_preset())
+    (0.1, -0.05)
+    """
+    if label == "right":
+        return config.right_bonus
+    if label == "wrong":
+        return -config.wrong_penalty
+    raise ValueError(f"a candidate's label must be 'right' or 'wrong', got {label!r}")
+
+
+def step_reward(
+    config: RewardConfig, *, depth: int, pre: float, label: str, terminal: bool, correct: bool
+) -> dict[str, float]:
+    """Every term of one step's reward, and their weighted sum under ``"total"``.
+
+    ``depth`` is the 0-based index of this step in the episode.
+
+    >>> terms = step_reward(seed_preset(), depth=0, pre=-1.0, label="right", terminal=True, correct=True)
+    >>> round(terms["total"], 6)  # 0.4*1 + 0.6*(-1) - 0.01 + 0.1
+    -0.11
+    """
+    hre = hard_reward(terminal, correct)
+    discounted_pre = config.pre_discount**depth * pre
+    terms = {
+        "hre": hre,
+        "pre": pre,
+        "discounted_pre": discounted_pre,
+        "length": -config.length_penalty,
+        "direction": direction_bonus(label, config),
+    }
+    total = config.hre_weight * hre + config.pre_weight * discounted_pre + terms["length"] + terms["direction"]
+    if not math.isfinite(total):
+        raise FloatingPointError(f"step reward is not finite ({terms}); the scoring model returned -inf or NaN")
+    terms["total"] = total
+    return terms

@@ -1,0 +1,80 @@
+"""Test helpers: a tiny seeded Llama, and a scripted language model for exact reward arithmetic."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from azgym.lm.base import Generation, broadcast
+
+
+def tiny_llama(vocab_size: int, seed: int = 0):
+    """A 2-layer random Llama: a real transformers model with no knowledge, built in a second."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+class ScriptedLM:
+    """Characters as tokens; each prompt's samples come from a script keyed by the response so far.
+
+    ``script`` maps the response text written so far to a list of (text, finished) steps; the
+    i-th sample for that state is ``steps[i % len(steps)]``. Every token scores ``token_logprob``.
+    """
+
+    name = "scripted"
+    vocab_size = 256
+    eos_token_id = 0
+
+    def __init__(self, script: dict[str, list[tuple[str, bool]]], token_logprob: float = -0.5, marker: str = "\x01"):
+        self.script = script
+        self.token_logprob = token_logprob
+        self.marker = marker  # separates the prompt from the response inside a prompt
+        self.counts: dict[str, int] = {}
+        self.generate_calls = 0
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) % 256 for c in text]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return "".join(chr(t) for t in token_ids)
+
+    def chat_prompt(self, messages) -> list[int]:
+        return self.encode(messages[-1]["content"] + self.marker)
+
+    def generate(self, prompts, *, n=1, max_tokens=64, stop=(), temperature=1.0, seed=None):
+        self.generate_calls += 1
+        budgets = broadcast(max_tokens, len(prompts), "max_tokens")
+        out = []
+        for prompt, budget in zip(prompts, budgets, strict=True):
+            response = self.decode(prompt).split(self.marker, 1)[1]
+            steps = self.script[response]
+            samples = []
+            for _ in range(n):
+                count = self.counts.get(response, 0)
+                self.counts[response] = count + 1
+                text, finished = steps[count % len(steps)]
+                ids = tuple(self.encode(text))[:budget]
+                reason = "eos" if finished else ("length" if len(ids) >= budget and not text.endswith("\n") else "stop")
+                samples.append(Generation(self.decode(ids), ids, (self.token_logprob,) * len(ids), reason))
+            out.append(samples)
+        return out
+
+    def score(self, prompts, continuations):
+        return [np.full(len(c), self.token_logprob, dtype=np.float32) for c in continuations]

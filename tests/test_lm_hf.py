@@ -1,0 +1,88 @@
+"""The transformers backend on a tiny seeded Llama: seeding, stops, budgets, scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from azgym.lm import HFBackend, LanguageModel
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_lm):
+    return tiny_lm.chat_prompt([{"role": "user", "content": "What is 2 + 3?"}])
+
+
+def test_implements_the_protocol(tiny_lm):
+    assert isinstance(tiny_lm, LanguageModel)
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(tiny_lm, prompt):
+    alone = tiny_lm.generate([prompt], n=3, max_tokens=6, seed=[5])[0]
+    other = tiny_lm.chat_prompt([{"role": "user", "content": "A much longer, different question here?"}])
+    batched = tiny_lm.generate([other, prompt], n=3, max_tokens=6, seed=[9, 5])[1]
+    assert [g.token_ids for g in alone] == [g.token_ids for g in batched]
+    assert len({g.token_ids for g in alone}) > 1  # the n samples differ from each other
+    assert tiny_lm.generate([prompt], n=1, max_tokens=6, seed=[6])[0][0].token_ids != alone[0].token_ids
+
+
+def test_greedy_matches_transformers_generate(tiny_lm, prompt):
+    ours = tiny_lm.generate([prompt], max_tokens=8, temperature=0.0)[0][0]
+    ids = torch.tensor([prompt])
+    ref = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    expected = [t for t in ref[0, len(prompt) :].tolist() if t not in tiny_lm.eos_ids]
+    assert list(ours.token_ids) == expected[: len(ours.token_ids)] and len(ours.token_ids) > 0
+
+
+def test_left_padding_gives_the_same_greedy_text(tiny_lm, prompt):
+    short = tiny_lm.chat_prompt([{"role": "user", "content": "Hi"}])
+    alone = tiny_lm.generate([short], max_tokens=6, temperature=0.0)[0][0]
+    padded = tiny_lm.generate([prompt, short], max_tokens=6, temperature=0.0)[1][0]
+    assert alone.token_ids == padded.token_ids
+
+
+def test_budgets_per_prompt_and_length_finish(tiny_lm, prompt):
+    a, b = tiny_lm.generate([prompt, prompt], max_tokens=[2, 5], seed=[1, 1])
+    assert a[0].finish_reason in ("length", "eos") and len(a[0].token_ids) <= 2
+    assert len(b[0].token_ids) <= 5 and b[0].token_ids[:2] == a[0].token_ids[:2]
+
+
+def test_stop_string_ends_the_sample_and_is_kept(tiny_lm, prompt):
+    samples = tiny_lm.generate([prompt], n=4, max_tokens=12, seed=[3])[0]
+    # pick a character the unconstrained samples produce, then stop on it
+    text = next(g.text for g in samples if len(g.text) > 3)
+    stop = text[2]
+    stopped = tiny_lm.generate([prompt], n=4, max_tokens=12, seed=[3], stop=[stop])[0]
+    target = next(s for s, g in zip(stopped, samples, strict=True) if g.text == text)
+    assert target.finish_reason == "stop" and stop in target.text
+    assert stop not in tiny_lm.decode(target.token_ids[:-1])
+
+
+def test_score_matches_sampling_logprobs(tiny_lm, prompt):
+    sample = tiny_lm.generate([prompt], max_tokens=6, seed=[2])[0][0]
+    (scored,) = tiny_lm.score([prompt], [sample.token_ids])
+    np.testing.assert_allclose(scored, sample.logprobs, atol=1e-4)
+    assert scored.dtype == np.float32 and (scored <= 0).all()
+
+
+def test_score_is_batch_independent_and_checks_lengths(tiny_lm, prompt):
+    (alone,) = tiny_lm.score([prompt], ["Five"])
+    _, batched = tiny_lm.score(["Something much longer goes first here", prompt], ["x", "Five"])
+    np.testing.assert_allclose(alone, batched, atol=1e-4)
+    with pytest.raises(ValueError, match="2 prompts but 1 continuations"):
+        tiny_lm.score([prompt, prompt], ["a"])
+
+
+def test_bad_arguments(tiny_lm, prompt):
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        tiny_lm.generate([prompt], n=0)
+    with pytest.raises(ValueError, match="seed has 1 values for 2 prompts"):
+        tiny_lm.generate([prompt, prompt], seed=[1])
+    with pytest.raises(ValueError, match="prompt is empty"):
+        tiny_lm.generate([[]])
+
+
+def test_from_name_rejects_unknown_models():
+    with pytest.raises(ValueError, match="unknown model"):
+        HFBackend.from_name("no-such-model")

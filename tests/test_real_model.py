@@ -1,0 +1,37 @@
+"""The real default model (SmolLM2-135M-Instruct from the packaged GGUF) in the environment."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import azgym  # noqa: F401  (registers the environments)
+
+pytestmark = pytest.mark.slow
+
+
+def test_check_env_on_smollm2(gsm8k_dir):
+    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", chunk_tokens=16, max_depth=3, render_mode="ansi")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped)
+
+
+def test_gsm8k_episode_on_smollm2_runs_to_a_grade(gsm8k_dir):
+    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", render_mode="ansi")
+    _, info = env.reset(seed=0, options={"problem_index": 0})
+    assert 1 <= len(info["candidates"]) <= 4 and set(info["labels"]) <= {"right", "wrong"}
+    assert np.isclose(info["priors"].sum(), 1.0)
+    done, steps = False, 0
+    while not done:
+        action = int(np.argmax(info["priors"]))  # follow the teacher's prior
+        _, reward, terminated, truncated, info = env.step(action)
+        assert np.isfinite(reward)
+        done, steps = terminated or truncated, steps + 1
+    assert steps <= 12 and "grade" in info
+    text = env.render()
+    assert "Janet" in text and info["response"].strip()[:20] in text and "gold 18" in text
