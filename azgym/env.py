@@ -42,6 +42,16 @@ class EnvState:
     truncated: bool = False
 
 
+@dataclass(frozen=True)
+class Transition:
+    """What one action does: the next state, its reward (and each term), the grade at the end."""
+
+    state: EnvState
+    reward: float
+    terms: dict[str, float]
+    grade: gsm8k.Grade | None
+
+
 class ReasoningEnv(gym.Env):
     """Solve a math word problem step by step, choosing among teacher-proposed next steps.
 
@@ -171,45 +181,14 @@ class ReasoningEnv(gym.Env):
 
     def step(self, action):
         state = self._require_state()
-        if state.terminated or state.truncated:
-            raise ResetNeeded("the episode has ended (terminated or truncated); call reset() to start a new one")
-        candidates = self.candidates()
-        index = _as_action(action, self.action_space.n)
-        if index >= len(candidates):
-            raise InvalidAction(
-                f"action {index} is an empty slot: this state has {len(candidates)} distinct candidates "
-                f"(see info['action_mask']); choose an action where the mask is 1"
-            )
-        chosen = candidates[index]
-        problem = self.problems[state.problem_index]
-        response_ids = state.response_ids + chosen.token_ids
-        terminated = chosen.finished or self.task.has_answer_marker(chosen.text)
-        truncated = not terminated and (state.depth + 1 >= self.max_depth or len(response_ids) >= self.max_tokens)
-        grade = self.task.grade(self.lm.decode(response_ids), problem.gold) if terminated or truncated else None
-        terms = rw.step_reward(
-            self.reward_config,
-            depth=state.depth,
-            pre=rw.process_reward([chosen.logprob]),
-            label=chosen.label,
-            terminal=terminated,
-            correct=bool(grade and grade.correct),
-        )
-        self._state = replace(
-            state,
-            response_ids=response_ids,
-            depth=state.depth + 1,
-            pre_return=state.pre_return + terms["discounted_pre"],
-            episode_return=state.episode_return + terms["total"],
-            num_right_steps=state.num_right_steps + (chosen.label == "right"),
-            num_wrong_steps=state.num_wrong_steps + (chosen.label == "wrong"),
-            terminated=terminated,
-            truncated=truncated,
-        )
-        self._last_terms = terms
+        outcome = self.transition(state, action)
+        self._state = outcome.state
+        self._last_terms = outcome.terms
         info = self._info()
-        if grade is not None:
-            info["grade"] = asdict(grade)
-        return self._observation(), float(terms["total"]), terminated, truncated, info
+        if outcome.grade is not None:
+            info["grade"] = asdict(outcome.grade)
+        terminated, truncated = outcome.state.terminated, outcome.state.truncated
+        return self._observation(), outcome.reward, terminated, truncated, info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
@@ -242,6 +221,49 @@ class ReasoningEnv(gym.Env):
             )
         self._state = state
         self._last_terms = {}
+
+    def transition(self, state: EnvState, action) -> Transition:
+        """The outcome of ``action`` in ``state``, without changing the env or proposing for the child.
+
+        :meth:`step` is ``transition`` on the current state; a search calls it on any state and
+        expands the children it keeps in one batched :meth:`expand` call.
+        """
+        if state.terminated or state.truncated:
+            raise ResetNeeded("the episode has ended (terminated or truncated); call reset() to start a new one")
+        candidates = self.candidates(state)
+        index = _as_action(action, self.action_space.n)
+        if index >= len(candidates):
+            raise InvalidAction(
+                f"action {index} is an empty slot: this state has {len(candidates)} distinct candidates "
+                f"(see info['action_mask']); choose an action where the mask is 1"
+            )
+        chosen = candidates[index]
+        response_ids = state.response_ids + chosen.token_ids
+        terminated = chosen.finished or self.task.has_answer_marker(chosen.text)
+        truncated = not terminated and (state.depth + 1 >= self.max_depth or len(response_ids) >= self.max_tokens)
+        grade = None
+        if terminated or truncated:
+            grade = self.task.grade(self.lm.decode(response_ids), self.problems[state.problem_index].gold)
+        terms = rw.step_reward(
+            self.reward_config,
+            depth=state.depth,
+            pre=chosen.logprob,
+            label=chosen.label,
+            terminal=terminated,
+            correct=bool(grade and grade.correct),
+        )
+        child = replace(
+            state,
+            response_ids=response_ids,
+            depth=state.depth + 1,
+            pre_return=state.pre_return + terms["discounted_pre"],
+            episode_return=state.episode_return + terms["total"],
+            num_right_steps=state.num_right_steps + (chosen.label == "right"),
+            num_wrong_steps=state.num_wrong_steps + (chosen.label == "wrong"),
+            terminated=terminated,
+            truncated=truncated,
+        )
+        return Transition(child, float(terms["total"]), terms, grade)
 
     def candidates(self, state: EnvState | None = None) -> list[Candidate]:
         """The candidates of a state (default: the current one); empty once the episode ended."""

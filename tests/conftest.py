@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from helpers import tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]

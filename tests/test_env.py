@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from gymnasium.error import InvalidAction, ResetNeeded
 from gymnasium.utils.env_checker import check_env
-from helpers import ScriptedLM
 
 import azgym
 from azgym.env import PAD, EnvState, ReasoningEnv
 from azgym.models import ModelNotFoundError
 from azgym.rewards import RewardConfig
 from azgym.tasks import Problem
+from helpers import ScriptedLM
 
 SMALL = dict(chunk_tokens=8, max_depth=4, max_tokens=32)
 

@@ -1,0 +1,1 @@
+"""Agents that act in azgym environments and learn from them."""

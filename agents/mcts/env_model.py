@@ -1,0 +1,48 @@
+"""The bridge between the search and a ReasoningEnv: batched transitions, proposals and values."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents.mcts.search import Expansion, Step
+from agents.value import ValueFn
+from azgym.env import ReasoningEnv
+
+
+class EnvSearchModel:
+    """A :class:`~agents.mcts.search.SearchModel` over :class:`~azgym.env.EnvState` s.
+
+    ``step`` applies each (state, action) with ``env.transition`` (no model call: the parent's
+    candidates are cached), then proposes for all the children in one ``env.expand`` call and values
+    the live ones in one ``value_fn`` call. A child that ends the episode (an answer, end of
+    sequence, or a length limit) is terminal: its true reward, graded, is the edge reward.
+    """
+
+    state_dtype = object
+
+    def __init__(self, env: ReasoningEnv, value_fn: ValueFn):
+        self.env = env
+        self.value_fn = value_fn
+        self.num_actions = int(env.action_space.n)
+
+    def evaluate(self, states) -> Expansion:
+        states = list(states)
+        m, k = len(states), self.num_actions
+        prior = np.zeros((m, k), np.float32)
+        valid = np.zeros((m, k), np.bool_)
+        for i, candidates in enumerate(self.env.expand(states)):
+            prior[i, : len(candidates)] = [c.prior for c in candidates]
+            valid[i, : len(candidates)] = True
+        terminal = np.array([s.terminated or s.truncated for s in states], dtype=np.bool_)
+        value = np.zeros(m, np.float64)
+        live = np.flatnonzero(~terminal)
+        if len(live):
+            value[live] = np.clip(self.value_fn(self.env, [states[i] for i in live]), -1.0, 1.0)
+        return Expansion(prior=prior, valid=valid, value=value, terminal=terminal)
+
+    def step(self, states, actions) -> Step:
+        outcomes = [self.env.transition(s, int(a)) for s, a in zip(states, actions, strict=True)]
+        children = np.empty(len(outcomes), dtype=object)
+        children[:] = [o.state for o in outcomes]
+        reward = np.array([o.reward for o in outcomes], dtype=np.float64)
+        return Step(states=children, reward=reward, expansion=self.evaluate(children))

@@ -1,0 +1,77 @@
+"""Value functions for search: a state's expected return, in [-1, 1].
+
+A value function is a callable ``value_fn(env, states) -> np.ndarray`` ([M] float64) over
+:class:`~azgym.env.EnvState` s of a :class:`~azgym.env.ReasoningEnv`, called once per simulation
+round on every new leaf together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from azgym.env import EnvState, ReasoningEnv
+from azgym.lm.hf import HFBackend
+
+ValueFn = Callable[[ReasoningEnv, Sequence[EnvState]], np.ndarray]
+
+
+def constant_value(value: float = 0.0) -> ValueFn:
+    """Every state is worth ``value``: search then rests on the priors and the true terminal rewards."""
+    if not -1.0 <= value <= 1.0:
+        raise ValueError(f"a value must lie in [-1, 1], got {value}")
+
+    def value_fn(env: ReasoningEnv, states: Sequence[EnvState]) -> np.ndarray:
+        return np.full(len(states), value, dtype=np.float64)
+
+    return value_fn
+
+
+class ValueHead(nn.Module):
+    """``tanh(w · h + b)`` on the final hidden state ``h`` of a state's last token."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)  # an untrained head says 0 for every state
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.linear(hidden)).squeeze(-1)
+
+
+class LMValueFunction:
+    """A language model's last hidden state under the solve prompt, through a :class:`ValueHead`.
+
+    Args:
+        lm: the model whose hidden states are read (the student).
+        head: the value head; a fresh zero-initialised one when omitted.
+    """
+
+    def __init__(self, lm: HFBackend, head: ValueHead | None = None):
+        self.lm = lm
+        hidden = lm.model.config.hidden_size
+        self.head = (head or ValueHead(hidden)).to(lm.device)
+        if self.head.linear.in_features != hidden:
+            raise ValueError(f"value head expects hidden size {self.head.linear.in_features}, the model has {hidden}")
+
+    @torch.inference_mode()
+    def __call__(self, env: ReasoningEnv, states: Sequence[EnvState]) -> np.ndarray:
+        if not states:
+            return np.zeros(0, dtype=np.float64)
+        prompts = [env.proposer.solve_prompt(env.problem(s).question) + list(s.response_ids) for s in states]
+        values = []
+        for start in range(0, len(prompts), self.lm.max_batch_size):
+            ids, mask = self.lm._left_pad(prompts[start : start + self.lm.max_batch_size])
+            position = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = self.lm.model(
+                input_ids=ids.to(self.lm.device),
+                attention_mask=mask.to(self.lm.device),
+                position_ids=position.to(self.lm.device),
+                output_hidden_states=True,
+            )
+            values.append(self.head(out.hidden_states[-1][:, -1, :].float()).double().cpu().numpy())
+        return np.concatenate(values)
