@@ -2,8 +2,9 @@
 
     python scripts/play.py --data ../shared/data/gsm8k --split test --episodes 2
 
-The policy follows the teacher's prior (``--policy prior``), samples from it (``sample``) or picks
-uniformly among the candidates (``random``). Each episode's text is printed as ``render()`` shows it,
+The policy searches with MCTS (``--policy mcts``, ``--simulations`` per move, leaves valued by a
+value head on the model), follows the teacher's prior (``prior``), samples from it (``sample``) or
+picks uniformly among the candidates (``random``). Each episode's text is printed as ``render()`` shows it,
 and a summary line closes the run.
 """
 
@@ -28,7 +29,8 @@ class PlayConfig:
     split: str = "test"
     model: str = DEFAULT_MODEL  # short name, local path or Hub id
     episodes: int = 1
-    policy: str = "prior"  # prior | sample | random
+    policy: str = "prior"  # mcts | prior | sample | random
+    simulations: int = 8  # MCTS simulations per move
     seed: int = 0
     num_right: int = 2
     num_wrong: int = 2
@@ -44,7 +46,7 @@ def choose(policy: str, info: dict, rng: np.random.Generator) -> int:
     return int(rng.choice(valid))
 
 
-POLICIES = ("prior", "sample", "random")
+POLICIES = ("mcts", "prior", "sample", "random")
 
 
 def parse_args() -> PlayConfig:
@@ -74,13 +76,20 @@ def main() -> None:
         render_mode="ansi",
     )
     rng = np.random.default_rng(config.seed)
+    agent = None
+    if config.policy == "mcts":
+        from agents.mcts import MCTSAgent
+        from agents.value import LMValueFunction
+
+        agent = MCTSAgent(LMValueFunction(env.unwrapped.lm), num_simulations=config.simulations, seed=config.seed)
     correct = formatted = 0
     start = time.time()
     for episode in tqdm(range(config.episodes), desc="episodes"):
         _, info = env.reset(seed=config.seed + episode)
         done, total = False, 0.0
         while not done:
-            _, reward, terminated, truncated, info = env.step(choose(config.policy, info, rng))
+            action = agent.act(env) if agent else choose(config.policy, info, rng)
+            _, reward, terminated, truncated, info = env.step(action)
             total += reward
             done = terminated or truncated
         tqdm.write(env.render())

@@ -35,3 +35,19 @@ def test_gsm8k_episode_on_smollm2_runs_to_a_grade(gsm8k_dir):
     assert steps <= 12 and "grade" in info
     text = env.render()
     assert "Janet" in text and info["response"].strip()[:20] in text and "gold 18" in text
+
+
+def test_mcts_agent_plays_a_gsm8k_episode_on_smollm2(gsm8k_dir):
+    from agents.mcts import MCTSAgent
+    from agents.value import LMValueFunction
+
+    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", chunk_tokens=24, max_depth=4)
+    agent = MCTSAgent(LMValueFunction(env.unwrapped.lm), num_simulations=2, seed=0)
+    _, info = env.reset(seed=0, options={"problem_index": 1})
+    done, steps = False, 0
+    while not done:
+        action = agent.act(env)
+        assert agent.last_result.visits.sum() >= 2 and info["action_mask"][action]
+        _, _, terminated, truncated, info = env.step(action)
+        done, steps = terminated or truncated, steps + 1
+    assert 1 <= steps <= 4 and "grade" in info and info["response"]
