@@ -1,0 +1,150 @@
+"""Checkpoints of a learner: trainable weights, optimizer, scheduler, counters and RNG states.
+
+A checkpoint is a directory ``<root>/step-000123/`` holding ``trainable.safetensors`` (LoRA
+adapters or all weights, and the value head), ``trainer.pt`` (optimizer, scheduler, step count,
+RNG states, the caller's extra state) and ``meta.json`` (the student and learner configs). It is
+written under a temporary name and renamed into place, ``meta.json`` last, so a crash mid-write
+never leaves a directory that :func:`latest_checkpoint` would pick.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from agents.learner import Learner
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+# settings that change the shapes or meaning of the saved weights
+_MUST_MATCH = ("model", "lora", "lora_r", "lora_targets", "load_in_4bit")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the current student."""
+
+
+def save_checkpoint(root: str | Path, learner: Learner, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``root/step-<N>`` for the learner's current step and return its path."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{learner.step_count:06d}"
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = {k: v.contiguous().cpu() for k, v in learner.student.trainable_state().items()}
+    save_file(state, str(tmp / "trainable.safetensors"))
+    torch.save(
+        {
+            "optimizer": learner.optimizer.state_dict(),
+            "scheduler": learner.scheduler.state_dict(),
+            "step": learner.step_count,
+            "rng": _rng_state(),
+            "extra": extra or {},
+        },
+        tmp / "trainer.pt",
+    )
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "step": learner.step_count,
+        "student": asdict(learner.student.config),
+        "learner": asdict(learner.config),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    return final
+
+
+def load_checkpoint(path: str | Path, learner: Learner) -> dict[str, Any]:
+    """Restore ``learner`` (weights, optimizer, scheduler, step, RNG) from ``path``; return its extra state."""
+    path = Path(path)
+    meta = _read_meta(path)
+    saved, current = meta.get("student", {}), asdict(learner.student.config)
+    mismatched = [k for k in _MUST_MATCH if _normal(saved.get(k)) != _normal(current.get(k))]
+    if mismatched:
+        details = ", ".join(f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in mismatched)
+        raise CheckpointError(
+            f"checkpoint {path} was made for another student ({details}); resume with the same settings"
+        )
+    try:
+        weights = load_file(str(path / "trainable.safetensors"))
+        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - safetensors and pickle raise many types
+        raise CheckpointError(_unreadable(path, err)) from err
+    try:
+        learner.student.load_trainable_state(weights)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit this student: {err}") from err
+    learner.optimizer.load_state_dict(trainer["optimizer"])
+    learner.scheduler.load_state_dict(trainer["scheduler"])
+    learner.step_count = int(trainer["step"])
+    _set_rng_state(trainer["rng"])
+    learner.student.refresh_reference()
+    return trainer.get("extra", {})
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``root``, or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    steps = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / "meta.json").is_file():
+            steps.append((int(match.group(1)), child))
+    return max(steps)[1] if steps else None
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a step-N directory written by save_checkpoint")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(_unreadable(path, err)) from err
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {meta.get('format_version')}, this azgym reads {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    earlier = sorted(p.name for p in path.parent.glob("step-*") if p != path)
+    hint = f"resume from an earlier one ({earlier[-1]}) by deleting it" if earlier else "delete it to start fresh"
+    return f"checkpoint {path} is corrupt or incomplete ({type(err).__name__}: {err}); {hint}"
+
+
+def _normal(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,265 @@
+"""The learner: batches of completed responses -> one optimizer step on the student.
+
+Losses are chosen by name from :data:`POLICY_LOSSES` (``grpo`` / ``legacy`` / ``apo``), plus the value
+regression and, optionally, distillation of MCTS visit counts. A step splits its batch into
+micro-batches, accumulates their gradients, clips the global norm and steps AdamW.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from agents import losses
+from agents.student import Student
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One completed response and what to learn from it."""
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    reward: float  # the return of the episode (GRPO groups it with the other samples of its problem)
+    group: str  # problem id: the GRPO group
+    value_positions: tuple[int, ...] = ()  # prefix lengths (into the completion) whose value to train
+    value_targets: tuple[float, ...] = ()  # their targets in [-1, 1] (final outcome or MCTS Q)
+    old_logprobs: tuple[float, ...] | None = None  # per completion token at sampling time; None: on-policy
+    ref_logprobs: tuple[float, ...] | None = None  # per completion token under the reference; None: computed
+
+
+@dataclass(frozen=True)
+class DistillSample:
+    """A searched state: its K candidates and the root visit distribution over them."""
+
+    state_ids: tuple[int, ...]  # solve prompt + response so far
+    candidates: tuple[tuple[int, ...], ...]
+    visit_probs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Optimisation settings; validated on construction, saved with checkpoints."""
+
+    loss: str = "grpo"  # grpo | legacy | apo
+    learning_rate: float = 2e-4  # AdamW learning rate (LoRA-sized)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up of the learning rate
+    micro_batch_size: int = 8  # sequences per forward pass; a step accumulates over its micro-batches
+    max_grad_norm: float = 1.0  # global gradient-norm clip
+    clip_eps: float = 0.2  # PPO ratio clip
+    kl_coef: float = 0.01  # GRPO KL penalty weight (0 skips the reference pass)
+    adv_clip: float = 3.0  # advantage clip
+    normalize_std: bool = True  # divide advantages by the group's std
+    aggregation: str = "token"  # token | sequence
+    apo_beta: float = 0.1  # A*PO KL weight
+    value_coef: float = 0.5  # weight of the value loss
+    distill_coef: float = 0.0  # weight of the visit-distillation loss
+    update_ref_every: int = 50  # refresh the KL reference (full fine-tuning only; LoRA's is the base)
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes)
+
+    def __post_init__(self):
+        problems = []
+        if self.loss not in POLICY_LOSSES:
+            problems.append(f"loss={self.loss!r} (choose one of {sorted(POLICY_LOSSES)})")
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            problems.append(f"optimizer={self.optimizer!r} (choose 'adamw' or 'adamw8bit')")
+        if self.aggregation not in ("token", "sequence"):
+            problems.append(f"aggregation={self.aggregation!r} (choose 'token' or 'sequence')")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{f.name}={value} (must be finite)")
+        for name in ("learning_rate", "max_grad_norm", "clip_eps", "adv_clip"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}={getattr(self, name)} (must be > 0)")
+        for name in ("kl_coef", "value_coef", "distill_coef", "weight_decay", "apo_beta", "warmup_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} (must be >= 0)")
+        if self.micro_batch_size < 1 or self.update_ref_every < 1:
+            problems.append("micro_batch_size and update_ref_every must be >= 1")
+        if problems:
+            raise ValueError("invalid LearnerConfig: " + "; ".join(problems))
+
+
+def _grpo(fwd, old, ref, samples, advantages, rewards, config):
+    return losses.grpo_loss(fwd.logprobs, old, ref, advantages, fwd.mask, clip_eps=config.clip_eps,
+                            kl_coef=config.kl_coef, aggregation=config.aggregation)  # fmt: skip
+
+
+def _legacy(fwd, old, ref, samples, advantages, rewards, config):
+    return losses.legacy_loss(fwd.logprobs, rewards, fwd.mask, aggregation=config.aggregation), {}
+
+
+def _apo(fwd, old, ref, samples, advantages, rewards, config):
+    return losses.apo_loss(fwd.logprobs, ref, rewards, fwd.mask, beta=config.apo_beta, aggregation=config.aggregation)
+
+
+POLICY_LOSSES: dict[str, Callable] = {"grpo": _grpo, "legacy": _legacy, "apo": _apo}
+_NEEDS_REFERENCE = {"grpo": lambda c: c.kl_coef > 0, "legacy": lambda c: False, "apo": lambda c: True}
+
+
+class Learner:
+    """Owns the optimizer and scheduler of a :class:`~agents.student.Student`."""
+
+    def __init__(self, student: Student, config: LearnerConfig | None = None):
+        self.student = student
+        self.config = config or LearnerConfig()
+        params = student.trainable_parameters()
+        if not params:
+            raise ValueError("the student has no trainable parameters")
+        self.optimizer = _optimizer(params, self.config)
+        warmup = self.config.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
+        self.step_count = 0
+        self.reference_cache_size = 65536  # samples whose reference log-probs are remembered
+        self._ref_cache: dict[tuple, tuple[float, ...]] = {}
+        self._ref_version = student.reference_version
+
+    def step(self, samples: Sequence[Sample], distill: Sequence[DistillSample] = ()) -> dict[str, float]:
+        """One optimizer step on ``samples`` (and ``distill``); returns the metrics to log."""
+        if not samples and not distill:
+            raise ValueError("a learner step needs at least one sample")
+        config = self.config
+        self.student.train()
+        rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+        if not torch.isfinite(rewards).all():
+            bad = [i for i, r in enumerate(rewards.tolist()) if not math.isfinite(r)]
+            raise FloatingPointError(f"samples {bad[:5]} have non-finite rewards; drop them before training")
+        group_ids = torch.tensor([hash(s.group) for s in samples], dtype=torch.long)
+        advantages = (
+            losses.group_advantages(rewards, group_ids, normalize_std=config.normalize_std, clip=config.adv_clip)
+            if samples
+            else rewards
+        )
+        totals: dict[str, float] = {}
+        total = len(samples)
+        for start in range(0, total, config.micro_batch_size):
+            part = slice(start, start + config.micro_batch_size)
+            weight = len(samples[part]) / total
+            metrics = self._micro_step(samples[part], advantages[part], rewards[part], weight)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v * weight
+        if distill and config.distill_coef > 0:
+            loss = config.distill_coef * self._distill_loss(distill)
+            loss.backward()
+            totals["distill"] = float(loss.detach()) / config.distill_coef
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.trainable_parameters(), config.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"gradient norm is {float(grad_norm)} at step {self.step_count}: the update was skipped; lower the "
+                f"learning rate ({config.learning_rate}) or check the rewards"
+            )
+        totals["lr"] = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        if self.step_count % config.update_ref_every == 0:
+            self.student.refresh_reference()
+        totals["grad_norm"] = float(grad_norm)
+        totals["advantage_abs"] = float(advantages.abs().mean()) if samples else 0.0
+        return totals
+
+    def _micro_step(self, samples, advantages, rewards, weight) -> dict[str, float]:
+        config, student = self.config, self.student
+        sequences = [(s.prompt_ids, s.completion_ids) for s in samples]
+        fwd, ids, mask = student.forward_batch(sequences, [s.value_positions for s in samples])
+        old = _fill(fwd.logprobs.detach().clone(), samples, "old_logprobs")
+        ref = self._reference(samples, ids, mask, old) if _NEEDS_REFERENCE[config.loss](config) else None
+        device = fwd.logprobs.device
+        policy, parts = POLICY_LOSSES[config.loss](fwd, old, ref, samples, advantages.to(device),
+                                                   rewards.to(device), config)  # fmt: skip
+        targets = torch.zeros_like(fwd.values)
+        for i, s in enumerate(samples):
+            if len(s.value_targets) != len(s.value_positions):
+                raise ValueError(
+                    f"sample {i}: {len(s.value_positions)} value positions but {len(s.value_targets)} targets"
+                )
+            targets[i, : len(s.value_targets)] = torch.tensor(s.value_targets, dtype=targets.dtype)
+        has_values = bool(fwd.value_mask.sum() > 0)
+        v_loss = losses.value_loss(fwd.values, targets, fwd.value_mask) if has_values else fwd.values.sum() * 0
+        loss = policy + config.value_coef * v_loss
+        (loss * weight).backward()
+        metrics = {"loss": float(loss.detach()), "entropy": float(fwd.entropy)}
+        metrics.update({k: float(v) for k, v in parts.items()})
+        if has_values:
+            error = ((fwd.values.detach() - targets).abs() * fwd.value_mask).sum() / fwd.value_mask.sum()
+            metrics.update({"value_loss": float(v_loss.detach()), "value_error": float(error)})
+        return metrics
+
+    def _reference(self, samples, ids, mask, like: torch.Tensor) -> torch.Tensor:
+        """Reference log-probs: stored with the samples, remembered from an earlier step, or computed.
+
+        With LoRA the reference is the frozen base, so a sample's reference log-probs never change and
+        are computed once; with full fine-tuning they are remembered until the next refresh.
+        """
+        if all(s.ref_logprobs is not None for s in samples):
+            return _fill(torch.zeros_like(like), samples, "ref_logprobs")
+        keys = [(s.prompt_ids, s.completion_ids) for s in samples]
+        if self._ref_version != self.student.reference_version:
+            self._ref_cache.clear()
+            self._ref_version = self.student.reference_version
+        if all(k in self._ref_cache for k in keys):
+            known = [replace(s, ref_logprobs=self._ref_cache[k]) for s, k in zip(samples, keys, strict=True)]
+            return _fill(torch.zeros_like(like), known, "ref_logprobs")
+        ref = self.student.reference_logprobs(ids, mask)
+        for i, (k, s) in enumerate(zip(keys, samples, strict=True)):
+            start = len(s.prompt_ids) - 1
+            self._ref_cache[k] = tuple(ref[i, start : start + len(s.completion_ids)].tolist())
+        while len(self._ref_cache) > self.reference_cache_size:
+            self._ref_cache.pop(next(iter(self._ref_cache)))
+        return ref
+
+    def _distill_loss(self, distill: Sequence[DistillSample]) -> torch.Tensor:
+        k = max(len(d.candidates) for d in distill)
+        pairs, where = [], []
+        for i, d in enumerate(distill):
+            if len(d.visit_probs) != len(d.candidates):
+                raise ValueError(
+                    f"distill sample {i}: {len(d.visit_probs)} visit probs for {len(d.candidates)} candidates"
+                )
+            for j, c in enumerate(d.candidates):
+                if c:
+                    pairs.append((d.state_ids, c))
+                    where.append((i, j))
+        fwd, _, _ = self.student.forward_batch(pairs)
+        sequence_logprobs = (fwd.logprobs * fwd.mask).sum(-1)
+        scores = torch.zeros(len(distill), k, device=sequence_logprobs.device)
+        valid = torch.zeros(len(distill), k, dtype=torch.bool, device=scores.device)
+        rows, cols = zip(*where, strict=True)
+        scores = scores.index_put((torch.tensor(rows), torch.tensor(cols)), sequence_logprobs)
+        valid[list(rows), list(cols)] = True
+        visits = torch.zeros(len(distill), k, device=scores.device)
+        for i, d in enumerate(distill):
+            visits[i, : len(d.visit_probs)] = torch.tensor(d.visit_probs)
+        return losses.visit_distillation_loss(scores, visits, valid)
+
+
+def _fill(out: torch.Tensor, samples: Sequence[Sample], field_name: str) -> torch.Tensor:
+    """Write each sample's per-completion-token values (``field_name``) into the [B, T-1] layout."""
+    for i, s in enumerate(samples):
+        values = getattr(s, field_name)
+        if values is None:
+            continue
+        if len(values) != len(s.completion_ids):
+            raise ValueError(f"sample {i}: {len(values)} {field_name} for {len(s.completion_ids)} completion tokens")
+        start = len(s.prompt_ids) - 1
+        out[i, start : start + len(values)] = torch.tensor(values, dtype=out.dtype)
+    return out
+
+
+def _optimizer(params, config: LearnerConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ImportError("optimizer='adamw8bit' needs bitsandbytes: pip install 'azgym[quant]'") from err
+        return bnb.optim.AdamW8bit(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)

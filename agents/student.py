@@ -1,0 +1,265 @@
+"""The student: a causal LM with a value head, trained with LoRA (optionally on a 4-bit base).
+
+One forward pass over ``prompt + completion`` gives both what the learner needs: the log-prob of
+every completion token and the value of any prefix (the value head reads the final hidden state
+at the prefix's last token). The frozen reference for KL is the same network with its adapter
+switched off when LoRA is on (no second copy), else a copy refreshed by :meth:`Student.refresh_reference`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from agents.value import ValueHead
+from azgym.lm.hf import HFBackend
+from azgym.models import DEFAULT_MODEL, load_model
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """How to build the student. Every field is saved with checkpoints and checked on load."""
+
+    model: str = DEFAULT_MODEL  # short name, local path or Hub id
+    lora: bool = True  # train LoRA adapters (False: every weight)
+    lora_r: int = 32
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = LORA_TARGETS  # attention and MLP projections
+    load_in_4bit: bool = False  # NF4 base weights through bitsandbytes (needs LoRA)
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"  # "auto": bfloat16 on a GPU that supports it, else float32
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.load_in_4bit and not self.lora:
+            raise ValueError("load_in_4bit trains adapters on frozen 4-bit weights: set lora=True as well")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.lora and (self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1):
+            raise ValueError(
+                f"LoRA needs r >= 1, alpha > 0 and dropout in [0, 1); got r={self.lora_r}, "
+                f"alpha={self.lora_alpha}, dropout={self.lora_dropout}"
+            )
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        cuda = self.device.startswith("cuda") and torch.cuda.is_available()
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+
+
+@dataclass
+class Forward:
+    """What one pass over a batch of ``prompt + completion`` sequences gives."""
+
+    logprobs: torch.Tensor  # [B, T-1] log-prob of token t+1 given tokens <= t
+    mask: torch.Tensor  # [B, T-1] 1 where token t+1 is a completion token
+    values: torch.Tensor  # [B, V] values at the requested prefixes (0 where padded)
+    value_mask: torch.Tensor  # [B, V] 1 for real value positions
+    entropy: torch.Tensor  # [] mean entropy of the next-token distribution over completion tokens
+    extra: dict = field(default_factory=dict)
+
+
+class Student(nn.Module):
+    """Causal LM + value head. Build with :meth:`from_config` or wrap an existing model."""
+
+    def __init__(self, model: nn.Module, tokenizer, config: StudentConfig):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model = model
+        hidden = model.config.hidden_size if not hasattr(model, "peft_config") else model.base_model.config.hidden_size
+        self.value_head = ValueHead(hidden).to(next(model.parameters()).device)
+        self._reference: nn.Module | None = None
+        self.reference_version = 0  # bumped whenever the reference policy changes
+        if not config.lora:
+            self.refresh_reference()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad)
+
+    @classmethod
+    def from_config(cls, config: StudentConfig, *, model: nn.Module | None = None, tokenizer=None) -> Student:
+        """Load ``config.model`` (or take ``model`` + ``tokenizer``) and add LoRA / 4-bit as configured."""
+        if model is None:
+            if config.load_in_4bit:
+                model, tokenizer = _load_4bit(config)
+            else:
+                model, tokenizer = load_model(config.model, dtype=config.torch_dtype(), device=config.device)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if config.lora:
+            from peft import LoraConfig, get_peft_model
+
+            if config.load_in_4bit:
+                from peft import prepare_model_for_kbit_training
+
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+            present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+            targets = [t for t in config.lora_targets if t in present]
+            if not targets:
+                raise ValueError(
+                    f"none of the LoRA target modules {list(config.lora_targets)} exist in {config.model}; "
+                    f"its linear layers are named like {sorted(present)[:12]}"
+                )
+            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
+            model = get_peft_model(model, lora)
+        model.train()
+        return cls(model, tokenizer, config)
+
+    # -- parameters --------------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor by name: LoRA adapters (or all weights) and the value head."""
+        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.named_parameters())
+        expected = {n for n, p in own.items() if p.requires_grad}
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise ValueError(
+                f"the saved weights do not fit this student: {len(missing)} missing (e.g. {sorted(missing)[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:2]}); was it saved with another model "
+                f"or LoRA setting?"
+            )
+        with torch.no_grad():
+            for name in expected:
+                if own[name].shape != state[name].shape:
+                    raise ValueError(
+                        f"{name}: saved shape {tuple(state[name].shape)}, model has {tuple(own[name].shape)}"
+                    )
+                own[name].copy_(state[name])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- the reference policy ------------------------------------------------------------------------
+
+    def refresh_reference(self) -> None:
+        """Make the current weights the KL reference (a no-op with LoRA: the reference is the base)."""
+        if self.config.lora:
+            return
+        self.reference_version += 1
+        self._reference = copy.deepcopy(self.model).eval()
+        for p in self._reference.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T-1] log-probs of the tokens under the reference policy."""
+        if self.config.lora:
+            context, model = self.model.disable_adapter(), self.model
+        else:
+            context, model = nullcontext(), self._reference
+        with context:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return token_logprobs(logits, input_ids)
+
+    # -- the pass the learner uses -----------------------------------------------------------------
+
+    def forward_batch(
+        self,
+        sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+        value_positions: Sequence[Sequence[int]] | None = None,
+    ) -> tuple[Forward, torch.Tensor, torch.Tensor]:
+        """Log-probs of every completion token and values at chosen prefixes, in one pass.
+
+        ``sequences``: ``(prompt_ids, completion_ids)`` pairs. ``value_positions[i]``: prefix lengths
+        into completion i whose value to read (0 = the prompt alone). Returns the :class:`Forward`
+        and the right-padded ``input_ids`` / ``attention_mask`` it ran on.
+        """
+        ids, mask, prompt_lengths = self._right_pad(sequences)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        logits = out.logits
+        logprobs = token_logprobs(logits, ids)
+        positions = torch.arange(ids.shape[1] - 1, device=ids.device)[None, :]
+        starts = torch.tensor(prompt_lengths, device=ids.device)[:, None]
+        completion = (positions >= starts - 1) & (mask[:, 1:] > 0)
+        with torch.no_grad():
+            entropy = _mean_entropy(logits[:, :-1], completion)
+        value_positions = value_positions or [[] for _ in sequences]
+        width = max((len(v) for v in value_positions), default=0)
+        values = torch.zeros(len(sequences), width, device=ids.device)
+        value_mask = torch.zeros(len(sequences), width, device=ids.device)
+        if width:
+            hidden = out.hidden_states[-1]
+            rows, cols, index = [], [], []
+            for i, prefixes in enumerate(value_positions):
+                for j, t in enumerate(prefixes):
+                    if not 0 <= t <= len(sequences[i][1]):
+                        raise ValueError(f"value position {t} outside completion {i} of length {len(sequences[i][1])}")
+                    rows.append(i)
+                    cols.append(j)
+                    index.append(prompt_lengths[i] + t - 1)  # the prefix's last token
+            picked = self.value_head(hidden[rows, index].float())
+            values = values.index_put((torch.tensor(rows), torch.tensor(cols)), picked)
+            value_mask[rows, cols] = 1.0
+        return Forward(logprobs, completion.float(), values, value_mask, entropy), ids, mask
+
+    def _right_pad(self, sequences):
+        lengths = [len(p) + len(c) for p, c in sequences]
+        if any(len(p) == 0 for p, _ in sequences):
+            raise ValueError("a training sequence has an empty prompt; every sample needs its prompt tokens")
+        width = max(lengths)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, (p, c) in enumerate(sequences):
+            row = list(p) + list(c)
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return ids.to(self.device), mask.to(self.device), [len(p) for p, _ in sequences]
+
+    def backend(self, name: str = "student", **kwargs) -> HFBackend:
+        """The student as a :class:`~azgym.lm.LanguageModel` (generation and scoring share its weights)."""
+        return HFBackend(self.model, self.tokenizer, name=name, **kwargs)
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] log-prob of ``ids[:, t+1]`` under ``logits[:, t]``, without a [B, T, V] log-softmax copy."""
+    logits = logits[:, :-1].float()
+    picked = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _mean_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the next-token distributions at the masked positions only."""
+    selected = logits[mask.bool()].float()
+    if selected.numel() == 0:
+        return torch.zeros((), device=logits.device)
+    log_p = torch.log_softmax(selected, dim=-1)
+    return -(log_p.exp() * log_p).sum(-1).mean()
+
+
+def _load_4bit(config: StudentConfig):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ImportError("load_in_4bit needs bitsandbytes: pip install 'azgym[quant]'") from err
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from azgym.models import resolve_model
+
+    source = resolve_model(config.model)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, device_map=config.device)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
