@@ -98,6 +98,23 @@ def load_checkpoint(path: str | Path, learner: Learner) -> dict[str, Any]:
     return trainer.get("extra", {})
 
 
+def load_student(path: str | Path, device: str = "cpu"):
+    """A :class:`~agents.student.Student` rebuilt from a checkpoint's config, with its trained weights."""
+    from agents.student import Student, StudentConfig
+
+    path = Path(path)
+    meta = _read_meta(path)
+    fields = dict(meta["student"], device=device)
+    fields["lora_targets"] = tuple(fields.get("lora_targets", ()))
+    student = Student.from_config(StudentConfig(**fields))
+    try:
+        weights = load_file(str(path / "trainable.safetensors"))
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(_unreadable(path, err)) from err
+    student.load_trainable_state(weights)
+    return student
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     """The complete checkpoint with the highest step under ``root``, or None."""
     root = Path(root)

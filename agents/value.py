@@ -58,11 +58,15 @@ class LMValueFunction:
         if self.head.linear.in_features != hidden:
             raise ValueError(f"value head expects hidden size {self.head.linear.in_features}, the model has {hidden}")
 
-    @torch.inference_mode()
     def __call__(self, env: ReasoningEnv, states: Sequence[EnvState]) -> np.ndarray:
-        if not states:
-            return np.zeros(0, dtype=np.float64)
         prompts = [env.proposer.solve_prompt(env.problem(s).question) + list(s.response_ids) for s in states]
+        return self.values_of(prompts)
+
+    @torch.inference_mode()
+    def values_of(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
+        """Values of token sequences (a solve prompt followed by a partial response)."""
+        if not prompts:
+            return np.zeros(0, dtype=np.float64)
         values = []
         for start in range(0, len(prompts), self.lm.max_batch_size):
             ids, mask = self.lm._left_pad(prompts[start : start + self.lm.max_batch_size])

@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _ENVIRONMENTS = [
     dict(id="AZLLM-GSM8K-v0", entry_point="azgym.env:ReasoningEnv", kwargs={"task": "gsm8k"}),
+    dict(id="AZLLM-Arithmetic-v0", entry_point="azgym.env:ReasoningEnv", kwargs={"task": "arithmetic"}),
 ]
 
 for _spec in _ENVIRONMENTS:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -18,12 +17,13 @@ from gymnasium.error import InvalidAction, ResetNeeded
 from azgym import rewards as rw
 from azgym.lm.base import LanguageModel
 from azgym.models import DEFAULT_MODEL
-from azgym.tasks import gsm8k
+from azgym.overrides import int_override
+from azgym.tasks import arithmetic, gsm8k
 from azgym.tasks.base import Problem
 from azgym.teachers import Candidate, ProposalRequest, TeacherProposer
 
 PAD = -1  # fills the unused tail of the token-id observations
-TASKS = {"gsm8k": gsm8k}
+TASKS = {"gsm8k": gsm8k, "arithmetic": arithmetic}
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,9 @@ class ReasoningEnv(gym.Env):
     ``max_depth`` steps or ``max_tokens`` response tokens (graded too, but without HRE).
 
     ## Arguments
-    - ``data``: a GSM8K ``.jsonl``/``.parquet`` path, a folder holding ``<split>.jsonl``, a Hub id
-      (default ``openai/gsm8k``), or a list of :class:`~azgym.tasks.Problem`.
+    - ``data``: for GSM8K a ``.jsonl``/``.parquet`` path, a folder holding ``<split>.jsonl`` or a Hub
+      id (default ``openai/gsm8k``); for arithmetic a level spec (default ``"add2"``, see
+      :mod:`azgym.tasks.arithmetic`); or a list of :class:`~azgym.tasks.Problem`.
     - ``split``: ``"train"`` or ``"test"``.
     - ``model``: a model name (default ``smollm2-135m-instruct``), path or Hub id, or a
       :class:`~azgym.lm.LanguageModel`; used as the teacher and the scoring model.
@@ -104,14 +105,14 @@ class ReasoningEnv(gym.Env):
     - ``render_mode``: ``None`` or ``"ansi"``.
 
     ## Version History
-    - v0: initial release.
+    - v0: initial release (``AZLLM-GSM8K-v0``, ``AZLLM-Arithmetic-v0``).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(
         self,
-        data: str | Path | Sequence[Problem] = gsm8k.HUB_ID,
+        data: str | Path | Sequence[Problem] | None = None,
         split: str = "train",
         model: str | LanguageModel = DEFAULT_MODEL,
         *,
@@ -132,9 +133,10 @@ class ReasoningEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.task = TASKS[task]
+        data = self.task.HUB_ID if data is None else data
         self.render_mode = render_mode
-        self.max_depth = _setting(max_depth, "MAX_TREE_DEPTH", 12)
-        self.max_tokens = _setting(max_tokens, "MAX_TOKENS", 256)
+        self.max_depth = int_override(max_depth, "MAX_TREE_DEPTH", 12, name="max_depth")
+        self.max_tokens = int_override(max_tokens, "MAX_TOKENS", 256, name="max_tokens")
         self.max_question_tokens = max_question_tokens
         self.reward_config = _reward_config(rewards)
         self.problems = list(data) if _is_problem_list(data) else self.task.load_problems(data, split)
@@ -174,8 +176,7 @@ class ReasoningEnv(gym.Env):
         if unknown:
             raise ValueError(f"unknown reset options {sorted(unknown)}; use 'problem_index' or 'problem_id'")
         index = self._choose_problem(options)
-        episode_seed = int(self.np_random.integers(0, 2**31 - 1))
-        self._state = EnvState(problem_index=index, response_ids=(), depth=0, seed=episode_seed)
+        self._state = self.initial_state(index, int(self.np_random.integers(0, 2**31 - 1)))
         self._last_terms = {}
         return self._observation(), self._info()
 
@@ -206,6 +207,12 @@ class ReasoningEnv(gym.Env):
         return "\n".join(lines) + "\n"
 
     # -- planning ----------------------------------------------------------------------------------
+
+    def initial_state(self, problem_index: int, seed: int) -> EnvState:
+        """The start of an episode on problem ``problem_index`` with episode seed ``seed`` (no env change)."""
+        if not 0 <= problem_index < len(self.problems):
+            raise ValueError(f"problem_index {problem_index} out of range: there are {len(self.problems)} problems")
+        return EnvState(problem_index=problem_index, response_ids=(), depth=0, seed=int(seed))
 
     def get_state(self) -> EnvState:
         """The current state: an immutable snapshot, restorable with :meth:`set_state`."""
@@ -361,20 +368,6 @@ def _as_action(action, n: int) -> int:
         valid = False
     if not valid:
         raise InvalidAction(f"action must be an integer in [0, {n - 1}] (Discrete({n})), got {action!r}")
-    return value
-
-
-def _setting(value: int | None, env_name: str, default: int) -> int:
-    if value is None:
-        raw = os.environ.get(env_name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"environment variable {env_name}={raw!r} must be a positive integer") from None
-    if value < 1:
-        raise ValueError(f"{env_name.lower()} must be a positive integer, got {value}")
     return value
 
 

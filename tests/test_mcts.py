@@ -12,9 +12,9 @@ import pytest
 
 from agents.mcts import MCTS, Expansion, Step
 from agents.mcts.kernels import visit_policy
-from agents.mcts.search import num_simulations_from_env
 from agents.mcts.synthetic import HashTreeModel
 from agents.mcts.tree import ROOT_INDEX
+from azgym.overrides import int_override
 from reference_mcts import ReferenceSearch, count_nodes, max_depth, reroot, root_q, root_visits
 
 K = 8
@@ -138,7 +138,7 @@ def test_num_simulations_env_override(monkeypatch):
     assert MCTS(num_simulations=3).num_simulations == 3
     monkeypatch.setenv("NUM_MCTS_ITERATIONS", "many")
     with pytest.raises(ValueError, match="NUM_MCTS_ITERATIONS"):
-        num_simulations_from_env(None, 32)
+        int_override(None, "NUM_MCTS_ITERATIONS", 32, name="num_simulations")
 
 
 def test_invalid_settings_are_named():

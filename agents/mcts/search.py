@@ -8,7 +8,6 @@ anything) lives in an object array ``[B, N]`` indexed like the tree, so no Pytho
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,6 +16,7 @@ import numpy as np
 
 from agents.mcts import kernels
 from agents.mcts.tree import ROOT_INDEX, Tree, new_tree
+from azgym.overrides import int_override
 
 
 @dataclass
@@ -78,21 +78,6 @@ class SearchResult:
         }
 
 
-def num_simulations_from_env(value: int | None, default: int) -> int:
-    """An explicit value, else ``$NUM_MCTS_ITERATIONS`` (the seed system's override), else ``default``."""
-    if value is None:
-        raw = os.environ.get("NUM_MCTS_ITERATIONS")
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"NUM_MCTS_ITERATIONS={raw!r} must be a positive integer") from None
-    if value < 1:
-        raise ValueError(f"num_simulations must be at least 1, got {value}")
-    return value
-
-
 class MCTS:
     """Batched PUCT search (AlphaZero / MuZero conventions, see :mod:`agents.mcts.kernels`).
 
@@ -126,7 +111,7 @@ class MCTS:
         virtual_loss: float = 1.0,
         max_depth: int = 64,
     ):
-        self.num_simulations = num_simulations_from_env(num_simulations, 32)
+        self.num_simulations = int_override(num_simulations, "NUM_MCTS_ITERATIONS", 32, name="num_simulations")
         checks = {  # name: (value, valid, the range it must lie in)
             "c_puct": (c_puct, c_puct >= 0, ">= 0"),
             "pb_c_base": (pb_c_base, pb_c_base is None or pb_c_base > 0, "> 0 or None"),

@@ -1,0 +1,125 @@
+"""Evaluation on held-out problems: greedy, sampled majority vote, value-reranked best-of-N, MCTS.
+
+Every mode writes full responses from the task's solve prompt and grades them with the task's
+grader. Metrics: accuracy, format accuracy (an answer marker present), the split of correct /
+wrong answer / format failure, and response tokens per problem.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from azgym.lm.hf import HFBackend
+from azgym.tasks.base import Problem
+
+MODES = ("greedy", "majority", "best_of_n", "mcts")
+
+
+def evaluate(
+    lm: HFBackend,
+    problems: Sequence[Problem],
+    task,
+    *,
+    mode: str = "greedy",
+    k: int = 4,
+    max_tokens: int = 256,
+    temperature: float = 0.7,
+    batch_size: int = 16,
+    value_fn=None,
+    env=None,
+    agent=None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Grade ``lm`` on ``problems``; returns metrics and one record per problem.
+
+    ``majority`` samples ``k`` responses and votes on the parsed answers; ``best_of_n`` samples ``k``
+    and keeps the one ``value_fn(prompt_ids_list) -> values`` rates highest; ``mcts`` plays ``env``
+    (built on the same problems) with ``agent``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown evaluation mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "best_of_n" and value_fn is None:
+        raise ValueError("best_of_n needs a value_fn to rerank the samples")
+    if mode == "mcts" and (env is None or agent is None):
+        raise ValueError("mcts evaluation needs env (on these problems) and agent")
+    records = []
+    bar = tqdm(total=len(problems), desc=f"eval {mode}", unit="problem", disable=not progress, leave=False)
+    if mode == "mcts":
+        for index, problem in enumerate(problems):
+            env.reset(seed=seed + index, options={"problem_id": problem.id})
+            state = env.get_state()
+            while not (state.terminated or state.truncated):
+                env.step(agent.act(env))
+                state = env.get_state()
+            records.append(_record(problem, env.lm.decode(state.response_ids), len(state.response_ids), task))
+            bar.update(1)
+    else:
+        for start in range(0, len(problems), batch_size):
+            chunk = problems[start : start + batch_size]
+            prompts = [solve_prompt(lm, task, p.question) for p in chunk]
+            if mode == "greedy":
+                outs = lm.generate(prompts, max_tokens=max_tokens, temperature=0.0)
+                records.extend(
+                    _record(p, o[0].text, len(o[0].token_ids), task) for p, o in zip(chunk, outs, strict=True)
+                )
+            else:
+                seeds = [seed * 100_003 + start + i for i in range(len(chunk))]
+                outs = lm.generate(prompts, n=k, max_tokens=max_tokens, temperature=temperature, seed=seeds)
+                for p, prompt, samples in zip(chunk, prompts, outs, strict=True):
+                    if mode == "majority":
+                        chosen = _majority(samples, task)
+                    else:
+                        values = value_fn([prompt + list(s.token_ids) for s in samples])
+                        chosen = samples[int(np.argmax(values))]
+                    tokens = sum(len(s.token_ids) for s in samples)
+                    records.append(_record(p, chosen.text, tokens, task))
+            bar.update(len(chunk))
+    bar.close()
+    return {"mode": mode, "num_problems": len(records), **summarize(records), "records": records}
+
+
+def solve_prompt(lm: HFBackend, task, question: str) -> list[int]:
+    return lm.chat_prompt([{"role": "system", "content": task.SYSTEM_PROMPT}, {"role": "user", "content": question}])
+
+
+def summarize(records: list[dict]) -> dict[str, float]:
+    n = max(len(records), 1)
+    correct = sum(r["correct"] for r in records)
+    formatted = sum(r["format_ok"] for r in records)
+    return {
+        "accuracy": correct / n,
+        "format_accuracy": formatted / n,
+        "flexible_accuracy": sum(r.get("flexible_correct", False) for r in records) / n,  # last number, no marker
+        "correct": correct / n,
+        "wrong_answer": (formatted - correct) / n,  # a correct answer always carries its marker
+        "format_failure": (len(records) - formatted) / n,
+        "tokens_per_problem": sum(r["tokens"] for r in records) / n,
+    }
+
+
+def _record(problem: Problem, text: str, tokens: int, task) -> dict:
+    g = task.grade(text, problem.gold)
+    return {
+        "problem_id": problem.id,
+        "gold": problem.gold,
+        "parsed": g.parsed,
+        "correct": g.correct,
+        "format_ok": g.format_ok,
+        "flexible_correct": g.flexible_correct,
+        "tokens": tokens,
+        "response": text,
+    }
+
+
+def _majority(samples, task):
+    answers = [task.extract_answer(s.text) for s in samples]
+    votes = Counter(a for a in answers if a is not None)
+    if not votes:
+        return samples[0]
+    winner = votes.most_common(1)[0][0]
+    return samples[answers.index(winner)]

@@ -1,0 +1,193 @@
+"""One AlphaZero iteration: self-play with MCTS -> replay -> learner steps.
+
+Self-play runs ``group_size`` episodes on each of a batch of problems, all B = problems x group
+trees searched in lockstep: every move is one batched search over the live episodes, then an
+action per episode sampled from its root visit distribution. With ``num_simulations <= 1`` there
+is no search: actions are sampled from the teacher's priors (the plain-sampling ablation).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from agents.learner import DistillSample, Learner, Sample
+from agents.mcts import MCTSAgent
+from agents.replay import Episode, ReplayBuffer, StepRecord
+from azgym.env import EnvState, ReasoningEnv
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SelfPlayStats:
+    episodes: int
+    moves: int
+    seconds: float
+    generated_tokens: int
+    tree_nodes: list[float]
+    tree_depths: list[float]
+    simulations_per_s: list[float]
+    visit_entropies: list[float]
+    root_values: list[float]
+
+
+def self_play(
+    env: ReasoningEnv,
+    agent: MCTSAgent,
+    problem_indices: list[int],
+    group_size: int,
+    rng: np.random.Generator,
+    *,
+    iteration: int,
+    weights_version: int,
+    progress: bool = True,
+) -> tuple[list[Episode], SelfPlayStats]:
+    """Play ``group_size`` episodes per problem, all searched in lockstep; return them finished."""
+    states: list[EnvState] = [
+        env.initial_state(p, int(rng.integers(0, 2**31 - 1))) for p in problem_indices for _ in range(group_size)
+    ]
+    steps: list[list[StepRecord]] = [[] for _ in states]
+    grades: list[dict | None] = [None] * len(states)
+    live = list(range(len(states)))
+    stats = SelfPlayStats(len(states), 0, 0.0, 0, [], [], [], [], [])
+    start = time.perf_counter()
+    bar = tqdm(total=len(states), desc=f"self-play {iteration}", unit="episode", disable=not progress, leave=False)
+    while live:
+        live_states = [states[i] for i in live]
+        candidates = env.expand(live_states)
+        if agent.mcts.num_simulations > 1:
+            result = agent.search(env, live_states)
+            policy, visits, q_values = result.policy, result.visits, result.q_values
+            s = result.stats()
+            stats.tree_nodes.append(s["num_nodes"])
+            stats.tree_depths.append(s["max_depth"])
+            stats.simulations_per_s.append(s["simulations_per_s"])
+            stats.root_values.extend(result.root_value.tolist())
+        else:
+            k = env.action_space.n
+            policy = np.zeros((len(live), k))
+            for row, cands in enumerate(candidates):
+                policy[row, : len(cands)] = [c.prior for c in cands]
+            visits, q_values = np.zeros((len(live), k), np.int32), np.full((len(live), k), np.nan)
+        for row, i in enumerate(live):
+            p = policy[row] / policy[row].sum()
+            stats.visit_entropies.append(float(-(p[p > 0] * np.log(p[p > 0])).sum()))
+            action = int(rng.choice(len(p), p=p))
+            outcome = env.transition(states[i], action)
+            cands = candidates[row]
+            stats.generated_tokens += sum(len(c.token_ids) for c in cands)
+            steps[i].append(
+                StepRecord(
+                    response_len=len(states[i].response_ids),
+                    candidates=[list(c.token_ids) for c in cands],
+                    labels=[c.label for c in cands],
+                    priors=[round(c.prior, 6) for c in cands],
+                    visits=visits[row, : len(cands)].tolist(),
+                    q_values=[None if np.isnan(q) else float(q) for q in q_values[row, : len(cands)]],
+                    action=action,
+                    reward=outcome.reward,
+                )
+            )
+            states[i] = outcome.state
+            if outcome.grade is not None:
+                grades[i] = {"correct": outcome.grade.correct, "format_ok": outcome.grade.format_ok}
+        stats.moves += 1
+        done = [i for i in live if states[i].terminated or states[i].truncated]
+        bar.update(len(done))
+        live = [i for i in live if i not in set(done)]
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    episodes = []
+    for i, state in enumerate(states):
+        problem = env.problem(state)
+        episodes.append(
+            Episode(
+                problem_id=problem.id,
+                question=problem.question,
+                prompt_ids=list(env.proposer.solve_prompt(problem.question)),
+                response_ids=list(state.response_ids),
+                episode_return=state.episode_return,
+                correct=bool(grades[i]["correct"]),
+                format_ok=bool(grades[i]["format_ok"]),
+                iteration=iteration,
+                weights_version=weights_version,
+                steps=steps[i],
+            )
+        )
+    return episodes, stats
+
+
+def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str = "outcome") -> list[Sample]:
+    """Learner samples from episodes: the response (with an end-of-sequence token when the episode
+    ended on an answer) rewarded by its return, and value targets at every move boundary.
+
+    ``value_target``: ``"outcome"`` (+1 correct, -1 otherwise, at every prefix) or ``"q"`` (the
+    MCTS Q of the move taken, the outcome at the end).
+    """
+    samples = []
+    for e in episodes:
+        completion = tuple(e.response_ids) + ((eos_token_id,) if e.format_ok else ())
+        outcome = 1.0 if e.correct else -1.0
+        positions = [s.response_len for s in e.steps] + [len(e.response_ids)]
+        if value_target == "q":
+            targets = [float(np.clip(s.q_values[s.action], -1, 1)) if s.q_values and s.q_values[s.action] is not None
+                       else outcome for s in e.steps] + [outcome]  # fmt: skip
+        else:
+            targets = [outcome] * len(positions)
+        samples.append(
+            Sample(
+                prompt_ids=tuple(e.prompt_ids),
+                completion_ids=completion,
+                reward=e.episode_return,
+                group=f"{e.iteration}:{e.problem_id}",
+                value_positions=tuple(positions),
+                value_targets=tuple(targets),
+            )
+        )
+    return samples
+
+
+def to_distill(episodes: list[Episode]) -> list[DistillSample]:
+    """Visit-distillation targets from every searched move with at least two candidates."""
+    out = []
+    for e in episodes:
+        for s in e.steps:
+            total = sum(s.visits)
+            if total > 0 and len(s.candidates) > 1:
+                state = tuple(e.prompt_ids) + tuple(e.response_ids[: s.response_len])
+                out.append(DistillSample(state, tuple(tuple(c) for c in s.candidates),
+                                         tuple(v / total for v in s.visits)))  # fmt: skip
+    return out
+
+
+def train(
+    learner: Learner,
+    replay: ReplayBuffer,
+    num_steps: int,
+    groups_per_step: int,
+    rng: np.random.Generator,
+    eos_token_id: int,
+    *,
+    distill: bool = False,
+    value_target: str = "outcome",
+    on_step=None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """``num_steps`` learner steps, each on ``groups_per_step`` problem groups drawn from the replay."""
+    history = []
+    for _ in tqdm(range(num_steps), desc="train", unit="step", disable=not progress, leave=False):
+        groups = replay.sample_groups(groups_per_step, rng)
+        episodes = [e for g in groups for e in g]
+        if not episodes:
+            raise RuntimeError("the replay buffer is empty: run self-play before training")
+        samples = to_samples(episodes, eos_token_id, value_target=value_target)
+        metrics = learner.step(samples, to_distill(episodes) if distill else ())
+        history.append(metrics)
+        if on_step is not None:
+            on_step(learner.step_count, metrics, samples)
+    return history

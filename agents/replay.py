@@ -1,0 +1,133 @@
+"""The replay buffer: self-play episodes on disk, one shard per iteration, capacity-bounded.
+
+Each iteration's episodes go to ``<dir>/iter-000007.jsonl`` (one JSON episode per line), written
+to a temporary file and renamed, so a shard is either complete or absent. On load, a shard that
+cannot be read is reported, moved aside to ``*.corrupt`` and skipped; the other shards load. When
+more than ``capacity_iterations`` shards exist, the oldest are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_SHARD = re.compile(r"^iter-(\d+)\.jsonl$")
+
+
+@dataclass
+class StepRecord:
+    """One move of an episode, with the search statistics at its root."""
+
+    response_len: int  # response tokens before this move (the state is prompt + response[:response_len])
+    candidates: list[list[int]]  # the K candidate steps (token ids)
+    labels: list[str]  # "right" / "wrong" per candidate
+    priors: list[float]
+    visits: list[int]  # root visit counts
+    q_values: list[float | None]  # Q(root, a), None for actions never tried
+    action: int
+    reward: float
+
+
+@dataclass
+class Episode:
+    """A finished self-play episode."""
+
+    problem_id: str
+    question: str
+    prompt_ids: list[int]  # the solve prompt the student is trained on
+    response_ids: list[int]
+    episode_return: float
+    correct: bool
+    format_ok: bool
+    iteration: int
+    weights_version: int  # learner step whose weights played it
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> Episode:
+        raw = json.loads(line)
+        raw["steps"] = [StepRecord(**s) for s in raw.get("steps", [])]
+        return cls(**raw)
+
+
+class ReplayBuffer:
+    """Episodes of the last ``capacity_iterations`` iterations, persisted under ``directory``."""
+
+    def __init__(self, directory: str | Path, capacity_iterations: int = 4):
+        if capacity_iterations < 1:
+            raise ValueError(f"capacity_iterations must be at least 1, got {capacity_iterations}")
+        self.directory = Path(directory)
+        self.capacity_iterations = capacity_iterations
+        self.shards: dict[int, list[Episode]] = {}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.shards.values())
+
+    @property
+    def episodes(self) -> list[Episode]:
+        return [e for i in sorted(self.shards) for e in self.shards[i]]
+
+    def add(self, iteration: int, episodes: list[Episode]) -> Path:
+        """Write the iteration's shard atomically, then drop shards past capacity."""
+        path = self.directory / f"iter-{iteration:06d}.jsonl"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with tmp.open("w", encoding="utf-8") as f:
+            for episode in episodes:
+                f.write(episode.to_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.shards[iteration] = list(episodes)
+        for old in sorted(self.shards)[: -self.capacity_iterations]:
+            del self.shards[old]
+            (self.directory / f"iter-{old:06d}.jsonl").unlink(missing_ok=True)
+        return path
+
+    def groups(self) -> dict[str, list[Episode]]:
+        """Episodes by problem (the GRPO groups), across the kept iterations."""
+        out: dict[str, list[Episode]] = defaultdict(list)
+        for episode in self.episodes:
+            out[f"{episode.iteration}:{episode.problem_id}"].append(episode)
+        return dict(out)
+
+    def sample_groups(self, num_groups: int, rng: np.random.Generator) -> list[list[Episode]]:
+        """``num_groups`` problem groups drawn without replacement (all of them if fewer exist)."""
+        groups = list(self.groups().values())
+        if not groups:
+            return []
+        chosen = rng.choice(len(groups), size=min(num_groups, len(groups)), replace=False)
+        return [groups[i] for i in sorted(chosen)]
+
+    def _load(self) -> None:
+        for path in sorted(self.directory.iterdir()):
+            match = _SHARD.match(path.name)
+            if match is None:
+                continue
+            try:
+                with path.open(encoding="utf-8") as f:
+                    episodes = [Episode.from_json(line) for line in f if line.strip()]
+            except (json.JSONDecodeError, TypeError, KeyError, UnicodeDecodeError) as err:
+                aside = path.with_name(path.name + ".corrupt")
+                os.replace(path, aside)
+                logger.warning(
+                    "replay shard %s is unreadable (%s: %s); moved it to %s and skipped it, the other shards "
+                    "are loaded", path, type(err).__name__, err, aside.name,
+                )  # fmt: skip
+                continue
+            self.shards[int(match.group(1))] = episodes
+        for old in sorted(self.shards)[: -self.capacity_iterations]:
+            del self.shards[old]

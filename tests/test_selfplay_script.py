@@ -1,0 +1,102 @@
+"""scripts/selfplay.py end to end on a tiny model: run directory, TensorBoard, resume, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--iterations", "1", "--num-examples", "2", "--group-size", "2", "--simulations", "2", "--train-steps", "1",
+        "--eval-size", "2", "--eval-max-tokens", "8", "--chunk-tokens", "4", "--max-depth", "2", "--max-tokens", "8",
+        "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def selfplay(args, runs, **kwargs):
+    cmd = [sys.executable, str(REPO / "scripts" / "selfplay.py"), "--runs-dir", str(runs), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, **kwargs)
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+def test_one_iteration_then_resume(tiny_dir, tmp_path):
+    first = selfplay(["--model", str(tiny_dir), "--run-name", "smoke", *TINY], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "smoke"
+    assert {"charts/return", "charts/accuracy", "losses/loss", "losses/policy", "losses/kl", "losses/value_loss",
+            "losses/grad_norm", "eval/accuracy", "eval/format_accuracy", "mcts/tree_size", "mcts/simulations_per_s",
+            "perf/generated_tokens_per_s"} <= scalar_tags(run)  # fmt: skip
+    assert (run / "checkpoints" / "step-000001" / "meta.json").is_file()
+    assert (run / "replay" / "iter-000000.jsonl").is_file()
+    assert json.loads((run / "config.json").read_text())["model"] == str(tiny_dir)
+    assert json.loads((run / "eval-base.json").read_text())["num_problems"] == 2
+
+    longer = list(TINY)
+    longer[longer.index("--iterations") + 1] = "2"
+    again = selfplay(["--model", str(tiny_dir), "--run-name", "smoke", "--resume", *longer], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing at iteration 1" in again.stderr
+    assert (run / "replay" / "iter-000001.jsonl").is_file()
+    assert (run / "checkpoints" / "step-000002" / "meta.json").is_file()
+
+    clash = selfplay(["--model", str(tiny_dir), "--run-name", "smoke", *TINY], tmp_path)
+    assert clash.returncode != 0 and "--resume" in clash.stderr
+
+
+def test_sigkill_during_training_loses_no_finished_iteration(tiny_dir, tmp_path):
+    args = ["--model", str(tiny_dir), "--run-name", "killed", *TINY]
+    args[args.index("--iterations") + 1] = "3"
+    args[args.index("--train-steps") + 1] = "40"  # long enough training to be killed in the middle of it
+    cmd = [sys.executable, str(REPO / "scripts" / "selfplay.py"), "--runs-dir", str(tmp_path), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "killed"
+    deadline = time.time() + 300
+    # the first iteration is finished (checkpoint) and the second one's self-play is on disk: it is training
+    while not ((run / "checkpoints" / "step-000040").exists() and (run / "replay" / "iter-000001.jsonl").exists()):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the run never reached its second iteration"
+        time.sleep(0.2)
+    first_shard = (run / "replay" / "iter-000000.jsonl").read_text()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "checkpoints" / "step-000080").exists()
+
+    args[args.index("--iterations") + 1] = "2"
+    resumed = selfplay([*args, "--resume"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continuing at iteration 1" in resumed.stderr
+    assert "reusing its replay shard" in resumed.stderr  # iteration 1's self-play was not lost either
+    assert (run / "replay" / "iter-000000.jsonl").read_text() == first_shard
+    assert (run / "checkpoints" / "step-000080" / "meta.json").is_file()
+
+
+def test_bad_flags_are_named(tmp_path):
+    result = selfplay(["--task", "chess"], tmp_path)
+    assert result.returncode == 2 and "--task 'chess'" in result.stderr
+    result = selfplay(["--group-size", "1"], tmp_path)
+    assert result.returncode == 2 and "group-size must be at least 2" in result.stderr
