@@ -95,7 +95,8 @@ def self_play(
             )
             states[i] = outcome.state
             if outcome.grade is not None:
-                grades[i] = {"correct": outcome.grade.correct, "format_ok": outcome.grade.format_ok}
+                grades[i] = {"correct": outcome.grade.correct, "format_ok": outcome.grade.format_ok,
+                             "solved": outcome.terms["hre"] > 0}  # fmt: skip
         stats.moves += 1
         done = [i for i in live if states[i].terminated or states[i].truncated]
         bar.update(len(done))
@@ -103,7 +104,7 @@ def self_play(
     bar.close()
     stats.seconds = time.perf_counter() - start
     episodes = []
-    for i, state in enumerate(states):
+    for i, state in enumerate(states):  # every episode ended, so each has its grade
         problem = env.problem(state)
         episodes.append(
             Episode(
@@ -114,6 +115,7 @@ def self_play(
                 episode_return=state.episode_return,
                 correct=bool(grades[i]["correct"]),
                 format_ok=bool(grades[i]["format_ok"]),
+                solved=bool(grades[i]["solved"]),
                 iteration=iteration,
                 weights_version=weights_version,
                 steps=steps[i],
@@ -126,13 +128,13 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
     """Learner samples from episodes: the response (with an end-of-sequence token when the episode
     ended on an answer) rewarded by its return, and value targets at every move boundary.
 
-    ``value_target``: ``"outcome"`` (+1 correct, -1 otherwise, at every prefix) or ``"q"`` (the
+    ``value_target``: ``"outcome"`` (+1 solved, -1 otherwise, at every prefix) or ``"q"`` (the
     MCTS Q of the move taken, the outcome at the end).
     """
     samples = []
     for e in episodes:
         completion = tuple(e.response_ids) + ((eos_token_id,) if e.format_ok else ())
-        outcome = 1.0 if e.correct else -1.0
+        outcome = 1.0 if e.solved else -1.0
         positions = [s.response_len for s in e.steps] + [len(e.response_ids)]
         if value_target == "q":
             targets = [float(np.clip(s.q_values[s.action], -1, 1)) if s.q_values and s.q_values[s.action] is not None

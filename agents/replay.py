@@ -46,8 +46,9 @@ class Episode:
     prompt_ids: list[int]  # the solve prompt the student is trained on
     response_ids: list[int]
     episode_return: float
-    correct: bool
+    correct: bool  # strict grade: the answer after the '#### ' marker is right
     format_ok: bool
+    solved: bool  # the episode earned the final-answer reward (HRE) under its reward settings
     iteration: int
     weights_version: int  # learner step whose weights played it
     steps: list[StepRecord] = field(default_factory=list)

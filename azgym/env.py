@@ -256,8 +256,10 @@ class ReasoningEnv(gym.Env):
             depth=state.depth,
             pre=chosen.logprob,
             label=chosen.label,
-            terminal=terminated,
-            correct=bool(grade and grade.correct),
+            terminal=terminated or (truncated and self.reward_config.answer == "flexible"),
+            correct=bool(
+                grade and (grade.correct if self.reward_config.answer == "strict" else grade.flexible_correct)
+            ),
         )
         child = replace(
             state,

@@ -5,7 +5,9 @@ Seed preset (the system this project grew from), per step ``t`` (0-based depth o
     r_t = w_hre * HRE_t + w_pre * gamma**t * PRE_t - length_penalty + bonus_t
 
 - HRE_t (hard reward): 1 when the episode terminates at step t with the correct final answer,
-  else 0. Only a terminal step can earn it.
+  else 0. Only a terminal step can earn it. With ``answer="flexible"`` the last number of the
+  response counts as its answer and a truncated episode is graded too (for curricula whose base
+  model rarely writes the answer marker; the strict default is GSM8K's convention).
 - PRE_t (process reward): mean token log-prob of the step's text under the scoring model and the
   plain solve prompt (a negative log-perplexity, <= 0). Discounting by ``gamma**t`` makes the
   episode's PRE sum the discounted accumulation ``sum_t gamma**t * PRE_t`` (gamma = 0.95).
@@ -32,10 +34,15 @@ class RewardConfig:
     length_penalty: float = 0.01  # paid every step
     right_bonus: float = 0.1  # added for a step proposed as "right"
     wrong_penalty: float = 0.05  # subtracted for a step proposed as "wrong"
+    answer: str = "strict"  # "strict": the '#### ' marker on a terminal step; "flexible": the last number at the end
 
     def __post_init__(self):
+        if self.answer not in ("strict", "flexible"):
+            raise ValueError(f"RewardConfig.answer must be 'strict' or 'flexible', got {self.answer!r}")
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "answer":
+                continue
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"RewardConfig.{f.name} must be a finite number, got {value!r}")
         if not 0.0 <= self.pre_discount <= 1.0:

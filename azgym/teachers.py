@@ -132,6 +132,10 @@ class TeacherProposer:
             out.append(self._cache[k])
         return out
 
+    def clear_cache(self) -> None:
+        """Forget every cached proposal (call it when the teacher's weights change)."""
+        self._cache.clear()
+
     def _remember(self, key: tuple, candidates: list[Candidate]) -> None:
         self._cache[key] = candidates
         while len(self._cache) > self.cache_size:

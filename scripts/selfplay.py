@@ -47,6 +47,7 @@ from agents.value import LMValueFunction
 from azgym.env import TASKS, ReasoningEnv
 from azgym.models import DEFAULT_MODEL
 from azgym.overrides import int_override
+from azgym.rewards import outcome_preset
 
 logger = logging.getLogger("selfplay")
 
@@ -61,20 +62,21 @@ class SelfPlayConfig:
     model: str = DEFAULT_MODEL  # student (and teacher): short name, local path or Hub id
     device: str = "cpu"
     iterations: int = 2
-    num_examples: int = 4  # problems per iteration
+    num_examples: int = 2  # problems per iteration
     group_size: int = 4  # episodes per problem (the GRPO group)
     simulations: int = 0  # MCTS simulations per move (0: $NUM_MCTS_ITERATIONS or 4); 1 = no search
     num_right: int = 2
     num_wrong: int = 1
-    chunk_tokens: int = 24
-    max_depth: int = 0  # steps per episode (0: $MAX_TREE_DEPTH or 6)
-    max_tokens: int = 0  # response tokens (0: $MAX_TOKENS or 96)
+    chunk_tokens: int = 16
+    max_depth: int = 0  # steps per episode (0: $MAX_TREE_DEPTH or 4)
+    max_tokens: int = 0  # response tokens (0: $MAX_TOKENS or 64)
     train_steps: int = 4  # learner steps per iteration
-    groups_per_step: int = 4  # problem groups per learner step
+    groups_per_step: int = 2  # problem groups per learner step
     use_grpo: bool = True
     use_legacy: bool = False  # reward-weighted supervised learning instead of GRPO
     distill: bool = False  # add the MCTS visit-distillation loss
     value_target: str = "outcome"  # outcome | q
+    answer: str = "strict"  # strict: reward the '#### ' answer; flexible: the last number (truncated episodes too)
     learning_rate: float = 2e-4
     kl_coef: float = 0.01
     lora_r: int = 32
@@ -97,6 +99,8 @@ class SelfPlayConfig:
                      "save_every", "log_interval", "capacity_iterations", "num_right", "chunk_tokens"):  # fmt: skip
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.answer not in ("strict", "flexible"):
+            problems.append(f"--answer must be 'strict' or 'flexible', got {self.answer!r}")
         if self.value_target not in ("outcome", "q"):
             problems.append(f"--value-target must be 'outcome' or 'q', got {self.value_target!r}")
         if self.group_size < 2 and not self.use_legacy:
@@ -151,8 +155,9 @@ class Run:
         data = config.data or task.HUB_ID
         self.env = ReasoningEnv(
             data, "train", model=self.lm, task=config.task, num_right=config.num_right, num_wrong=config.num_wrong,
-            chunk_tokens=config.chunk_tokens, max_depth=setting(config.max_depth, "MAX_TREE_DEPTH", 6),
-            max_tokens=setting(config.max_tokens, "MAX_TOKENS", 96), rewards="outcome",
+            chunk_tokens=config.chunk_tokens, max_depth=setting(config.max_depth, "MAX_TREE_DEPTH", 4),
+            max_tokens=setting(config.max_tokens, "MAX_TOKENS", 64),
+            rewards=dataclasses.replace(outcome_preset(), answer=config.answer),
         )  # fmt: skip
         self.task = task
         self.eval_problems = task.load_problems(data, "test")[: config.eval_size]
@@ -206,7 +211,7 @@ class Run:
             logger.info("iteration %d: reusing its replay shard from before the stop (%d episodes)",
                         iteration, len(episodes))  # fmt: skip
         else:
-            self.env.proposer._cache.clear()  # the student changed: its old proposals are stale
+            self.env.proposer.clear_cache()  # the student changed: its old proposals are stale
             problems = self.rng.choice(len(self.env.problems), size=config.num_examples, replace=False).tolist()
             self.student.eval()
             episodes, stats = self_play(self.env, self.agent, problems, config.group_size, self.rng,
@@ -245,6 +250,7 @@ class Run:
         w.add_scalar("charts/return", returns.mean(), iteration)
         w.add_scalar("charts/reward", float(np.mean([s.reward for e in episodes for s in e.steps])), iteration)
         w.add_scalar("charts/accuracy", float(np.mean([e.correct for e in episodes])), iteration)
+        w.add_scalar("charts/solved", float(np.mean([e.solved for e in episodes])), iteration)
         w.add_scalar("charts/format_accuracy", float(np.mean([e.format_ok for e in episodes])), iteration)
         w.add_scalar("charts/episode_length", float(np.mean([len(e.steps) for e in episodes])), iteration)
         w.add_scalar("perf/self_play_seconds", stats.seconds, iteration)

@@ -204,6 +204,18 @@ def test_end_of_sequence_terminates_and_outcome_preset_pays_only_hre():
     assert env.step(0)[1] == 1.0
 
 
+def test_flexible_answer_rewards_the_last_number_of_a_truncated_episode():
+    lm = ScriptedLM({"": [("2 + 3 = 5\n", False)], "2 + 3 = 5\n": [("so five\n", False)]})
+    strict = ReasoningEnv([PROBLEM], model=lm, num_right=1, num_wrong=0, max_depth=1, rewards="outcome")
+    strict.reset(seed=0)
+    assert strict.step(0)[1] == 0.0  # truncated, no marker: nothing under the strict default
+    flexible = RewardConfig(hre_weight=1.0, pre_weight=0.0, length_penalty=0.0, right_bonus=0.0, answer="flexible")
+    env = ReasoningEnv([PROBLEM], model=lm, num_right=1, num_wrong=0, max_depth=1, rewards=flexible)
+    env.reset(seed=0)
+    _, reward, terminated, truncated, info = env.step(0)
+    assert truncated and not terminated and reward == 1.0 and info["grade"]["flexible_correct"]
+
+
 def test_custom_reward_weights():
     env, _ = scripted_env(rewards=RewardConfig(hre_weight=2.0, pre_weight=0.0, length_penalty=0.0, right_bonus=0.0))
     env.reset(seed=0)

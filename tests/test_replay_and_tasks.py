@@ -20,7 +20,7 @@ def episode(problem="p0", iteration=0, correct=True, format_ok=True):
     step2 = StepRecord(response_len=2, candidates=[[8]], labels=["right"], priors=[1.0], visits=[4],
                        q_values=[1.0], action=0, reward=0.0)  # fmt: skip
     return Episode(problem_id=problem, question="Q?", prompt_ids=[1, 2], response_ids=[5, 6, 8],
-                   episode_return=1.0 if correct else 0.0, correct=correct, format_ok=format_ok,
+                   episode_return=1.0 if correct else 0.0, correct=correct, format_ok=format_ok, solved=correct,
                    iteration=iteration, weights_version=0, steps=[step, step2])  # fmt: skip
 
 
