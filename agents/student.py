@@ -185,7 +185,7 @@ class Student(nn.Module):
         into completion i whose value to read (0 = the prompt alone). Returns the :class:`Forward`
         and the right-padded ``input_ids`` / ``attention_mask`` it ran on.
         """
-        ids, mask, prompt_lengths = self._right_pad(sequences)
+        ids, mask, prompt_lengths = self.right_pad(sequences)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         logits = out.logits
         logprobs = token_logprobs(logits, ids)
@@ -213,7 +213,8 @@ class Student(nn.Module):
             value_mask[rows, cols] = 1.0
         return Forward(logprobs, completion.float(), values, value_mask, entropy), ids, mask
 
-    def _right_pad(self, sequences):
+    def right_pad(self, sequences):
+        """``(prompt, completion)`` pairs as a right-padded batch on the device, its mask, the prompt lengths."""
         lengths = [len(p) + len(c) for p, c in sequences]
         if any(len(p) == 0 for p, _ in sequences):
             raise ValueError("a training sequence has an empty prompt; every sample needs its prompt tokens")

@@ -69,7 +69,7 @@ class LMValueFunction:
             return np.zeros(0, dtype=np.float64)
         values = []
         for start in range(0, len(prompts), self.lm.max_batch_size):
-            ids, mask = self.lm._left_pad(prompts[start : start + self.lm.max_batch_size])
+            ids, mask = self.lm.left_pad(prompts[start : start + self.lm.max_batch_size])
             position = (mask.cumsum(-1) - 1).clamp(min=0)
             out = self.lm.model(
                 input_ids=ids.to(self.lm.device),

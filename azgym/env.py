@@ -166,6 +166,7 @@ class ReasoningEnv(gym.Env):
         )
         self._state: EnvState | None = None
         self._last_terms: dict[str, float] = {}
+        self._question_ids: dict[int, np.ndarray] = {}  # problem index -> padded question observation
 
     # -- Gymnasium API ---------------------------------------------------------------------------
 
@@ -321,17 +322,23 @@ class ReasoningEnv(gym.Env):
 
     def _observation(self) -> dict[str, np.ndarray | int]:
         state = self._require_state()
-        question = self.lm.encode(self.problems[state.problem_index].question)
-        if len(question) > self.max_question_tokens:
-            raise ValueError(
-                f"problem {self.problems[state.problem_index].id} has {len(question)} tokens, more than "
-                f"max_question_tokens={self.max_question_tokens}; raise max_question_tokens"
-            )
         return {
-            "question_ids": _padded(question, self.max_question_tokens),
+            "question_ids": self._question_observation(state.problem_index),
             "response_ids": _padded(state.response_ids, self.max_tokens),
             "depth": state.depth,
         }
+
+    def _question_observation(self, index: int) -> np.ndarray:
+        if index not in self._question_ids:
+            problem = self.problems[index]
+            question = self.lm.encode(problem.question)
+            if len(question) > self.max_question_tokens:
+                raise ValueError(
+                    f"problem {problem.id} has {len(question)} tokens, more than "
+                    f"max_question_tokens={self.max_question_tokens}; raise max_question_tokens"
+                )
+            self._question_ids[index] = _padded(question, self.max_question_tokens)
+        return self._question_ids[index].copy()
 
     def _info(self) -> dict[str, Any]:
         state = self._require_state()

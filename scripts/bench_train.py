@@ -41,7 +41,7 @@ def make_batch(student: Student, size: int, completion_tokens: int, seed: int = 
 
 
 def plain_step(student: Student, optimizer: torch.optim.Optimizer, samples: list[Sample]) -> None:
-    ids, mask, prompt_lengths = student._right_pad([(s.prompt_ids, s.completion_ids) for s in samples])
+    ids, mask, prompt_lengths = student.right_pad([(s.prompt_ids, s.completion_ids) for s in samples])
     logits = student.model(input_ids=ids, attention_mask=mask).logits
     logprobs = token_logprobs(logits, ids)
     positions = torch.arange(ids.shape[1] - 1)[None, :]

@@ -38,12 +38,11 @@ class PlayConfig:
 
 
 def choose(policy: str, info: dict, rng: np.random.Generator) -> int:
-    valid = np.flatnonzero(info["action_mask"])
     if policy == "prior":
         return int(np.argmax(info["priors"]))
     if policy == "sample":
         return int(rng.choice(len(info["priors"]), p=info["priors"] / info["priors"].sum()))
-    return int(rng.choice(valid))
+    return int(rng.choice(np.flatnonzero(info["action_mask"])))
 
 
 POLICIES = ("mcts", "prior", "sample", "random")

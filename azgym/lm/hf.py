@@ -101,7 +101,7 @@ class HFBackend:
 
     def _generate_rows(self, rows, stop: tuple[str, ...]) -> list[Generation]:
         device = self.device
-        ids, mask = self._left_pad([r[0] for r in rows])
+        ids, mask = self.left_pad([r[0] for r in rows])
         ids, mask = ids.to(device), mask.to(device)
         budgets = [r[1] for r in rows]
         temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device).unsqueeze(1)
@@ -175,7 +175,7 @@ class HFBackend:
 
     def _score_pairs(self, pairs) -> list[np.ndarray]:
         device = self.device
-        ids, mask = self._left_pad([p + c for p, c in pairs])
+        ids, mask = self.left_pad([p + c for p, c in pairs])
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.model(
             input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device)
@@ -190,7 +190,8 @@ class HFBackend:
             out.append(token_log_p[row, width - 1 - len(cont) :].astype(np.float32).copy())
         return out
 
-    def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-id lists as a left-padded [B, T] batch and its attention mask (CPU tensors)."""
         if any(len(s) == 0 for s in sequences):
             raise ValueError("a prompt is empty: the model needs at least one token to condition on")
         width = max(len(s) for s in sequences)
