@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from azgym.lm.hf import HFBackend
-from azgym.tasks.base import Problem
+from azgym.tasks.base import Problem, solve_messages, system_prompt_for
 
 MODES = ("greedy", "majority", "best_of_n", "mcts")
 
@@ -34,12 +34,14 @@ def evaluate(
     agent=None,
     seed: int = 0,
     progress: bool = True,
+    prompt: str = "task",
 ) -> dict:
     """Grade ``lm`` on ``problems``; returns metrics and one record per problem.
 
     ``majority`` samples ``k`` responses and votes on the parsed answers; ``best_of_n`` samples ``k``
     and keeps the one ``value_fn(prompt_ids_list) -> values`` rates highest; ``mcts`` plays ``env``
-    (built on the same problems) with ``agent``.
+    (built on the same problems) with ``agent``. ``prompt`` picks the solve prompt's system message:
+    ``"task"`` (the task's), ``"bare"`` (the question alone) or the message text.
     """
     if mode not in MODES:
         raise ValueError(f"unknown evaluation mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -47,6 +49,7 @@ def evaluate(
         raise ValueError("best_of_n needs a value_fn to rerank the samples")
     if mode == "mcts" and (env is None or agent is None):
         raise ValueError("mcts evaluation needs env (on these problems) and agent")
+    system = system_prompt_for(task, prompt)
     records = []
     bar = tqdm(total=len(problems), desc=f"eval {mode}", unit="problem", disable=not progress, leave=False)
     if mode == "mcts":
@@ -61,7 +64,7 @@ def evaluate(
     else:
         for start in range(0, len(problems), batch_size):
             chunk = problems[start : start + batch_size]
-            prompts = [solve_prompt(lm, task, p.question) for p in chunk]
+            prompts = [lm.chat_prompt(solve_messages(system, p.question)) for p in chunk]
             if mode == "greedy":
                 outs = lm.generate(prompts, max_tokens=max_tokens, temperature=0.0)
                 records.extend(
@@ -81,10 +84,6 @@ def evaluate(
             bar.update(len(chunk))
     bar.close()
     return {"mode": mode, "num_problems": len(records), **summarize(records), "records": records}
-
-
-def solve_prompt(lm: HFBackend, task, question: str) -> list[int]:
-    return lm.chat_prompt([{"role": "system", "content": task.SYSTEM_PROMPT}, {"role": "user", "content": question}])
 
 
 def summarize(records: list[dict]) -> dict[str, float]:

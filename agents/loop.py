@@ -3,7 +3,8 @@
 Self-play runs ``group_size`` episodes on each of a batch of problems, all B = problems x group
 trees searched in lockstep: every move is one batched search over the live episodes, then an
 action per episode sampled from its root visit distribution. With ``num_simulations <= 1`` there
-is no search: actions are sampled from the teacher's priors (the plain-sampling ablation).
+is no search: actions are sampled from the teacher's priors (the plain-sampling ablation). A
+:class:`~agents.similarity.SimilarityAgent` plays the seed system's ε-greedy similarity rule instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from agents.learner import DistillSample, Learner, Sample
 from agents.mcts import MCTSAgent
 from agents.replay import Episode, ReplayBuffer, StepRecord
+from agents.similarity import SimilarityAgent
 from azgym.env import EnvState, ReasoningEnv
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class SelfPlayStats:
 
 def self_play(
     env: ReasoningEnv,
-    agent: MCTSAgent,
+    agent: MCTSAgent | SimilarityAgent,
     problem_indices: list[int],
     group_size: int,
     rng: np.random.Generator,
@@ -60,7 +62,11 @@ def self_play(
     while live:
         live_states = [states[i] for i in live]
         candidates = env.expand(live_states)
-        if agent.mcts.num_simulations > 1:
+        k = env.action_space.n
+        if isinstance(agent, SimilarityAgent):
+            policy = agent.policy(env, live_states, candidates)
+            visits, q_values = np.zeros((len(live), k), np.int32), np.full((len(live), k), np.nan)
+        elif agent.mcts.num_simulations > 1:
             result = agent.search(env, live_states)
             policy, visits, q_values = result.policy, result.visits, result.q_values
             s = result.stats()
@@ -69,7 +75,6 @@ def self_play(
             stats.simulations_per_s.append(s["simulations_per_s"])
             stats.root_values.extend(result.root_value.tolist())
         else:
-            k = env.action_space.n
             policy = np.zeros((len(live), k))
             for row, cands in enumerate(candidates):
                 policy[row, : len(cands)] = [c.prior for c in cands]
@@ -95,6 +100,7 @@ def self_play(
             )
             states[i] = outcome.state
             if outcome.grade is not None:
+                env.proposer.observe(outcome.state.teachers, outcome.state.episode_return)
                 grades[i] = {"correct": outcome.grade.correct, "format_ok": outcome.grade.format_ok,
                              "solved": outcome.terms["hre"] > 0}  # fmt: skip
         stats.moves += 1

@@ -19,8 +19,9 @@ from azgym.lm.base import LanguageModel
 from azgym.models import DEFAULT_MODEL
 from azgym.overrides import int_override
 from azgym.tasks import arithmetic, gsm8k
-from azgym.tasks.base import Problem
-from azgym.teachers import Candidate, ProposalRequest, TeacherProposer
+from azgym.tasks.base import Problem, system_prompt_for
+from azgym.teachers import Candidate, ProposalRequest, TeacherEnsemble, TeacherProposer, load_teachers
+from azgym.terminal import ModelTerminalChecker, RuleTerminalChecker
 
 PAD = -1  # fills the unused tail of the token-id observations
 TASKS = {"gsm8k": gsm8k, "arithmetic": arithmetic}
@@ -38,6 +39,7 @@ class EnvState:
     episode_return: float = 0.0  # sum of rewards so far
     num_right_steps: int = 0
     num_wrong_steps: int = 0
+    teachers: tuple[str, ...] = ()  # the teacher of each chosen step
     terminated: bool = False
     truncated: bool = False
 
@@ -85,7 +87,8 @@ class ReasoningEnv(gym.Env):
 
     ## Episode End
     Terminated when a step states a final answer (``#### <number>`` or ``\\boxed{}``) or the teacher
-    ends its response (end of sequence); ``info["grade"]`` then holds the grade. Truncated after
+    ends its response (end of sequence), or, with ``terminal="model"``, when the scoring model judges
+    the response complete; ``info["grade"]`` then holds the grade. Truncated after
     ``max_depth`` steps or ``max_tokens`` response tokens (graded too, but without HRE).
 
     ## Arguments
@@ -95,13 +98,23 @@ class ReasoningEnv(gym.Env):
     - ``split``: ``"train"`` or ``"test"``.
     - ``model``: a model name (default ``smollm2-135m-instruct``), path or Hub id, or a
       :class:`~azgym.lm.LanguageModel`; used as the teacher and the scoring model.
-    - ``proposer``: a ready :class:`~azgym.teachers.TeacherProposer`; overrides ``model`` and the
-      candidate settings.
+    - ``teachers``: ``None`` (``model`` proposes alone), a tier (``"local"``: SmolLM2-135M-Instruct +
+      Gemma-3-270M; ``"free"``, ``"production"``: Hub models for a GPU) or model names: a
+      :class:`~azgym.teachers.TeacherEnsemble` whose teachers propose and ``model`` scores.
+      Teacher weights follow the returns of finished episodes (``step`` reports them).
+    - ``proposer``: a ready :class:`~azgym.teachers.TeacherEnsemble` (or ``TeacherProposer``);
+      overrides ``model``, ``teachers`` and the candidate settings.
     - ``num_right`` / ``num_wrong`` (2 / 2), ``chunk_tokens`` (48): candidates per state and step cap.
     - ``max_depth`` (12; env var ``MAX_TREE_DEPTH``), ``max_tokens`` (256; env var ``MAX_TOKENS``):
       an explicit argument wins over the environment variable, which wins over the default.
     - ``rewards``: ``"seed"``, ``"outcome"`` or a :class:`~azgym.rewards.RewardConfig`.
     - ``max_question_tokens`` (512): size of the question observation.
+    - ``terminal`` (``"rule"``): what ends an episode besides truncation: ``"rule"`` (an answer
+      marker or end of sequence), ``"model"`` (the rule, or the scoring model's "yes" to "is this
+      response complete?", see :mod:`azgym.terminal`) or a checker object.
+    - ``prompt`` (``"task"``): the solve prompt's system message: the task's own, ``"bare"`` (the
+      question alone, as a user would ask it) or the message text. Priors, PRE and the student's
+      training prompt use it.
     - ``render_mode``: ``None`` or ``"ansi"``.
 
     ## Version History
@@ -117,7 +130,9 @@ class ReasoningEnv(gym.Env):
         model: str | LanguageModel = DEFAULT_MODEL,
         *,
         task: str = "gsm8k",
-        proposer: TeacherProposer | None = None,
+        proposer: TeacherEnsemble | None = None,
+        teachers: str | Sequence[str] | None = None,
+        terminal: str | RuleTerminalChecker = "rule",
         num_right: int = 2,
         num_wrong: int = 2,
         chunk_tokens: int = 48,
@@ -127,6 +142,7 @@ class ReasoningEnv(gym.Env):
         rewards: str | rw.RewardConfig = "seed",
         device: str = "cpu",
         render_mode: str | None = None,
+        prompt: str = "task",
     ):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
@@ -145,15 +161,19 @@ class ReasoningEnv(gym.Env):
         self._problem_index = {p.id: i for i, p in enumerate(self.problems)}
         if proposer is None:
             lm = _shared_backend(model, device) if isinstance(model, str) else model
-            proposer = TeacherProposer(
-                lm,
-                system_prompt=self.task.SYSTEM_PROMPT,
+            options = dict(
+                system_prompt=system_prompt_for(self.task, prompt),
                 num_right=num_right,
                 num_wrong=num_wrong,
                 chunk_tokens=chunk_tokens,
             )
+            if teachers:
+                proposer = TeacherEnsemble(lm, load_teachers(teachers, lm, device=device), **options)
+            else:
+                proposer = TeacherProposer(lm, **options)
         self.proposer = proposer
         self.lm = proposer.lm
+        self.terminal = _terminal_checker(terminal, self.lm, self.task)
         num_candidates = proposer.num_candidates
         high = self.lm.vocab_size - 1
         self.action_space = spaces.Discrete(num_candidates)
@@ -189,6 +209,7 @@ class ReasoningEnv(gym.Env):
         info = self._info()
         if outcome.grade is not None:
             info["grade"] = asdict(outcome.grade)
+            self.proposer.observe(outcome.state.teachers, outcome.state.episode_return)
         terminated, truncated = outcome.state.terminated, outcome.state.truncated
         return self._observation(), outcome.reward, terminated, truncated, info
 
@@ -247,11 +268,12 @@ class ReasoningEnv(gym.Env):
             )
         chosen = candidates[index]
         response_ids = state.response_ids + chosen.token_ids
-        terminated = chosen.finished or self.task.has_answer_marker(chosen.text)
+        problem = self.problems[state.problem_index]
+        terminated = self.terminal.is_terminal(problem.question, response_ids, chosen)
         truncated = not terminated and (state.depth + 1 >= self.max_depth or len(response_ids) >= self.max_tokens)
         grade = None
         if terminated or truncated:
-            grade = self.task.grade(self.lm.decode(response_ids), self.problems[state.problem_index].gold)
+            grade = self.task.grade(self.lm.decode(response_ids), problem.gold)
         terms = rw.step_reward(
             self.reward_config,
             depth=state.depth,
@@ -270,6 +292,7 @@ class ReasoningEnv(gym.Env):
             episode_return=state.episode_return + terms["total"],
             num_right_steps=state.num_right_steps + (chosen.label == "right"),
             num_wrong_steps=state.num_wrong_steps + (chosen.label == "wrong"),
+            teachers=state.teachers + (chosen.teacher,),
             terminated=terminated,
             truncated=truncated,
         )
@@ -388,6 +411,16 @@ def _reward_config(rewards: str | rw.RewardConfig) -> rw.RewardConfig:
             f"unknown reward preset {rewards!r}; choose one of {sorted(rw.REWARD_PRESETS)} or pass a RewardConfig"
         )
     return rw.REWARD_PRESETS[rewards]()
+
+
+def _terminal_checker(terminal, lm: LanguageModel, task) -> RuleTerminalChecker:
+    if isinstance(terminal, RuleTerminalChecker):
+        return terminal
+    if terminal == "rule":
+        return RuleTerminalChecker(task)
+    if terminal == "model":
+        return ModelTerminalChecker(lm, task)
+    raise ValueError(f"unknown terminal checker {terminal!r}; use 'rule', 'model' or a RuleTerminalChecker")
 
 
 def _is_problem_list(data) -> bool:

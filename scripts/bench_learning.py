@@ -25,14 +25,16 @@ import sys
 import time
 from pathlib import Path
 
+from azgym.tasks.base import PROMPT_STYLES, solve_messages, system_prompt_for
+
 REPO = Path(__file__).resolve().parents[1]
 ANCHOR = REPO.parent / "shared" / "anchors" / "trl_grpo_baseline.py"
 
 
-def write_train_file(problems, path: Path, system_prompt: str) -> None:
+def write_train_file(problems, path: Path, system_prompt: str | None) -> None:
     with path.open("w") as f:
         for p in problems:
-            prompt = [{"role": "system", "content": system_prompt}, {"role": "user", "content": p.question}]
+            prompt = solve_messages(system_prompt, p.question)
             f.write(json.dumps({"prompt": prompt, "answer": p.gold}) + "\n")
 
 
@@ -45,11 +47,11 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def evaluate_student(student, problems, task, max_tokens: int) -> dict:
+def evaluate_student(student, problems, task, max_tokens: int, prompt: str) -> dict:
     from agents.evaluate import evaluate
 
     student.eval()
-    result = evaluate(student.backend(), problems, task, max_tokens=max_tokens)
+    result = evaluate(student.backend(), problems, task, max_tokens=max_tokens, prompt=prompt)
     return {k: v for k, v in result.items() if k != "records"}
 
 
@@ -61,6 +63,13 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=48, help="response tokens at evaluation")
     parser.add_argument("--ablation", action="store_true", help="also run azgym with --simulations 1")
+    parser.add_argument(
+        "--prompt",
+        default="bare",
+        choices=PROMPT_STYLES,
+        help="solve prompt for both learners and the evaluation: bare ('What is a + b?' alone, as "
+        "the baseline was measured) or the task's system prompt",
+    )
     parser.add_argument("--out-dir", default="runs/bench-learning")
     parser.add_argument("--selfplay-args", default="", help="extra flags for scripts/selfplay.py")
     args = parser.parse_args()
@@ -76,7 +85,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     train = arithmetic.load_problems(f"{args.level}:{args.train_size}", "train")
     held_out = arithmetic.load_problems(args.level, "test")[: args.eval_size]
-    write_train_file(train, out / "train.jsonl", arithmetic.SYSTEM_PROMPT)
+    write_train_file(train, out / "train.jsonl", system_prompt_for(arithmetic, args.prompt))
 
     timings = {}
     baseline_dir = out / "baseline"
@@ -90,27 +99,31 @@ def main() -> None:
         timings[name] = run([sys.executable, str(REPO / "scripts" / "selfplay.py"), "--runs-dir", str(out),
                              "--run-name", name, "--task", "arithmetic", "--data", f"{args.level}:{args.train_size}",
                              "--iterations", "100000", "--budget-min", str(args.budget_min), "--eval-size", "32",
-                             "--eval-max-tokens", str(args.max_tokens), "--answer", "flexible", "--no-progress",
+                             "--eval-max-tokens", str(args.max_tokens), "--answer", "flexible", "--prompt", args.prompt,
+                             "--no-progress",
                              *extra,
                              *args.selfplay_args.split()], out / f"{name}.log")  # fmt: skip
 
-    results = {"level": args.level, "budget_min": args.budget_min, "wall_s": timings}
+    results = {"level": args.level, "budget_min": args.budget_min, "prompt": args.prompt, "wall_s": timings}
     torch.manual_seed(0)
-    results["base"] = evaluate_student(Student.from_config(StudentConfig()), held_out, arithmetic, args.max_tokens)
+    results["base"] = evaluate_student(
+        Student.from_config(StudentConfig()), held_out, arithmetic, args.max_tokens, args.prompt
+    )
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     baseline = Student.from_config(StudentConfig())
     set_peft_model_state_dict(baseline.model, load_file(str(baseline_dir / "adapter_model.safetensors")))
-    results["baseline"] = evaluate_student(baseline, held_out, arithmetic, args.max_tokens)
+    results["baseline"] = evaluate_student(baseline, held_out, arithmetic, args.max_tokens, args.prompt)
     for name in runs:
         results[name] = evaluate_student(load_student(latest_checkpoint(out / name / "checkpoints")), held_out,
-                                         arithmetic, args.max_tokens)  # fmt: skip
+                                         arithmetic, args.max_tokens, args.prompt)  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(out, runs)
 
     base = results["base"]["flexible_accuracy"]
-    print(f"level {args.level}, {len(held_out)} held-out problems, greedy; budget {args.budget_min} min each")
+    print(f"level {args.level}, {len(held_out)} held-out problems, greedy, prompt {args.prompt}; "
+          f"budget {args.budget_min} min each")  # fmt: skip
     for name in ("base", "baseline", *runs):
         r = results[name]
         print(f"  {name:22s} accuracy {r['accuracy']:.3f}  format {r['format_accuracy']:.3f}  "

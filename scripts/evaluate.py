@@ -62,12 +62,14 @@ def run(args, student: Student, task, problems) -> dict:
         from agents.mcts import MCTSAgent
         from azgym.env import ReasoningEnv
 
-        kwargs["env"] = ReasoningEnv(list(problems), model=lm, task=args.task, max_tokens=args.max_tokens)
+        kwargs["env"] = ReasoningEnv(
+            list(problems), model=lm, task=args.task, max_tokens=args.max_tokens, prompt=args.prompt
+        )
         kwargs["agent"] = MCTSAgent(LMValueFunction(lm, student.value_head), num_simulations=args.simulations,
                                     temperature=0.0, dirichlet_fraction=0.0, seed=args.seed)  # fmt: skip
     with torch.no_grad():
         return evaluate(lm, problems, task, mode=args.mode, k=args.k, max_tokens=args.max_tokens, seed=args.seed,
-                        **kwargs)  # fmt: skip
+                        prompt=args.prompt, **kwargs)  # fmt: skip
 
 
 def main() -> None:
@@ -84,6 +86,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="samples for majority / best_of_n")
     parser.add_argument("--simulations", type=int, default=8, help="MCTS simulations per move (mode mcts)")
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--prompt", default="task", help="solve prompt's system message: task | bare | the text")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="JSON result path (default: eval-<mode>.json here)")

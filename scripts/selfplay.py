@@ -42,6 +42,7 @@ from agents.learner import Learner, LearnerConfig
 from agents.loop import self_play, train
 from agents.mcts import MCTSAgent
 from agents.replay import ReplayBuffer
+from agents.similarity import SimilarityAgent
 from agents.student import Student, StudentConfig
 from agents.value import LMValueFunction
 from azgym.env import TASKS, ReasoningEnv
@@ -64,6 +65,10 @@ class SelfPlayConfig:
     iterations: int = 2
     num_examples: int = 2  # problems per iteration
     group_size: int = 4  # episodes per problem (the GRPO group)
+    agent: str = (
+        "mcts"  # mcts | similarity (the seed's epsilon-greedy pick of the candidate nearest the student's step)
+    )
+    epsilon: float = 0.3  # similarity agent: probability of a random candidate
     simulations: int = 0  # MCTS simulations per move (0: $NUM_MCTS_ITERATIONS or 4); 1 = no search
     num_right: int = 2
     num_wrong: int = 1
@@ -76,6 +81,8 @@ class SelfPlayConfig:
     use_legacy: bool = False  # reward-weighted supervised learning instead of GRPO
     distill: bool = False  # add the MCTS visit-distillation loss
     value_target: str = "outcome"  # outcome | q
+    teachers: str = ""  # "" (the student proposes alone), a tier (local) or comma-separated model names
+    prompt: str = "task"  # solve prompt's system message: task (the task's own) | bare (the question alone) | text
     answer: str = "strict"  # strict: reward the '#### ' answer; flexible: the last number (truncated episodes too)
     learning_rate: float = 2e-4
     kl_coef: float = 0.01
@@ -101,6 +108,8 @@ class SelfPlayConfig:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.answer not in ("strict", "flexible"):
             problems.append(f"--answer must be 'strict' or 'flexible', got {self.answer!r}")
+        if self.agent not in ("mcts", "similarity"):
+            problems.append(f"--agent must be 'mcts' or 'similarity', got {self.agent!r}")
         if self.value_target not in ("outcome", "q"):
             problems.append(f"--value-target must be 'outcome' or 'q', got {self.value_target!r}")
         if self.group_size < 2 and not self.use_legacy:
@@ -150,20 +159,24 @@ class Run:
         self.student = Student.from_config(
             StudentConfig(model=config.model, lora_r=config.lora_r, lora_alpha=config.lora_r, device=config.device)
         )
-        self.lm = self.student.backend()
+        self.lm = self.student.backend(name=config.model)  # the student proposes as this teacher in an ensemble
         task = TASKS[config.task]
         data = config.data or task.HUB_ID
         self.env = ReasoningEnv(
             data, "train", model=self.lm, task=config.task, num_right=config.num_right, num_wrong=config.num_wrong,
             chunk_tokens=config.chunk_tokens, max_depth=setting(config.max_depth, "MAX_TREE_DEPTH", 4),
             max_tokens=setting(config.max_tokens, "MAX_TOKENS", 64),
-            rewards=dataclasses.replace(outcome_preset(), answer=config.answer),
+            rewards=dataclasses.replace(outcome_preset(), answer=config.answer), prompt=config.prompt,
+            teachers=config.teachers or None, device=config.device,
         )  # fmt: skip
         self.task = task
         self.eval_problems = task.load_problems(data, "test")[: config.eval_size]
         simulations = setting(config.simulations, "NUM_MCTS_ITERATIONS", 4)
-        self.agent = MCTSAgent(LMValueFunction(self.lm, self.student.value_head), num_simulations=simulations,
-                               seed=config.seed, reuse_tree=False)  # fmt: skip
+        if config.agent == "similarity":
+            self.agent = SimilarityAgent(self.lm, epsilon=config.epsilon, seed=config.seed)
+        else:
+            self.agent = MCTSAgent(LMValueFunction(self.lm, self.student.value_head), num_simulations=simulations,
+                                   seed=config.seed, reuse_tree=False)  # fmt: skip
         loss = "legacy" if config.use_legacy else "grpo"
         self.learner = Learner(
             self.student,
@@ -188,6 +201,7 @@ class Run:
         self.start_iteration = int(extra["iteration"]) + 1
         self.rng.bit_generator.state = extra["loop_rng"]
         self.agent.rng.bit_generator.state = extra["agent_rng"]
+        self.env.proposer.load_state_dict(extra.get("teachers", {}))
         logger.info("resumed from %s: continuing at iteration %d", path, self.start_iteration)
 
     def run(self) -> None:
@@ -239,7 +253,8 @@ class Run:
             self.evaluate(iteration + 1, tag=f"iter-{iteration:04d}")
         if (iteration + 1) % config.save_every == 0 or final or config.budget_min:
             extra = {"iteration": iteration, "loop_rng": self.rng.bit_generator.state,
-                     "agent_rng": self.agent.rng.bit_generator.state}  # fmt: skip
+                     "agent_rng": self.agent.rng.bit_generator.state,
+                     "teachers": self.env.proposer.state_dict()}  # fmt: skip
             path = save_checkpoint(self.checkpoints, self.learner, extra=extra)
             logger.info("checkpoint %s", path)
         writer.flush()
@@ -254,6 +269,9 @@ class Run:
         w.add_scalar("charts/format_accuracy", float(np.mean([e.format_ok for e in episodes])), iteration)
         w.add_scalar("charts/episode_length", float(np.mean([len(e.steps) for e in episodes])), iteration)
         w.add_scalar("perf/self_play_seconds", stats.seconds, iteration)
+        if len(self.env.proposer.teachers) > 1:
+            for name, weight in self.env.proposer.weights.items():
+                w.add_scalar(f"teachers/weight/{name}", weight, iteration)
         w.add_scalar("perf/generated_tokens_per_s", stats.generated_tokens / max(stats.seconds, 1e-9), iteration)
         if stats.tree_nodes:
             w.add_scalar("mcts/tree_size", float(np.mean(stats.tree_nodes)), iteration)
@@ -268,7 +286,7 @@ class Run:
     def evaluate(self, step: int, tag: str) -> dict:
         self.student.eval()
         result = evaluate(self.lm, self.eval_problems, self.task, max_tokens=self.config.eval_max_tokens,
-                          progress=self.config.progress)  # fmt: skip
+                          progress=self.config.progress, prompt=self.config.prompt)  # fmt: skip
         for key in ("accuracy", "format_accuracy", "flexible_accuracy", "wrong_answer", "format_failure",
                     "tokens_per_problem"):  # fmt: skip
             self.writer.add_scalar(f"eval/{key}", result[key], step)

@@ -253,3 +253,30 @@ def test_state_is_a_small_immutable_snapshot():
         state.depth = 3  # type: ignore[misc]
     with pytest.raises(TypeError, match="EnvState"):
         env.set_state({"depth": 0})
+
+
+class Judge(ScriptedLM):
+    """Scores "yes" above "no" once the response mentions five."""
+
+    def score(self, prompts, continuations):
+        out = []
+        for p, c in zip(prompts, continuations, strict=True):
+            complete = "= 5" in self.decode(p)
+            yes = self.decode(c) == "yes"
+            out.append(np.full(len(c), -0.1 if yes == complete else -3.0, dtype=np.float32))
+        return out
+
+
+def test_model_terminal_checker_ends_an_episode_the_rule_would_continue():
+    script = {"": [("2 + 3 = 5\n", False)], "2 + 3 = 5\n": [("so five\n", False)]}
+    rule = ReasoningEnv([PROBLEM], model=ScriptedLM(script), num_right=1, num_wrong=0, rewards="outcome")
+    rule.reset(seed=0)
+    assert not rule.step(0)[2]  # no answer marker: the rule goes on
+    judged = ReasoningEnv([PROBLEM], model=Judge(script), num_right=1, num_wrong=0, terminal="model")
+    judged.reset(seed=0)
+    _, _, terminated, _, info = judged.step(0)
+    assert terminated and "grade" in info
+    assert judged.terminal.p_complete(PROBLEM.question, judged.get_state().response_ids) > 0.9
+    assert judged.terminal.p_complete(PROBLEM.question, ()) < 0.1  # the empty response is not complete
+    with pytest.raises(ValueError, match="unknown terminal checker 'llm'"):
+        ReasoningEnv([PROBLEM], model=Judge(script), terminal="llm")

@@ -86,3 +86,39 @@ def test_bad_arguments(tiny_lm, prompt):
 def test_from_name_rejects_unknown_models():
     with pytest.raises(ValueError, match="unknown model"):
         HFBackend.from_name("no-such-model")
+
+
+def _without_reuse(lm):
+    return HFBackend(lm.model, lm.tokenizer, name="no-reuse", prefix_reuse=False)
+
+
+def test_prefix_reuse_samples_and_scores_as_full_prefills_do(tiny_lm, prompt):
+    plain = _without_reuse(tiny_lm)
+    other = tiny_lm.chat_prompt([{"role": "user", "content": "And 7 + 8, please?"}])
+    prompts, seeds = [prompt, other, prompt], [4, 5, 6]
+    kwargs = dict(n=3, max_tokens=[3, 9, 6], temperature=[1.0, 0.0, 0.7], seed=seeds)
+    reused, full = tiny_lm.generate(prompts, **kwargs), plain.generate(prompts, **kwargs)
+    assert [[g.token_ids for g in gs] for gs in reused] == [[g.token_ids for g in gs] for gs in full]
+    for gs, hs in zip(reused, full, strict=True):
+        for g, h in zip(gs, hs, strict=True):
+            np.testing.assert_allclose(g.logprobs, h.logprobs, atol=1e-4)
+    conts = [list(reused[0][0].token_ids), [5, 6], list(reused[1][0].token_ids) or [7], [9]]
+    ps = [prompt, prompt, other, prompt]
+    for a, b in zip(tiny_lm.score(ps, conts), plain.score(ps, conts), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_prefix_reuse_prefills_a_shared_prompt_once(tiny_lm, prompt):
+    plain = _without_reuse(tiny_lm)
+    for lm in (tiny_lm, plain):
+        lm.stats.reset()
+        lm.generate([prompt, prompt], n=2, max_tokens=4, seed=[1, 2])
+    assert tiny_lm.stats.prefill == len(prompt)
+    assert plain.stats.prefill == 4 * len(prompt)
+    assert tiny_lm.stats.sampled == plain.stats.sampled > 0
+    for lm in (tiny_lm, plain):
+        lm.stats.reset()
+        lm.score([prompt] * 3, [[5, 6, 7], [8], [9, 10]])
+    assert tiny_lm.stats.prefill == len(prompt) and tiny_lm.stats.scored == 3
+    assert plain.stats.prefill == 3 * len(prompt) + 6

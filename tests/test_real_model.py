@@ -51,3 +51,22 @@ def test_mcts_agent_plays_a_gsm8k_episode_on_smollm2(gsm8k_dir):
         _, _, terminated, truncated, info = env.step(action)
         done, steps = terminated or truncated, steps + 1
     assert 1 <= steps <= 4 and "grade" in info and info["response"]
+
+
+def test_two_model_local_ensemble_proposes_in_gsm8k_and_passes_check_env(gsm8k_dir):
+    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", teachers="local", chunk_tokens=12, max_depth=2)
+    ensemble = env.unwrapped.proposer
+    assert [t.name for t in ensemble.teachers] == ["smollm2-135m-instruct", "gemma3-270m"]
+    assert ensemble.teachers[0].lm is env.unwrapped.lm and ensemble.teachers[1].style == "few_shot"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped)
+    _, info = env.reset(seed=0, options={"problem_index": 0})
+    candidates = env.unwrapped.candidates()
+    assert {c.teacher for c in candidates} == {"smollm2-135m-instruct", "gemma3-270m"}
+    assert np.isclose(info["priors"].sum(), 1.0) and not ensemble.dropped
+    done = False
+    while not done:
+        _, reward, terminated, truncated, info = env.step(int(np.argmax(info["priors"])))
+        done = terminated or truncated
+    assert "grade" in info and np.isfinite(reward)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -78,3 +78,35 @@ def broadcast(value, count: int, name: str) -> list:
     if len(value) != count:
         raise ValueError(f"{name} has {len(value)} values for {count} prompts; pass one per prompt or a scalar")
     return list(value)
+
+
+class TokenizerMixin:
+    """Text, chat and per-prompt argument handling shared by backends built on a HF tokenizer."""
+
+    tokenizer: Any
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        else:  # base models: a plain transcript
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
+        return self.encode(text)
+
+    def _ids(self, prompt: Prompt) -> list[int]:
+        return self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+
+    def _per_prompt(self, prompts: Sequence[Prompt], n: int, max_tokens, temperature, seed) -> list[tuple]:
+        """(token ids, budget, temperature, seed) per prompt, scalars broadcast and checked."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        count = len(prompts)
+        budgets = broadcast(max_tokens, count, "max_tokens")
+        temps = broadcast(temperature, count, "temperature")
+        seeds = broadcast(seed, count, "seed")
+        return [(self._ids(p), int(b), float(t), s) for p, b, t, s in zip(prompts, budgets, temps, seeds, strict=True)]

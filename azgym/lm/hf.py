@@ -4,22 +4,45 @@ The sampling loop is written out here rather than delegated to ``model.generate`
 reasons the environment depends on: per-sample seeded generators (a sample does not change when
 the batch around it does), per-prompt temperatures and token budgets in one batch, and the
 log-prob of every sampled token.
+
+Prefix reuse (on by default): rows of one call that share a prompt (the K candidates of a state,
+``n`` samples of a prompt) run that prompt through the model once and copy its KV cache, and
+scoring runs each distinct prompt once and its continuations on top of the cached prefix. Rows
+that finish early leave the batch, so a long sample does not keep finished rows computing.
+``stats`` counts the tokens each call prefilled, generated and scored.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from azgym.lm.base import Generation, Prompt, broadcast
+from azgym.lm.base import Generation, Prompt, TokenizerMixin
 
 logger = logging.getLogger(__name__)
 
 
-class HFBackend:
+@dataclass
+class TokenStats:
+    """Tokens run through the model since the last reset: prompt prefill, decoding steps (one per
+    live row and step), sampled tokens kept, and continuation tokens scored on top of a prefix."""
+
+    prefill: int = 0
+    generated: int = 0
+    sampled: int = 0
+    scored: int = 0
+    generate_rows: int = 0  # rows (prompt x sample) asked of generate
+    generate_calls: int = 0
+
+    def reset(self) -> None:
+        self.prefill = self.generated = self.sampled = self.scored = self.generate_rows = self.generate_calls = 0
+
+
+class HFBackend(TokenizerMixin):
     """A transformers causal LM behind the :class:`~azgym.lm.base.LanguageModel` protocol.
 
     Args:
@@ -27,13 +50,16 @@ class HFBackend:
         tokenizer: its tokenizer.
         name: a label for logs.
         max_batch_size: rows per forward pass; larger calls are split.
+        prefix_reuse: prefill a prompt shared by several rows once (see the module docs).
     """
 
-    def __init__(self, model, tokenizer, *, name: str = "model", max_batch_size: int = 32):
+    def __init__(self, model, tokenizer, *, name: str = "model", max_batch_size: int = 32, prefix_reuse: bool = True):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
+        self.prefix_reuse = prefix_reuse
+        self.stats = TokenStats()
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
@@ -56,22 +82,6 @@ class HFBackend:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
-
-    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-        else:  # base models: a plain transcript
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages) + "Assistant:"
-        return self.encode(text)
-
-    def _ids(self, prompt: Prompt) -> list[int]:
-        return self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-
     @torch.inference_mode()
     def generate(
         self,
@@ -83,17 +93,11 @@ class HFBackend:
         temperature: float | Sequence[float] = 1.0,
         seed: int | Sequence[int] | None = None,
     ) -> list[list[Generation]]:
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
-        count = len(prompts)
-        budgets = broadcast(max_tokens, count, "max_tokens")
-        temps = broadcast(temperature, count, "temperature")
-        seeds = broadcast(seed, count, "seed")
-        rows = [
-            (self._ids(p), int(b), float(t), s, j)
-            for p, b, t, s in zip(prompts, budgets, temps, seeds, strict=True)
-            for j in range(n)
-        ]
+        per_prompt = self._per_prompt(prompts, n, max_tokens, temperature, seed)
+        count = len(per_prompt)
+        rows = [(*row, j) for row in per_prompt for j in range(n)]
+        self.stats.generate_calls += 1
+        self.stats.generate_rows += len(rows)
         out: list[Generation] = []
         for start in range(0, len(rows), self.max_batch_size):
             out.extend(self._generate_rows(rows[start : start + self.max_batch_size], tuple(stop)))
@@ -101,67 +105,89 @@ class HFBackend:
 
     def _generate_rows(self, rows, stop: tuple[str, ...]) -> list[Generation]:
         device = self.device
-        ids, mask = self.left_pad([r[0] for r in rows])
-        ids, mask = ids.to(device), mask.to(device)
+        num = len(rows)
         budgets = [r[1] for r in rows]
-        temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device).unsqueeze(1)
         greedy = [r[2] <= 0.0 for r in rows]
         generators = [self._generator(r[3], r[4]) for r in rows]
-        num = len(rows)
         tokens: list[list[int]] = [[] for _ in range(num)]
         logprobs: list[list[float]] = [[] for _ in range(num)]
-        finish: list[str | None] = [None] * num
-        for i, b in enumerate(budgets):
-            if b <= 0:
-                finish[i] = "length"
+        finish: list[str | None] = ["length" if b <= 0 else None for b in budgets]
 
-        position = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1, :].float()
-        last_position = position[:, -1:]
-        step = 0
-        while any(f is None for f in finish):
+        cache, logits, mask, position = self._prefill([r[0] for r in rows])
+        temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device).unsqueeze(1)
+        live = list(range(num))  # row of each batch position
+        while True:
             log_p = torch.log_softmax(logits, dim=-1)
-            scaled = logits / temps
-            next_ids = torch.empty(num, dtype=torch.long)
-            for i in range(num):
-                if finish[i] is not None:
-                    next_ids[i] = self.pad_id
-                elif greedy[i]:
-                    next_ids[i] = int(scaled[i].argmax())
-                else:  # Gumbel-max with this row's own generator
-                    u = torch.rand(scaled.shape[-1], generator=generators[i]).clamp_(1e-10, 1.0)
-                    next_ids[i] = int((scaled[i].cpu() - torch.log(-torch.log(u))).argmax())
-            step += 1
-            for i in range(num):
+            scaled = (logits / temps).cpu()
+            next_ids = torch.full((len(live),), self.pad_id, dtype=torch.long)
+            for pos, i in enumerate(live):
                 if finish[i] is not None:
                     continue
-                token = int(next_ids[i])
+                if greedy[i]:
+                    token = int(scaled[pos].argmax())
+                else:  # Gumbel-max with this row's own generator
+                    u = torch.rand(scaled.shape[-1], generator=generators[i]).clamp_(1e-10, 1.0)
+                    token = int((scaled[pos] - torch.log(-torch.log(u))).argmax())
+                next_ids[pos] = token
                 if token in self.eos_ids:
                     finish[i] = "eos"
                     continue
                 tokens[i].append(token)
-                logprobs[i].append(float(log_p[i, token]))
+                logprobs[i].append(float(log_p[pos, token]))
                 if stop and any(s in self.decode(tokens[i]) for s in stop):
                     finish[i] = "stop"
                 elif len(tokens[i]) >= budgets[i]:
                     finish[i] = "length"
-            if all(f is not None for f in finish):
+            keep = [pos for pos, i in enumerate(live) if finish[i] is None]
+            if not keep:
                 break
-            mask = torch.cat([mask, mask.new_ones(num, 1)], dim=1)
-            last_position = last_position + 1
+            if len(keep) < len(live):  # finished rows leave the batch
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, position, temps = mask[index], position[index], temps[index]
+                next_ids = next_ids[keep]
+                live = [live[pos] for pos in keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            position = position + 1
+            self.stats.generated += len(live)
             out = self.model(
-                input_ids=next_ids.view(num, 1).to(device),
+                input_ids=next_ids.view(-1, 1).to(device),
                 attention_mask=mask,
-                position_ids=last_position,
+                position_ids=position,
                 past_key_values=cache,
                 use_cache=True,
             )
             cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        self.stats.sampled += sum(len(t) for t in tokens)
         return [
             Generation(self.decode(t), tuple(t), tuple(lp), f)  # type: ignore[arg-type]
             for t, lp, f in zip(tokens, logprobs, finish, strict=True)
         ]
+
+    def _prefill(self, prompts: list[list[int]]):
+        """Run the prompts through the model; rows with the same prompt share one prefill.
+
+        Returns the KV cache, the last position's logits, the attention mask and the last position
+        id, one row per prompt.
+        """
+        device = self.device
+        if self.prefix_reuse:
+            first: dict[tuple[int, ...], int] = {}
+            index = [first.setdefault(tuple(p), len(first)) for p in prompts]
+            distinct = [list(p) for p in first]
+        else:
+            index, distinct = list(range(len(prompts))), prompts
+        ids, mask = self.left_pad(distinct)
+        ids, mask = ids.to(device), mask.to(device)
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.stats.prefill += int(mask.sum())
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        if len(distinct) < len(prompts):
+            rows = torch.tensor(index, device=device)
+            cache.reorder_cache(rows)
+            logits, mask, position = logits[rows], mask[rows], position[rows]
+        return cache, logits, mask, position[:, -1:]
 
     @torch.inference_mode()
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[Prompt]) -> list[np.ndarray]:
@@ -174,8 +200,37 @@ class HFBackend:
         return result
 
     def _score_pairs(self, pairs) -> list[np.ndarray]:
+        if not self.prefix_reuse:
+            return self._score_full(pairs)
+        device = self.device
+        cache, last_logits, mask, position = self._prefill([p for p, _ in pairs])
+        first = torch.log_softmax(last_logits, dim=-1)  # predicts each continuation's first token
+        width = max(1, max(len(c) for _, c in pairs))
+        conts = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
+        fed = torch.zeros((len(pairs), width - 1), dtype=torch.long)  # tokens that predict a later one
+        for i, (_, c) in enumerate(pairs):
+            conts[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+            fed[i, : max(len(c) - 1, 0)] = 1
+        conts, fed = conts.to(device), fed.to(device)
+        token_log_p = first.gather(-1, conts[:, :1]).cpu()
+        if width > 1:  # the rest of each continuation, on top of the cached prompt (right-padded)
+            steps = torch.arange(1, width, device=device).unsqueeze(0)
+            self.stats.scored += int(fed.sum())
+            logits = self.model(
+                input_ids=conts[:, :-1],
+                attention_mask=torch.cat([mask, fed], dim=1),
+                position_ids=position + steps,
+                past_key_values=cache,
+            ).logits.float()
+            rest = torch.log_softmax(logits, dim=-1).gather(-1, conts[:, 1:].unsqueeze(-1)).squeeze(-1)
+            token_log_p = torch.cat([token_log_p, rest.cpu()], dim=1)
+        token_log_p = token_log_p.numpy()
+        return [token_log_p[i, : len(c)].astype(np.float32).copy() for i, (_, c) in enumerate(pairs)]
+
+    def _score_full(self, pairs) -> list[np.ndarray]:
         device = self.device
         ids, mask = self.left_pad([p + c for p, c in pairs])
+        self.stats.prefill += int(mask.sum())
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.model(
             input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device)
@@ -189,6 +244,17 @@ class HFBackend:
             # position t of token_log_p predicts ids[:, t + 1]; the continuation fills the row's end
             out.append(token_log_p[row, width - 1 - len(cont) :].astype(np.float32).copy())
         return out
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length mean-pooled last hidden states of ``texts`` ([N, hidden] float32)."""
+        ids, mask = self.left_pad([self.encode(t) or [self.eos_token_id] for t in texts])
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=position, output_hidden_states=True)
+        last = hidden.hidden_states[-1].float() * mask.unsqueeze(-1)
+        pooled = last.sum(1) / mask.sum(1, keepdim=True)
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
 
     def left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token-id lists as a left-padded [B, T] batch and its attention mask (CPU tensors)."""
