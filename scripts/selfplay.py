@@ -82,6 +82,7 @@ class SelfPlayConfig:
     distill: bool = False  # add the MCTS visit-distillation loss
     value_target: str = "outcome"  # outcome | q
     teachers: str = ""  # "" (the student proposes alone), a tier (local) or comma-separated model names
+    terminal: str = "rule"  # rule (answer marker / end of sequence) | model (also the student's "is it complete?")
     prompt: str = "task"  # solve prompt's system message: task (the task's own) | bare (the question alone) | text
     answer: str = "strict"  # strict: reward the '#### ' answer; flexible: the last number (truncated episodes too)
     learning_rate: float = 2e-4
@@ -108,6 +109,8 @@ class SelfPlayConfig:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.answer not in ("strict", "flexible"):
             problems.append(f"--answer must be 'strict' or 'flexible', got {self.answer!r}")
+        if self.terminal not in ("rule", "model"):
+            problems.append(f"--terminal must be 'rule' or 'model', got {self.terminal!r}")
         if self.agent not in ("mcts", "similarity"):
             problems.append(f"--agent must be 'mcts' or 'similarity', got {self.agent!r}")
         if self.value_target not in ("outcome", "q"):
@@ -167,7 +170,7 @@ class Run:
             chunk_tokens=config.chunk_tokens, max_depth=setting(config.max_depth, "MAX_TREE_DEPTH", 4),
             max_tokens=setting(config.max_tokens, "MAX_TOKENS", 64),
             rewards=dataclasses.replace(outcome_preset(), answer=config.answer), prompt=config.prompt,
-            teachers=config.teachers or None, device=config.device,
+            teachers=config.teachers or None, device=config.device, terminal=config.terminal,
         )  # fmt: skip
         self.task = task
         self.eval_problems = task.load_problems(data, "test")[: config.eval_size]

@@ -100,3 +100,22 @@ def test_bad_flags_are_named(tmp_path):
     assert result.returncode == 2 and "--task 'chess'" in result.stderr
     result = selfplay(["--group-size", "1"], tmp_path)
     assert result.returncode == 2 and "group-size must be at least 2" in result.stderr
+
+
+def test_two_teacher_ensemble_and_the_similarity_agent(tiny_dir, tmp_path, tokenizer):
+    other = tmp_path / "other-model"
+    tiny_llama(len(tokenizer), seed=1).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    teachers = f"{tiny_dir},{other}"
+    ensemble = selfplay(["--model", str(tiny_dir), "--run-name", "ens", "--teachers", teachers, *TINY], tmp_path)
+    assert ensemble.returncode == 0, ensemble.stderr[-3000:]
+    run = tmp_path / "ens"
+    assert {f"teachers/weight/{tiny_dir}", f"teachers/weight/{other}"} <= scalar_tags(run)
+    import torch
+
+    saved = torch.load(run / "checkpoints" / "step-000001" / "trainer.pt", weights_only=False)["extra"]["teachers"]
+    assert set(saved["values"]) == {str(tiny_dir), str(other)} and not saved["dropped"]
+
+    similar = selfplay(["--model", str(tiny_dir), "--run-name", "sim", "--agent", "similarity", *TINY], tmp_path)
+    assert similar.returncode == 0, similar.stderr[-3000:]
+    assert (tmp_path / "sim" / "replay" / "iter-000000.jsonl").is_file()
