@@ -129,8 +129,12 @@ def main() -> None:
         print(f"  {name:22s} accuracy {r['accuracy']:.3f}  format {r['format_accuracy']:.3f}  "
               f"last-number {r['flexible_accuracy']:.3f}")  # fmt: skip
     gain = {name: results[name]["flexible_accuracy"] - base for name in ("baseline", *runs)}
-    ratio = gain["azgym"] / gain["baseline"] if gain["baseline"] else float("nan")
-    print(f"gain ratio azgym/baseline (last-number accuracy): {ratio:.2f}")
+    print("gains over the base model: " + ", ".join(f"{name} {g:+.3f}" for name, g in gain.items()))
+    if gain["baseline"] > 0:
+        print(f"gain ratio azgym/baseline (last-number accuracy): {gain['azgym'] / gain['baseline']:.2f}")
+    else:  # a ratio against a baseline that did not improve means nothing
+        print(f"gain ratio azgym/baseline (last-number accuracy): undefined, the baseline's gain is "
+              f"{gain['baseline']:+.3f}")  # fmt: skip
 
 
 def plot(out: Path, runs: dict) -> None:

@@ -122,3 +122,14 @@ def test_prefix_reuse_prefills_a_shared_prompt_once(tiny_lm, prompt):
         lm.score([prompt] * 3, [[5, 6, 7], [8], [9, 10]])
     assert tiny_lm.stats.prefill == len(prompt) and tiny_lm.stats.scored == 3
     assert plain.stats.prefill == 3 * len(prompt) + 6
+
+
+def test_prompts_sharing_a_head_prefill_it_once(tiny_lm, prompt):
+    plain = _without_reuse(tiny_lm)
+    other = tiny_lm.chat_prompt([{"role": "user", "content": "And 7 + 8, please?"}])
+    shared = next(i for i, (a, b) in enumerate(zip(prompt, other, strict=False)) if a != b)
+    assert shared >= 16  # the chat template's system turn
+    for lm in (tiny_lm, plain):
+        lm.stats.reset()
+        lm.generate([prompt, other], max_tokens=3, temperature=0.0)
+    assert tiny_lm.stats.prefill == plain.stats.prefill - shared
