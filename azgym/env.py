@@ -168,7 +168,8 @@ class ReasoningEnv(gym.Env):
                 chunk_tokens=chunk_tokens,
             )
             if teachers:
-                proposer = TeacherEnsemble(lm, load_teachers(teachers, lm, device=device), **options)
+                shared = functools.partial(_shared_backend, device=device)  # one copy per model, across envs
+                proposer = TeacherEnsemble(lm, load_teachers(teachers, lm, loader=shared), **options)
             else:
                 proposer = TeacherProposer(lm, **options)
         self.proposer = proposer

@@ -25,7 +25,7 @@ import hashlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -417,11 +417,13 @@ def load_teachers(
     device: str = "cpu",
     backend: str = "hf",
     gpu_memory_utilization: float = 0.2,
+    loader: Callable[[str], LanguageModel] | None = None,
 ) -> list[Teacher]:
     """Teachers from a tier name (``local``, ``free``, ``production``), a comma-separated string
     or a list of model names. The scorer is reused where its name appears; a model that fails to
     load is skipped with a warning naming it (an error if none loads). ``backend="vllm"`` serves
-    each teacher with vLLM, taking ``gpu_memory_utilization`` of the GPU each."""
+    each teacher with vLLM, taking ``gpu_memory_utilization`` of the GPU each; ``loader`` replaces
+    the transformers loading (the environment passes one that shares models between envs)."""
     from azgym.lm.hf import HFBackend
 
     if backend not in ("hf", "vllm"):
@@ -440,7 +442,7 @@ def load_teachers(
 
                 lm = VLLMBackend(name, gpu_memory_utilization=gpu_memory_utilization)
             else:
-                lm = HFBackend.from_name(name, device=device)
+                lm = loader(name) if loader else HFBackend.from_name(name, device=device)
         except Exception as err:  # noqa: BLE001 - one teacher that cannot load must not stop the others
             logger.warning("teacher %s could not be loaded (%s: %s); continuing without it", name,
                            type(err).__name__, err)  # fmt: skip
