@@ -253,7 +253,8 @@ class TeacherEnsemble:
 
     def _propose_uncached(self, requests: Sequence[ProposalRequest]) -> list[list[Candidate]]:
         found: list[dict[str, tuple[str, tuple[int, ...], bool, str]]] = [{} for _ in requests]
-        wanted = [self._allocate(r) for r in requests]  # per request: {(teacher, label): slots}
+        weights = self.weights
+        wanted = [self._allocate(r, weights) for r in requests]  # per request: {(teacher, label): slots}
         rounds, round_index = 1 + self.refill_rounds, 0
         while round_index < rounds:
             pending = False
@@ -319,13 +320,12 @@ class TeacherEnsemble:
                     key = (live[j % len(live)].name, label)
                     w[key] = w.get(key, 0) + 1
 
-    def _allocate(self, request: ProposalRequest) -> dict[tuple[str, str], int]:
+    def _allocate(self, request: ProposalRequest, weights: dict[str, float]) -> dict[tuple[str, str], int]:
         """Each label's slots shared among the live teachers by weight (systematic sampling with a
         seeded offset, so a teacher gets floor or ceil of its share)."""
         live = self.live_teachers
         if len(live) == 1:
             return {(live[0].name, RIGHT): self.num_right, (live[0].name, WRONG): self.num_wrong}
-        weights = self.weights
         cumulative = np.cumsum([weights[t.name] for t in live])
         out: dict[tuple[str, str], int] = {}
         for label, slots in ((RIGHT, self.num_right), (WRONG, self.num_wrong)):

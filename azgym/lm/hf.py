@@ -29,14 +29,14 @@ logger = logging.getLogger(__name__)
 SHARED_HEAD_TOKENS = 16  # prompts of one call sharing at least this many leading tokens prefill them once
 
 
-def _shared_heads(prompts: list[list[int]], min_shared: int) -> tuple[list[int], list[int]] | None:
-    """Group prompts by a shared head: (group of each prompt, head length of each group), or None
+def _shared_heads(prompts: list[list[int]], min_shared: int) -> tuple[list[int], list[list[int]]] | None:
+    """Group prompts by a shared head: (group of each prompt, the head of each group), or None
     when no two prompts share ``min_shared`` leading tokens. A head stops one token short of its
     shortest member, so every prompt keeps a tail to run."""
     if len(prompts) < 2 or min(len(p) for p in prompts) < 2:
         return None
     order = sorted(range(len(prompts)), key=lambda i: prompts[i])
-    group_of, head_len = [0] * len(prompts), []
+    group_of, heads = [0] * len(prompts), []
     start = 0
     for k in range(1, len(order) + 1):
         if k < len(order):
@@ -48,12 +48,12 @@ def _shared_heads(prompts: list[list[int]], min_shared: int) -> tuple[list[int],
         shared = min(_common_prefix(prompts[members[0]], prompts[m]) for m in members)
         shortest = min(len(prompts[m]) for m in members)
         for m in members:
-            group_of[m] = len(head_len)
-        head_len.append(max(1, min(shared if len(members) > 1 else shortest, shortest - 1)))
+            group_of[m] = len(heads)
+        heads.append(prompts[members[0]][: max(1, min(shared if len(members) > 1 else shortest, shortest - 1))])
         start = k
-    if len(head_len) == len(prompts):
+    if len(heads) == len(prompts):
         return None
-    return group_of, head_len
+    return group_of, heads
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -217,25 +217,13 @@ class HFBackend(TokenizerMixin):
             index, distinct = list(range(len(prompts))), prompts
         groups = _shared_heads(distinct, SHARED_HEAD_TOKENS) if self.prefix_reuse else None
         if groups is None:
-            ids, mask = self.left_pad(distinct)
-            ids, mask = ids.to(device), mask.to(device)
-            position = (mask.cumsum(-1) - 1).clamp(min=0)
-            self.stats.prefill += int(mask.sum())
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+            cache, logits, mask, position = self._forward_padded(distinct)
         else:  # prompts sharing a head (the instructions and question): the head once, then each tail
-            group_of, head_len = groups
-            heads = [distinct[group_of.index(g)][: head_len[g]] for g in range(len(head_len))]
-            ids, mask = self.left_pad(heads)
-            ids, mask = ids.to(device), mask.to(device)
-            position = (mask.cumsum(-1) - 1).clamp(min=0)
-            self.stats.prefill += int(mask.sum())
-            cache = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True
-            ).past_key_values
+            group_of, heads = groups
+            cache, _, mask, position = self._forward_padded(heads)
             owner = torch.tensor(group_of, device=device)
             cache.reorder_cache(owner)
-            tail_ids, tail_mask = self.left_pad([p[head_len[g] :] for p, g in zip(distinct, group_of, strict=True)])
+            tail_ids, tail_mask = self.left_pad([p[len(heads[g]) :] for p, g in zip(distinct, group_of, strict=True)])
             tail_ids, tail_mask = tail_ids.to(device), tail_mask.to(device)
             position = position[owner, -1:] + tail_mask.cumsum(-1)
             mask = torch.cat([mask[owner], tail_mask], dim=1)
@@ -257,6 +245,15 @@ class HFBackend(TokenizerMixin):
         for start in range(0, len(pairs), self.max_batch_size):
             result.extend(self._score_pairs(pairs[start : start + self.max_batch_size]))
         return result
+
+    def _forward_padded(self, sequences: list[list[int]]):
+        """One left-padded forward pass with a KV cache: cache, last logits, mask, positions."""
+        ids, mask = self.left_pad(sequences)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.stats.prefill += int(mask.sum())
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
+        return out.past_key_values, out.logits[:, -1, :].float(), mask, position
 
     def _score_pairs(self, pairs) -> list[np.ndarray]:
         if not self.prefix_reuse:
