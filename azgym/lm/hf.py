@@ -14,6 +14,7 @@ that finish early leave the batch, so a long sample does not keep finished rows 
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +55,18 @@ def _shared_heads(prompts: list[list[int]], min_shared: int) -> tuple[list[int],
     if len(heads) == len(prompts):
         return None
     return group_of, heads
+
+
+def _cache_argument(model) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers 5.x) or ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(output):
+    """The KV cache a forward pass returned, under either transformers name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -107,6 +120,7 @@ class HFBackend(TokenizerMixin):
         if not self.eos_ids:
             raise ValueError(f"{name}: neither the model nor the tokenizer defines an end-of-sequence token")
         self.eos_token_id = int(tokenizer.eos_token_id if tokenizer.eos_token_id in self.eos_ids else min(self.eos_ids))
+        self._cache_arg = _cache_argument(model)
 
     @classmethod
     def from_name(cls, name: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs) -> HFBackend:
@@ -192,10 +206,10 @@ class HFBackend(TokenizerMixin):
                 input_ids=next_ids.view(-1, 1).to(device),
                 attention_mask=mask,
                 position_ids=position,
-                past_key_values=cache,
+                **{self._cache_arg: cache},
                 use_cache=True,
             )
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+            cache, logits = _cache_of(out), out.logits[:, -1, :].float()
         self.stats.sampled += sum(len(t) for t in tokens)
         return [
             Generation(self.decode(t), tuple(t), tuple(lp), f)  # type: ignore[arg-type]
@@ -228,8 +242,8 @@ class HFBackend(TokenizerMixin):
             position = position[owner, -1:] + tail_mask.cumsum(-1)
             mask = torch.cat([mask[owner], tail_mask], dim=1)
             self.stats.prefill += int(tail_mask.sum())
-            out = self.model(input_ids=tail_ids, attention_mask=mask, position_ids=position, past_key_values=cache)
-            cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+            out = self.model(input_ids=tail_ids, attention_mask=mask, position_ids=position, **{self._cache_arg: cache})
+            cache, logits = _cache_of(out), out.logits[:, -1, :].float()
         if len(distinct) < len(prompts):
             rows = torch.tensor(index, device=device)
             cache.reorder_cache(rows)
@@ -253,7 +267,7 @@ class HFBackend(TokenizerMixin):
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         self.stats.prefill += int(mask.sum())
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-        return out.past_key_values, out.logits[:, -1, :].float(), mask, position
+        return _cache_of(out), out.logits[:, -1, :].float(), mask, position
 
     def _score_pairs(self, pairs) -> list[np.ndarray]:
         if not self.prefix_reuse:
@@ -276,7 +290,7 @@ class HFBackend(TokenizerMixin):
                 input_ids=conts[:, :-1],
                 attention_mask=torch.cat([mask, fed], dim=1),
                 position_ids=position + steps,
-                past_key_values=cache,
+                **{self._cache_arg: cache},
             ).logits.float()
             rest = torch.log_softmax(logits, dim=-1).gather(-1, conts[:, 1:].unsqueeze(-1)).squeeze(-1)
             token_log_p = torch.cat([token_log_p, rest.cpu()], dim=1)
