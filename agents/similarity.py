@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from agents.policy import Policy, base_env, sample_action
 from azgym.env import EnvState
 
 SIMILARITIES = ("lexical", "embedding")
@@ -57,11 +58,11 @@ class SimilarityAgent:
         self.lm, self.epsilon, self.similarity, self.temperature = lm, epsilon, similarity, temperature
         self.rng = np.random.default_rng(seed)
 
-    def policy(self, env, states: Sequence[EnvState], candidates: Sequence[Sequence] | None = None) -> np.ndarray:
+    def policy(self, env, states: Sequence[EnvState]) -> Policy:
         """[B, K] action distributions: ``1 - epsilon`` on the most similar candidate, ``epsilon``
         spread over the valid ones."""
-        base = env.unwrapped
-        candidates = base.expand(states) if candidates is None else candidates
+        base = base_env(env)
+        candidates = base.expand(states)  # cached per state: no second proposal
         own = self._own_steps(base, states)
         out = np.zeros((len(states), base.action_space.n))
         for row, (cands, mine) in enumerate(zip(candidates, own, strict=True)):
@@ -70,19 +71,17 @@ class SimilarityAgent:
             scores = self._similarities(mine, [c.text for c in cands])
             out[row, : len(cands)] = self.epsilon / len(cands)
             out[row, int(np.argmax(scores))] += 1.0 - self.epsilon
-        return out
+        return Policy(out)
 
     def act(self, env) -> int:
         """An action for the env's current state."""
-        policy = self.policy(env, [env.unwrapped.get_state()])[0]
-        return int(self.rng.choice(len(policy), p=policy / policy.sum()))
+        return sample_action(self.policy(env, [base_env(env).get_state()]).probs[0], self.rng)
 
     def _own_steps(self, env, states: Sequence[EnvState]) -> list[str]:
-        proposer = env.proposer
-        prompts = [proposer.solve_prompt(env.problem(s).question) + list(s.response_ids) for s in states]
-        budgets = [max(1, min(proposer.chunk_tokens, env.max_tokens - len(s.response_ids))) for s in states]
+        prompts = [env.solve_prompt(s) + list(s.response_ids) for s in states]
+        budgets = [env.step_budget(s) for s in states]
         seeds = [int(x) for x in self.rng.integers(0, 2**31 - 1, size=len(states))]
-        samples = self.lm.generate(prompts, max_tokens=budgets, stop=proposer.stop, temperature=self.temperature,
+        samples = self.lm.generate(prompts, max_tokens=budgets, stop=env.step_stop, temperature=self.temperature,
                                    seed=seeds)  # fmt: skip
         return [s[0].text for s in samples]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -15,16 +14,17 @@ from gymnasium import spaces
 from gymnasium.error import InvalidAction, ResetNeeded
 
 from azgym import rewards as rw
+from azgym.config import ENV_DEFAULTS, EnvConfig, env_override
 from azgym.lm.base import LanguageModel
-from azgym.models import DEFAULT_MODEL
-from azgym.overrides import int_override
-from azgym.tasks import arithmetic, gsm8k
-from azgym.tasks.base import Problem, system_prompt_for
+from azgym.lm.registry import DEFAULT_MODEL, shared_backend
+from azgym.prompts import system_prompt
+from azgym.tasks import get_task
+from azgym.tasks.base import Problem
+from azgym.tasks.gsm8k import Grade
 from azgym.teachers import Candidate, ProposalRequest, TeacherEnsemble, TeacherProposer, load_teachers
 from azgym.terminal import ModelTerminalChecker, RuleTerminalChecker
 
 PAD = -1  # fills the unused tail of the token-id observations
-TASKS = {"gsm8k": gsm8k, "arithmetic": arithmetic}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Transition:
     state: EnvState
     reward: float
     terms: dict[str, float]
-    grade: gsm8k.Grade | None
+    grade: Grade | None
 
 
 class ReasoningEnv(gym.Env):
@@ -72,14 +72,15 @@ class ReasoningEnv(gym.Env):
     ``Dict`` of token ids (the teacher's tokenizer) padded with ``PAD = -1``:
     - ``question_ids``: ``Box(-1, vocab-1, (max_question_tokens,), int64)``, the problem.
     - ``response_ids``: ``Box(-1, vocab-1, (max_tokens,), int64)``, the response so far.
-    - ``depth``: ``Discrete(max_depth + 1)``, steps taken.
+    - ``depth``: ``Discrete(max_steps + 1)``, steps taken.
     The text is in ``info`` too: ``question``, ``response``, ``candidates`` (texts of the valid
     slots), ``labels`` ("right"/"wrong"), ``priors`` (K floats), ``action_mask`` (K int8).
 
     ## Rewards
-    See :mod:`azgym.rewards`. The seed preset (default): 0.4·HRE + 0.6·γ^t·PRE − 0.01 ± direction
-    bonus per step; the outcome preset: 1 for a correct final answer, else 0. ``info["reward_terms"]``
-    holds every term of the last step.
+    See :mod:`azgym.rewards`. HRE is the outcome on the value scale: +1 for a correct final answer,
+    -1 for any other end (wrong, unmarked, truncated), 0 before the end. The seed preset (default):
+    0.4·HRE + 0.6·γ^t·PRE − 0.01 ± direction bonus per step; the outcome preset: HRE alone.
+    ``info["reward_terms"]`` holds every term of the last step.
 
     ## Starting State
     A problem drawn with ``self.np_random`` (or chosen by ``options={"problem_index": i}`` or
@@ -89,15 +90,17 @@ class ReasoningEnv(gym.Env):
     Terminated when a step states a final answer (``#### <number>`` or ``\\boxed{}``) or the teacher
     ends its response (end of sequence), or, with ``terminal="model"``, when the scoring model judges
     the response complete; ``info["grade"]`` then holds the grade. Truncated after
-    ``max_depth`` steps or ``max_tokens`` response tokens (graded too, but without HRE).
+    ``max_steps`` steps or ``max_tokens`` response tokens (graded too: HRE is -1 unless the answer,
+    read as ``answer`` says, is right).
 
     ## Arguments
     - ``data``: for GSM8K a ``.jsonl``/``.parquet`` path, a folder holding ``<split>.jsonl`` or a Hub
       id (default ``openai/gsm8k``); for arithmetic a level spec (default ``"add2"``, see
       :mod:`azgym.tasks.arithmetic`); or a list of :class:`~azgym.tasks.Problem`.
     - ``split``: ``"train"`` or ``"test"``.
-    - ``model``: a model name (default ``smollm2-135m-instruct``), path or Hub id, or a
-      :class:`~azgym.lm.LanguageModel`; used as the teacher and the scoring model.
+    - ``model``: a :class:`~azgym.lm.LanguageModel`, or a model name (default
+      ``smollm2-135m-instruct``), path or Hub id that the registry loads (one shared copy per
+      process, :func:`azgym.lm.registry.shared_backend`); the teacher and the scoring model.
     - ``teachers``: ``None`` (``model`` proposes alone), a tier (``"local"``: SmolLM2-135M-Instruct +
       Gemma-3-270M; ``"free"``, ``"production"``: Hub models for a GPU) or model names: a
       :class:`~azgym.teachers.TeacherEnsemble` whose teachers propose and ``model`` scores.
@@ -105,9 +108,11 @@ class ReasoningEnv(gym.Env):
     - ``proposer``: a ready :class:`~azgym.teachers.TeacherEnsemble` (or ``TeacherProposer``);
       overrides ``model``, ``teachers`` and the candidate settings.
     - ``num_right`` / ``num_wrong`` (2 / 2), ``chunk_tokens`` (48): candidates per state and step cap.
-    - ``max_depth`` (12; env var ``MAX_TREE_DEPTH``), ``max_tokens`` (256; env var ``MAX_TOKENS``):
+    - ``max_steps`` (12; env var ``MAX_TREE_DEPTH``), ``max_tokens`` (256; env var ``MAX_TOKENS``):
       an explicit argument wins over the environment variable, which wins over the default.
-    - ``rewards``: ``"seed"``, ``"outcome"`` or a :class:`~azgym.rewards.RewardConfig`.
+    - ``rewards``: ``"seed"``, ``"outcome"`` or a :class:`~azgym.rewards.RewardConfig`;
+      ``answer`` (``"strict"`` / ``"flexible"``) replaces the preset's answer rule when given.
+    Defaults are :class:`~azgym.config.EnvConfig`'s; :meth:`from_config` builds the env from one.
     - ``max_question_tokens`` (512): size of the question observation.
     - ``terminal`` (``"rule"``): what ends an episode besides truncation: ``"rule"`` (an answer
       marker or end of sequence), ``"model"`` (the rule, or the scoring model's "yes" to "is this
@@ -118,7 +123,8 @@ class ReasoningEnv(gym.Env):
     - ``render_mode``: ``None`` or ``"ansi"``.
 
     ## Version History
-    - v0: initial release (``AZLLM-GSM8K-v0``, ``AZLLM-Arithmetic-v0``).
+    - v0: initial release (``AZLLM-GSM8K-v0``, ``AZLLM-Arithmetic-v0``); before the first tagged
+      release HRE moved to the value scale (a wrong or truncated end pays -1, was 0).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -129,47 +135,52 @@ class ReasoningEnv(gym.Env):
         split: str = "train",
         model: str | LanguageModel = DEFAULT_MODEL,
         *,
-        task: str = "gsm8k",
+        task: str = ENV_DEFAULTS.task,
         proposer: TeacherEnsemble | None = None,
         teachers: str | Sequence[str] | None = None,
-        terminal: str | RuleTerminalChecker = "rule",
-        num_right: int = 2,
-        num_wrong: int = 2,
-        chunk_tokens: int = 48,
-        max_depth: int | None = None,
+        terminal: str | RuleTerminalChecker = ENV_DEFAULTS.terminal,
+        num_right: int = ENV_DEFAULTS.num_right,
+        num_wrong: int = ENV_DEFAULTS.num_wrong,
+        chunk_tokens: int = ENV_DEFAULTS.chunk_tokens,
+        max_steps: int | None = None,
         max_tokens: int | None = None,
-        max_question_tokens: int = 512,
-        rewards: str | rw.RewardConfig = "seed",
+        max_question_tokens: int = ENV_DEFAULTS.max_question_tokens,
+        rewards: str | rw.RewardConfig = ENV_DEFAULTS.rewards,
+        answer: str | None = None,
         device: str = "cpu",
         render_mode: str | None = None,
-        prompt: str = "task",
+        prompt: str = ENV_DEFAULTS.prompt,
     ):
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        self.task = TASKS[task]
-        data = self.task.HUB_ID if data is None else data
+        self.task = get_task(task)
+        settings = EnvConfig(  # validates every scalar setting at once
+            task=task, num_right=num_right, num_wrong=num_wrong, chunk_tokens=chunk_tokens,
+            max_steps=env_override("MAX_TREE_DEPTH", ENV_DEFAULTS.max_steps) if max_steps is None else max_steps,
+            max_tokens=env_override("MAX_TOKENS", ENV_DEFAULTS.max_tokens) if max_tokens is None else max_tokens,
+            max_question_tokens=max_question_tokens, prompt=prompt,
+        )  # fmt: skip
+        data = self.task.DEFAULT_DATA if data is None or data == "" else data
         self.render_mode = render_mode
-        self.max_depth = int_override(max_depth, "MAX_TREE_DEPTH", 12, name="max_depth")
-        self.max_tokens = int_override(max_tokens, "MAX_TOKENS", 256, name="max_tokens")
+        self.max_steps = settings.max_steps
+        self.max_tokens = settings.max_tokens
         self.max_question_tokens = max_question_tokens
-        self.reward_config = _reward_config(rewards)
+        self.reward_config = _reward_config(rewards, answer)
         self.problems = list(data) if _is_problem_list(data) else self.task.load_problems(data, split)
         if not self.problems:
             raise ValueError(f"no problems in {data!r} (split {split!r}); the environment needs at least one")
         self._problem_index = {p.id: i for i, p in enumerate(self.problems)}
         if proposer is None:
-            lm = _shared_backend(model, device) if isinstance(model, str) else model
+            lm = shared_backend(model, device) if isinstance(model, str) else model
             options = dict(
-                system_prompt=system_prompt_for(self.task, prompt),
+                system_prompt=system_prompt(self.task.NAME, prompt),
                 num_right=num_right,
                 num_wrong=num_wrong,
                 chunk_tokens=chunk_tokens,
             )
             if teachers:
-                shared = functools.partial(_shared_backend, device=device)  # one copy per model, across envs
-                proposer = TeacherEnsemble(lm, load_teachers(teachers, lm, loader=shared), **options)
+                teacher_list = load_teachers(teachers, lm, loader=lambda name: shared_backend(name, device))
+                proposer = TeacherEnsemble(lm, teacher_list, **options)
             else:
                 proposer = TeacherProposer(lm, **options)
         self.proposer = proposer
@@ -182,12 +193,24 @@ class ReasoningEnv(gym.Env):
             {
                 "question_ids": spaces.Box(PAD, high, (max_question_tokens,), dtype=np.int64),
                 "response_ids": spaces.Box(PAD, high, (self.max_tokens,), dtype=np.int64),
-                "depth": spaces.Discrete(self.max_depth + 1),
+                "depth": spaces.Discrete(self.max_steps + 1),
             }
         )
         self._state: EnvState | None = None
         self._last_terms: dict[str, float] = {}
         self._question_ids: dict[int, np.ndarray] = {}  # problem index -> padded question observation
+
+    @classmethod
+    def from_config(cls, config: EnvConfig, *, model: str | LanguageModel = DEFAULT_MODEL, split: str = "train",
+                    data: Sequence[Problem] | None = None, device: str = "cpu", **kwargs) -> ReasoningEnv:  # fmt: skip
+        """The env an :class:`~azgym.config.EnvConfig` describes (``data`` replaces ``config.data``)."""
+        return cls(
+            config.data if data is None else data, split, model, task=config.task,
+            teachers=config.teachers or None, terminal=config.terminal, num_right=config.num_right,
+            num_wrong=config.num_wrong, chunk_tokens=config.chunk_tokens, max_steps=config.max_steps,
+            max_tokens=config.max_tokens, max_question_tokens=config.max_question_tokens, rewards=config.rewards,
+            answer=config.answer, device=device, prompt=config.prompt, **kwargs,
+        )  # fmt: skip
 
     # -- Gymnasium API ---------------------------------------------------------------------------
 
@@ -210,7 +233,7 @@ class ReasoningEnv(gym.Env):
         info = self._info()
         if outcome.grade is not None:
             info["grade"] = asdict(outcome.grade)
-            self.proposer.observe(outcome.state.teachers, outcome.state.episode_return)
+            self.observe(outcome.state)
         terminated, truncated = outcome.state.terminated, outcome.state.truncated
         return self._observation(), outcome.reward, terminated, truncated, info
 
@@ -221,7 +244,7 @@ class ReasoningEnv(gym.Env):
         problem = self.problems[state.problem_index]
         lines = [f"[{problem.id}] {problem.question}", "--- response ---", self.lm.decode(state.response_ids)]
         status = "terminated" if state.terminated else "truncated" if state.truncated else "running"
-        lines.append(f"--- depth {state.depth}/{self.max_depth}, return {state.episode_return:+.3f}, {status} ---")
+        lines.append(f"--- depth {state.depth}/{self.max_steps}, return {state.episode_return:+.3f}, {status} ---")
         if state.terminated or state.truncated:
             grade = self.task.grade(self.lm.decode(state.response_ids), problem.gold)
             lines.append(f"gold {problem.gold}; parsed {grade.parsed}; correct {grade.correct}")
@@ -271,7 +294,7 @@ class ReasoningEnv(gym.Env):
         response_ids = state.response_ids + chosen.token_ids
         problem = self.problems[state.problem_index]
         terminated = self.terminal.is_terminal(problem.question, response_ids, chosen)
-        truncated = not terminated and (state.depth + 1 >= self.max_depth or len(response_ids) >= self.max_tokens)
+        truncated = not terminated and (state.depth + 1 >= self.max_steps or len(response_ids) >= self.max_tokens)
         grade = None
         if terminated or truncated:
             grade = self.task.grade(self.lm.decode(response_ids), problem.gold)
@@ -280,7 +303,7 @@ class ReasoningEnv(gym.Env):
             depth=state.depth,
             pre=chosen.logprob,
             label=chosen.label,
-            terminal=terminated or (truncated and self.reward_config.answer == "flexible"),
+            ended=grade is not None,
             correct=bool(
                 grade and (grade.correct if self.reward_config.answer == "strict" else grade.flexible_correct)
             ),
@@ -314,6 +337,43 @@ class ReasoningEnv(gym.Env):
 
     def problem(self, state: EnvState | None = None) -> Problem:
         return self.problems[(state or self._require_state()).problem_index]
+
+    # -- what agents and learners ask of the env (they never reach into the proposer) ---------------
+
+    def solve_prompt(self, state: EnvState | Problem | None = None) -> list[int]:
+        """Token ids of the solve prompt of a state's (or a problem's) question: the prompt the
+        student writes its response after, in training, in search and at evaluation."""
+        problem = state if isinstance(state, Problem) else self.problem(state)
+        return self.proposer.solve_prompt(problem.question)
+
+    def step_budget(self, state: EnvState) -> int:
+        """Most tokens the next step of ``state`` may have (the step cap, within the response budget)."""
+        return max(1, min(self.proposer.chunk_tokens, self.max_tokens - len(state.response_ids)))
+
+    @property
+    def step_stop(self) -> tuple[str, ...]:
+        """Strings that end a step (a newline: one reasoning line per step)."""
+        return self.proposer.stop
+
+    def observe(self, state: EnvState) -> None:
+        """Credit a finished episode's return to the teachers whose candidates it chose."""
+        self.proposer.observe(state.teachers, state.episode_return)
+
+    def clear_cache(self) -> None:
+        """Forget every cached proposal (call it after the proposing model's weights change)."""
+        self.proposer.clear_cache()
+
+    @property
+    def teacher_weights(self) -> dict[str, float]:
+        """Each live teacher's share of the candidate slots."""
+        return self.proposer.weights
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the env: the teachers' moving averages and who was dropped."""
+        return self.proposer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.proposer.load_state_dict(state)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -404,14 +464,16 @@ def _as_action(action, n: int) -> int:
     return value
 
 
-def _reward_config(rewards: str | rw.RewardConfig) -> rw.RewardConfig:
+def _reward_config(rewards: str | rw.RewardConfig, answer: str | None) -> rw.RewardConfig:
     if isinstance(rewards, rw.RewardConfig):
-        return rewards
-    if rewards not in rw.REWARD_PRESETS:
+        config = rewards
+    elif rewards in rw.REWARD_PRESETS:
+        config = rw.REWARD_PRESETS[rewards]()
+    else:
         raise ValueError(
             f"unknown reward preset {rewards!r}; choose one of {sorted(rw.REWARD_PRESETS)} or pass a RewardConfig"
         )
-    return rw.REWARD_PRESETS[rewards]()
+    return config if answer is None else replace(config, answer=answer)
 
 
 def _terminal_checker(terminal, lm: LanguageModel, task) -> RuleTerminalChecker:
@@ -427,10 +489,3 @@ def _terminal_checker(terminal, lm: LanguageModel, task) -> RuleTerminalChecker:
 def _is_problem_list(data) -> bool:
     return isinstance(data, (list, tuple)) and all(isinstance(p, Problem) for p in data)
 
-
-@functools.lru_cache(maxsize=4)
-def _shared_backend(name: str, device: str) -> LanguageModel:
-    """One loaded model per (name, device), shared by every env in the process."""
-    from azgym.lm.hf import HFBackend
-
-    return HFBackend.from_name(name, device=device)

@@ -1,13 +1,20 @@
-"""Rewards: pure functions of one step, and the presets that weight them.
+"""Rewards: the value scale, pure functions of one step, and the presets that weight them.
+
+The value scale (one for everything that adds returns: terminal rewards, tree backups, value-head
+targets and learner rewards): an episode's outcome is ``WIN = +1`` when it ends with the correct
+answer and ``LOSS = -1`` when it ends any other way (a wrong answer, no answer, truncated). The
+value head (tanh) predicts the expected outcome of a state, in the same ``[-1, 1]``, so a wrong
+final answer is never worth more than a live state the head expects to fail.
 
 Seed preset (the system this project grew from), per step ``t`` (0-based depth of the step):
 
     r_t = w_hre * HRE_t + w_pre * gamma**t * PRE_t - length_penalty + bonus_t
 
-- HRE_t (hard reward): 1 when the episode terminates at step t with the correct final answer,
-  else 0. Only a terminal step can earn it. With ``answer="flexible"`` the last number of the
-  response counts as its answer and a truncated episode is graded too (for curricula whose base
-  model rarely writes the answer marker; the strict default is GSM8K's convention).
+- HRE_t (hard reward, the outcome on the value scale): ``WIN`` when the episode ends at step t with
+  the correct final answer, ``LOSS`` when it ends at step t otherwise (wrong, unmarked or truncated),
+  0 on a step that does not end it. With ``answer="flexible"`` the last number of the response
+  counts as its answer (for curricula whose base model rarely writes the answer marker; the strict
+  default, GSM8K's convention, needs the ``#### `` marker).
 - PRE_t (process reward): mean token log-prob of the step's text under the scoring model and the
   plain solve prompt (a negative log-perplexity, <= 0). Discounting by ``gamma**t`` makes the
   episode's PRE sum the discounted accumulation ``sum_t gamma**t * PRE_t`` (gamma = 0.95).
@@ -15,13 +22,21 @@ Seed preset (the system this project grew from), per step ``t`` (0-based depth o
 - bonus_t: +0.1 for a step proposed as "right", -0.05 for one proposed as "wrong".
 - Weights: w_hre = 0.4, w_pre = 0.6.
 
-Outcome preset: HRE alone (w_hre = 1, everything else 0), what AlphaZero-style value learning wants.
+The shaping terms (PRE, length, direction) are edge rewards on the value scale: they add to the
+outcome along the path, and a search backs up their sum (so the seed preset's returns can leave
+[-1, 1] by the shaping's size; the value head clips at the ends).
+
+Outcome preset: HRE alone (w_hre = 1, everything else 0): the return is exactly the outcome, +1 or
+-1, what AlphaZero-style value learning wants.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+
+WIN = 1.0  # outcome of an episode that ends with the correct answer
+LOSS = -1.0  # outcome of an episode that ends any other way
 
 
 @dataclass(frozen=True)
@@ -34,7 +49,7 @@ class RewardConfig:
     length_penalty: float = 0.01  # paid every step
     right_bonus: float = 0.1  # added for a step proposed as "right"
     wrong_penalty: float = 0.05  # subtracted for a step proposed as "wrong"
-    answer: str = "strict"  # "strict": the '#### ' marker on a terminal step; "flexible": the last number at the end
+    answer: str = "strict"  # "strict": the '#### ' marker; "flexible": the last number of the response
 
     def __post_init__(self):
         if self.answer not in ("strict", "flexible"):
@@ -55,20 +70,29 @@ def seed_preset() -> RewardConfig:
 
 
 def outcome_preset() -> RewardConfig:
-    """Only the final answer counts: 1 for correct, 0 otherwise."""
+    """Only the outcome counts: WIN (+1) for a correct final answer, LOSS (-1) for any other end."""
     return RewardConfig(hre_weight=1.0, pre_weight=0.0, length_penalty=0.0, right_bonus=0.0, wrong_penalty=0.0)
 
 
 REWARD_PRESETS = {"seed": seed_preset, "outcome": outcome_preset}
 
 
-def hard_reward(terminal: bool, correct: bool) -> float:
-    """HRE: 1.0 for a terminal step whose final answer is correct, else 0.0.
+def outcome(correct: bool) -> float:
+    """An ended episode's outcome on the value scale.
+
+    >>> outcome(True), outcome(False)
+    (1.0, -1.0)
+    """
+    return WIN if correct else LOSS
+
+
+def hard_reward(ended: bool, correct: bool) -> float:
+    """HRE: the outcome for a step that ends the episode, 0.0 for one that does not.
 
     >>> hard_reward(True, True), hard_reward(True, False), hard_reward(False, True)
-    (1.0, 0.0, 0.0)
+    (1.0, -1.0, 0.0)
     """
-    return 1.0 if terminal and correct else 0.0
+    return outcome(correct) if ended else 0.0
 
 
 def process_reward(token_logprobs) -> float:
@@ -105,17 +129,20 @@ def direction_bonus(label: str, config: RewardConfig) -> float:
 
 
 def step_reward(
-    config: RewardConfig, *, depth: int, pre: float, label: str, terminal: bool, correct: bool
+    config: RewardConfig, *, depth: int, pre: float, label: str, ended: bool, correct: bool
 ) -> dict[str, float]:
     """Every term of one step's reward, and their weighted sum under ``"total"``.
 
-    ``depth`` is the 0-based index of this step in the episode.
+    ``depth`` is the 0-based index of this step in the episode; ``ended``: the step terminates or
+    truncates the episode; ``correct``: its final answer is right (under ``config.answer``).
 
-    >>> terms = step_reward(seed_preset(), depth=0, pre=-1.0, label="right", terminal=True, correct=True)
+    >>> terms = step_reward(seed_preset(), depth=0, pre=-1.0, label="right", ended=True, correct=True)
     >>> round(terms["total"], 6)  # 0.4*1 + 0.6*(-1) - 0.01 + 0.1
     -0.11
+    >>> step_reward(outcome_preset(), depth=3, pre=-2.0, label="wrong", ended=True, correct=False)["total"]
+    -1.0
     """
-    hre = hard_reward(terminal, correct)
+    hre = hard_reward(ended, correct)
     discounted_pre = config.pre_discount**depth * pre
     terms = {
         "hre": hre,

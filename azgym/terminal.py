@@ -12,12 +12,8 @@ import math
 from collections import OrderedDict
 
 from azgym.lm.base import LanguageModel
+from azgym.prompts import COMPLETE_QUESTION
 from azgym.teachers import Candidate
-
-QUESTION = (
-    "Question: {question}\n\nResponse so far:\n{response}\n\n"
-    "Has this response reached a complete final answer to the question? Reply with yes or no."
-)
 
 
 class RuleTerminalChecker:
@@ -62,7 +58,7 @@ class ModelTerminalChecker(RuleTerminalChecker):
         """The model's probability that the response is a complete answer (yes vs no)."""
         key = (question, tuple(response_ids))
         if key not in self._answers:
-            text = QUESTION.format(question=question, response=self.lm.decode(response_ids))
+            text = COMPLETE_QUESTION.format(question=question, response=self.lm.decode(response_ids))
             prompt = self.lm.chat_prompt([{"role": "user", "content": text}])
             yes, no = self.lm.score([prompt, prompt], [self._yes, self._no])
             margin = float(yes.sum() - no.sum())

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from azgym.tasks.base import PROMPT_STYLES, solve_messages, system_prompt_for
+from azgym.prompts import PROMPT_STYLES, solve_messages, system_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHOR = REPO.parent / "shared" / "anchors" / "trl_grpo_baseline.py"
@@ -48,9 +48,8 @@ def run(cmd: list[str], log: Path) -> float:
 
 
 def evaluate_student(student, problems, task, max_tokens: int, prompt: str) -> dict:
-    from agents.evaluate import evaluate
+    from agents.alphazero.evaluate import evaluate
 
-    student.eval()
     result = evaluate(student.backend(), problems, task, max_tokens=max_tokens, prompt=prompt)
     return {k: v for k, v in result.items() if k != "records"}
 
@@ -76,16 +75,16 @@ def main() -> None:
 
     import torch
 
-    from agents.checkpoint import latest_checkpoint, load_student
     from agents.student import Student, StudentConfig
-    from azgym.models import DEFAULT_MODEL, resolve_model
+    from agents.training.checkpoint import latest_checkpoint, load_student
+    from azgym.lm.registry import DEFAULT_MODEL, resolve_model
     from azgym.tasks import arithmetic
 
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     train = arithmetic.load_problems(f"{args.level}:{args.train_size}", "train")
     held_out = arithmetic.load_problems(args.level, "test")[: args.eval_size]
-    write_train_file(train, out / "train.jsonl", system_prompt_for(arithmetic, args.prompt))
+    write_train_file(train, out / "train.jsonl", system_prompt("arithmetic", args.prompt))
 
     timings = {}
     baseline_dir = out / "baseline"

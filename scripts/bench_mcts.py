@@ -51,7 +51,7 @@ def reference_rate(batch: int, sims: int) -> float:
 
 def real_search(batch: int, sims: int, data: str) -> None:
     from agents.mcts import MCTSAgent
-    from agents.value import LMValueFunction
+    from agents.student.value import LMValueFunction
     from azgym.env import ReasoningEnv
 
     env = ReasoningEnv(data, split="test")

@@ -4,7 +4,7 @@
     python scripts/bench_selfplay.py --task gsm8k --data ../shared/data/gsm8k --device cuda
 
 In one run, on the same model and problems:
-1. MCTS self-play (``agents.loop.self_play``: B episodes in lockstep, batched expansion, value
+1. MCTS self-play (``agents.alphazero.selfplay.self_play``: B episodes in lockstep, batched expansion, value
    head on the student) with prefix reuse on, then the same episodes (same seeds) with it off.
    Counted: tokens the teachers sampled, prompt tokens prefilled, wall time.
 2. Plain batched sampling with transformers' ``model.generate`` of the same solve prompts at the
@@ -17,28 +17,53 @@ sampling the candidates; the difference is scoring priors, values and the tree).
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
+from agents.alphazero.config import cpu_preset
+from agents.mcts import SearchConfig
+from azgym.cli import parse_config
+from azgym.config import EnvConfig, option
 
-def self_play_run(backend, problems, args) -> dict:
-    from agents.loop import self_play
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """The model, the problems and the repeats of the plain-generate baseline."""
+
+    model: str = option("smollm2-135m-instruct", "the model (teacher, scorer and value head's base)")
+    device: str = option("cpu", "device of the model")
+    problems: int = option(4, "problems played (the first N of the train split)")
+    group_size: int = option(2, "episodes per problem")
+    repeats: int = option(3, "plain generate calls (the best one counts)")
+    seed: int = option(0, "seeds the episodes and sampling")
+    skip_no_reuse: bool = option(False, "skip the prefix-reuse-off self-play run")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Self-play throughput: generated tokens/s during MCTS self-play against plain batched generate."""
+
+    env: EnvConfig = field(default_factory=lambda: cpu_preset().env)
+    search: SearchConfig = field(default_factory=lambda: cpu_preset().search)
+    bench: BenchOptions = field(default_factory=BenchOptions)
+
+
+def self_play_run(backend, problems, config: BenchConfig) -> dict:
+    from agents.alphazero.selfplay import self_play
     from agents.mcts import MCTSAgent
-    from agents.value import LMValueFunction
+    from agents.student.value import LMValueFunction
     from azgym.env import ReasoningEnv
 
-    env = ReasoningEnv(problems, model=backend, task=args.task, num_right=args.num_right, num_wrong=args.num_wrong,
-                       chunk_tokens=args.chunk_tokens, max_depth=args.max_depth, max_tokens=args.max_tokens,
-                       rewards="outcome")  # fmt: skip
-    agent = MCTSAgent(LMValueFunction(backend), num_simulations=args.simulations, seed=args.seed, reuse_tree=False)
+    env = ReasoningEnv.from_config(config.env, model=backend, data=problems)
+    seed = config.bench.seed
+    agent = MCTSAgent(LMValueFunction(backend), config=config.search, seed=seed, reuse_tree=False)
     backend.stats.reset()
     start = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    episodes, stats = self_play(env, agent, list(range(len(problems))), args.group_size, rng, iteration=0,
+    rng = np.random.default_rng(seed)
+    episodes, stats = self_play(env, agent, list(range(len(problems))), config.bench.group_size, rng, iteration=0,
                                 weights_version=0, progress=True)  # fmt: skip
     seconds = time.perf_counter() - start
     counts = asdict(backend.stats)
@@ -47,12 +72,11 @@ def self_play_run(backend, problems, args) -> dict:
             "batch": counts["generate_rows"] / max(counts["generate_calls"], 1)}  # fmt: skip
 
 
-def plain_generate_rate(lm, problems, task, batch: int, new_tokens: int, repeats: int, seed: int) -> float:
+def plain_generate_rate(lm, problems, system, batch: int, new_tokens: int, repeats: int, seed: int) -> float:
     """Tokens/s of transformers' ``generate`` sampling ``batch`` solve prompts, best of ``repeats``."""
-    from azgym.tasks.base import solve_messages
+    from azgym.prompts import solve_prompt_ids
 
-    prompts = [lm.chat_prompt(solve_messages(task.SYSTEM_PROMPT, problems[i % len(problems)].question))
-               for i in range(batch)]  # fmt: skip
+    prompts = [solve_prompt_ids(lm, system, problems[i % len(problems)].question) for i in range(batch)]
     ids, mask = lm.left_pad(prompts)
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     best = 0.0
@@ -73,46 +97,32 @@ def plain_generate_rate(lm, problems, task, batch: int, new_tokens: int, repeats
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--task", default="arithmetic")
-    parser.add_argument("--data", default="add2")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--problems", type=int, default=4)
-    parser.add_argument("--group-size", type=int, default=2)
-    parser.add_argument("--simulations", type=int, default=4)
-    parser.add_argument("--num-right", type=int, default=2)
-    parser.add_argument("--num-wrong", type=int, default=1)
-    parser.add_argument("--chunk-tokens", type=int, default=16)
-    parser.add_argument("--max-depth", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="plain generate calls (best one counts)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-no-reuse", action="store_true", help="skip the prefix-reuse-off self-play run")
-    args = parser.parse_args()
+def main(argv=None) -> None:
+    config = parse_config(BenchConfig, argv)
+    env, search, bench = config.env, config.search, config.bench
 
-    from azgym.env import TASKS
     from azgym.lm.hf import HFBackend
+    from azgym.prompts import system_prompt
+    from azgym.tasks import load_problems
 
-    task = TASKS[args.task]
-    problems = task.load_problems(args.data, "train")[: args.problems]
-    lm = HFBackend.from_name(args.model, device=args.device)
-    runs = {"self-play, prefix reuse": self_play_run(lm, problems, args)}
-    if not args.skip_no_reuse:
+    problems = load_problems(env.task, env.data, "train")[: bench.problems]
+    lm = HFBackend.from_name(bench.model, device=bench.device)
+    runs = {"self-play, prefix reuse": self_play_run(lm, problems, config)}
+    if not bench.skip_no_reuse:
         plain = HFBackend(lm.model, lm.tokenizer, name=lm.name, prefix_reuse=False)
-        runs["self-play, no reuse"] = self_play_run(plain, problems, args)
+        runs["self-play, no reuse"] = self_play_run(plain, problems, config)
     batch = max(1, round(runs["self-play, prefix reuse"]["batch"]))
-    rate = plain_generate_rate(lm, problems, task, batch, args.chunk_tokens, args.repeats, args.seed)
+    rate = plain_generate_rate(lm, problems, system_prompt(env.task, env.prompt), batch, env.chunk_tokens,
+                               bench.repeats, bench.seed)  # fmt: skip
 
-    print(f"{args.model} on {args.device}, {args.task}:{args.data}; {args.problems} problems x {args.group_size} "
-          f"episodes, {args.simulations} simulations, K={args.num_right + args.num_wrong}, "
-          f"chunk {args.chunk_tokens} tokens")  # fmt: skip
+    print(f"{bench.model} on {bench.device}, {env.task}:{env.data or 'default'}; {bench.problems} problems x "
+          f"{bench.group_size} episodes, {search.num_simulations} simulations, K={env.num_right + env.num_wrong}, "
+          f"chunk {env.chunk_tokens} tokens")  # fmt: skip
     for name, r in runs.items():
         print(f"  {name:24s} {r['seconds']:7.1f} s  {r['sampled']:6d} tokens sampled  {r['tokens_per_s']:7.1f} tok/s  "
               f"prefill {r['prefill']:7d} ({r['prefill_per_token']:.1f} per generated token)  "
               f"mean generate batch {r['batch']:.1f} rows")  # fmt: skip
-    print(f"  {'plain model.generate':24s} batch {batch}, {args.chunk_tokens} new tokens: {rate:7.1f} tok/s")
+    print(f"  {'plain model.generate':24s} batch {batch}, {env.chunk_tokens} new tokens: {rate:7.1f} tok/s")
     if "self-play, no reuse" in runs:
         cut = runs["self-play, no reuse"]["prefill_per_token"] / runs["self-play, prefix reuse"]["prefill_per_token"]
         print(f"prefill tokens per generated token: {cut:.2f}x fewer with prefix reuse")

@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from agents.learner import Learner, LearnerConfig, Sample
 from agents.student import Student, StudentConfig, token_logprobs
+from agents.training.learner import Learner, LearnerConfig, Sample
 
 
 def make_batch(student: Student, size: int, completion_tokens: int, seed: int = 0) -> list[Sample]:

@@ -3,106 +3,124 @@
     python scripts/evaluate.py --task arithmetic --data add2 --size 200
     python scripts/evaluate.py --checkpoint runs/selfplay/checkpoints/step-000008 --compare-base
     python scripts/evaluate.py --adapter OUT_DIR          # a peft LoRA adapter (e.g. the TRL baseline's)
+    NUM_MCTS_ITERATIONS=2 python scripts/evaluate.py --mode mcts --size 4
 
 Modes: greedy (default), majority (maj@k of sampled responses), best_of_n (k samples reranked by
-the value head), mcts (MCTS episodes with --simulations). Writes a JSON result with every response
-and prints a summary table; with --compare-base the base model is evaluated too, side by side.
+the value head), mcts (MCTS episodes; ``--simulations`` or ``NUM_MCTS_ITERATIONS``, no root noise,
+the most visited move). The env, search and student flags are the self-play run's (same names,
+same defaults per ``--preset``). Writes a JSON result with every response and prints a summary
+table; with --compare-base the base model is evaluated too, side by side.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from agents.checkpoint import load_student
-from agents.evaluate import MODES, evaluate
-from agents.student import Student, StudentConfig
-from agents.value import LMValueFunction
-from azgym.env import TASKS
-from azgym.models import DEFAULT_MODEL
+from agents.alphazero.config import PRESETS as RUN_PRESETS
+from agents.alphazero.evaluate import MODES, evaluate
+from agents.mcts import MCTSAgent, SearchConfig
+from agents.student import LMValueFunction, Student, StudentConfig
+from agents.training.checkpoint import load_student
+from azgym.cli import parse_config
+from azgym.config import EnvConfig, check_fields, option, raise_problems
+from azgym.env import ReasoningEnv
+from azgym.tasks import get_task, load_problems
 
-METRICS = (
-    "accuracy",
-    "format_accuracy",
-    "flexible_accuracy",
-    "correct",
-    "wrong_answer",
-    "format_failure",
-    "tokens_per_problem",
-)
+METRICS = ("accuracy", "format_accuracy", "flexible_accuracy", "correct", "wrong_answer", "format_failure",
+           "tokens_per_problem")  # fmt: skip
 
 
-def build(args, trained: bool) -> Student:
-    if trained and args.checkpoint:
-        return load_student(args.checkpoint, device=args.device)
-    student = Student.from_config(StudentConfig(model=args.model, device=args.device))
-    if trained and args.adapter:
+@dataclass(frozen=True)
+class EvalOptions:
+    """What is evaluated, on which problems, and how."""
+
+    split: str = option("test", "split of the task's data")
+    size: int = option(200, "held-out problems (the first N of the split)")
+    checkpoint: str = option("", "a step-N directory written by selfplay.py")
+    adapter: str = option("", "a peft LoRA adapter directory on --model")
+    compare_base: bool = option(False, "evaluate the base model too, side by side")
+    mode: str = option("greedy", "greedy, majority (maj@k), best_of_n (value-reranked) or mcts", choices=MODES)
+    k: int = option(4, "samples per problem for majority / best_of_n")
+    seed: int = option(0, "seeds sampling and the search")
+    out: str = option("", "JSON result path ('' = eval-<mode>.json here)")
+
+    def __post_init__(self):
+        raise_problems(self, check_fields(self, {"size": (self.size >= 1, ">= 1"), "k": (self.k >= 1, ">= 1")}))
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluate a student (base or trained) on held-out problems and compare."""
+
+    env: EnvConfig = field(default_factory=lambda: RUN_PRESETS["cpu"]().env)
+    search: SearchConfig = field(default_factory=lambda: RUN_PRESETS["cpu"]().search)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    evaluation: EvalOptions = field(default_factory=EvalOptions)
+
+
+def _preset(name: str):
+    def preset() -> EvaluateConfig:
+        run = RUN_PRESETS[name]()
+        # evaluation plays the most visited move with no root noise
+        return EvaluateConfig(run.env, replace(run.search, temperature=0.0, dirichlet_fraction=0.0), run.student)
+
+    return preset
+
+
+PRESETS = {name: _preset(name) for name in RUN_PRESETS}
+
+
+def build(config: EvaluateConfig, trained: bool) -> Student:
+    options = config.evaluation
+    if trained and options.checkpoint:
+        return load_student(options.checkpoint, device=config.student.device)
+    student = Student.from_config(config.student)
+    if trained and options.adapter:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        weights = Path(args.adapter) / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise SystemExit(f"{weights} not found: --adapter takes a directory saved by peft's save_pretrained")
-        set_peft_model_state_dict(student.model, load_file(str(weights)))
+        set_peft_model_state_dict(student.model, load_file(str(Path(options.adapter) / "adapter_model.safetensors")))
     return student
 
 
-def run(args, student: Student, task, problems) -> dict:
-    student.eval()
-    lm = student.backend()
+def run(config: EvaluateConfig, student: Student, problems) -> dict:
+    options, lm = config.evaluation, student.backend()
     kwargs = {}
-    if args.mode == "best_of_n":
-        value = LMValueFunction(lm, student.value_head)
-        kwargs["value_fn"] = lambda prompts: value.values_of(prompts)
-    if args.mode == "mcts":
-        from agents.mcts import MCTSAgent
-        from azgym.env import ReasoningEnv
-
-        kwargs["env"] = ReasoningEnv(
-            list(problems), model=lm, task=args.task, max_tokens=args.max_tokens, prompt=args.prompt
-        )
-        kwargs["agent"] = MCTSAgent(LMValueFunction(lm, student.value_head), num_simulations=args.simulations,
-                                    temperature=0.0, dirichlet_fraction=0.0, seed=args.seed)  # fmt: skip
+    if options.mode == "best_of_n":
+        kwargs["value_fn"] = LMValueFunction(lm, student.value_head).values_of
+    if options.mode == "mcts":
+        kwargs["env"] = ReasoningEnv.from_config(config.env, model=lm, data=problems)
+        kwargs["agent"] = MCTSAgent(LMValueFunction(lm, student.value_head), config=config.search, seed=options.seed)
     with torch.no_grad():
-        return evaluate(lm, problems, task, mode=args.mode, k=args.k, max_tokens=args.max_tokens, seed=args.seed,
-                        prompt=args.prompt, **kwargs)  # fmt: skip
+        return evaluate(lm, problems, get_task(config.env.task), mode=options.mode, k=options.k,
+                        max_tokens=config.env.max_tokens, seed=options.seed, prompt=config.env.prompt,
+                        **kwargs)  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="arithmetic", choices=sorted(TASKS))
-    parser.add_argument("--data", default="", help="task data (default: the task's own)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--size", type=int, default=200, help="held-out problems (the first N)")
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--checkpoint", default="", help="a step-N directory written by selfplay.py")
-    parser.add_argument("--adapter", default="", help="a peft LoRA adapter directory on --model")
-    parser.add_argument("--compare-base", action="store_true", help="evaluate the base model too")
-    parser.add_argument("--mode", default="greedy", choices=MODES)
-    parser.add_argument("--k", type=int, default=4, help="samples for majority / best_of_n")
-    parser.add_argument("--simulations", type=int, default=8, help="MCTS simulations per move (mode mcts)")
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--prompt", default="task", help="solve prompt's system message: task | bare | the text")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="", help="JSON result path (default: eval-<mode>.json here)")
-    args = parser.parse_args()
+def main(argv=None) -> None:
+    config = parse_config(EvaluateConfig, argv, presets=PRESETS, default_preset="cpu")
+    options = config.evaluation
+    if options.adapter and not (Path(options.adapter) / "adapter_model.safetensors").is_file():
+        raise SystemExit(f"evaluate.py: error: --adapter {options.adapter}: no adapter_model.safetensors there; "
+                         "pass a directory saved by peft's save_pretrained")  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    task = TASKS[args.task]
-    problems = task.load_problems(args.data or task.HUB_ID, args.split)[: args.size]
+    problems = load_problems(config.env.task, config.env.data, options.split)[: options.size]
     results = {}
-    if args.compare_base or not (args.checkpoint or args.adapter):
-        results["base"] = run(args, build(args, trained=False), task, problems)
-    if args.checkpoint or args.adapter:
-        results["trained"] = run(args, build(args, trained=True), task, problems)
-    out = Path(args.out or f"eval-{args.mode}.json")
+    if options.compare_base or not (options.checkpoint or options.adapter):
+        results["base"] = run(config, build(config, trained=False), problems)
+    if options.checkpoint or options.adapter:
+        results["trained"] = run(config, build(config, trained=True), problems)
+    out = Path(options.out or f"eval-{options.mode}.json")
     out.write_text(json.dumps(results, indent=1))
     names = list(results)
-    print(f"{args.task} {args.split}, {len(problems)} problems, mode {args.mode}")
+    print(f"{config.env.task} {options.split}, {len(problems)} problems, mode {options.mode}")
+    if options.mode == "mcts":
+        print(f"search: {config.search.num_simulations} simulations per move")
     print(f"{'metric':20s}" + "".join(f"{n:>12s}" for n in names))
     for metric in METRICS:
         print(f"{metric:20s}" + "".join(f"{results[n][metric]:12.3f}" for n in names))

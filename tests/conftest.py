@@ -29,7 +29,7 @@ def tokenizer():
     """The default model's tokenizer (converted from the packaged GGUF once, then cached)."""
     from transformers import AutoTokenizer
 
-    from azgym.models import DEFAULT_MODEL, resolve_model
+    from azgym.lm.registry import DEFAULT_MODEL, resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
 

@@ -42,7 +42,7 @@ class ReferenceSearch:
         dirichlet_fraction=0.25,
         leaves_per_round=1,
         virtual_loss=1.0,
-        max_depth=64,
+        max_search_depth=64,
     ):
         self.num_simulations = num_simulations
         self.c_puct = c_puct
@@ -53,7 +53,7 @@ class ReferenceSearch:
         self.fraction = dirichlet_fraction
         self.leaves = leaves_per_round
         self.virtual_loss = virtual_loss
-        self.max_depth = max_depth
+        self.max_search_depth = max_search_depth
         self.q_min: list[float] = []
         self.q_max: list[float] = []
 
@@ -139,7 +139,7 @@ class ReferenceSearch:
         node = root
         node.virtual += 1
         while True:
-            if node.terminal or node.depth >= self.max_depth:
+            if node.terminal or node.depth >= self.max_search_depth:
                 return ("existing", node, -1)
             options = [a for a in range(len(node.valid)) if node.valid[a] and a not in node.pending]
             if not options:

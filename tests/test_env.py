@@ -12,12 +12,12 @@ from gymnasium.utils.env_checker import check_env
 
 import azgym
 from azgym.env import PAD, EnvState, ReasoningEnv
-from azgym.models import ModelNotFoundError
+from azgym.lm.registry import ModelNotFoundError
 from azgym.rewards import RewardConfig
 from azgym.tasks import Problem
 from helpers import ScriptedLM
 
-SMALL = dict(chunk_tokens=8, max_depth=4, max_tokens=32)
+SMALL = dict(chunk_tokens=8, max_steps=4, max_tokens=32)
 
 
 @pytest.fixture()
@@ -77,7 +77,7 @@ def test_truncates_at_max_depth_and_grades(tiny_env):
     trace = rollout(tiny_env, seed=3)
     *_, (obs, reward, terminated, truncated, info) = trace
     assert terminated or truncated
-    assert obs["depth"] <= SMALL["max_depth"]
+    assert obs["depth"] <= SMALL["max_steps"]
     assert set(info["grade"]) == {"correct", "format_ok", "parsed", "flexible_correct", "flexible_parsed"}
 
 
@@ -146,8 +146,8 @@ def test_env_var_overrides_defaults_but_not_arguments(tiny_lm, gsm8k_problems, m
     monkeypatch.setenv("MAX_TREE_DEPTH", "3")
     monkeypatch.setenv("MAX_TOKENS", "40")
     env = ReasoningEnv(gsm8k_problems, model=tiny_lm)
-    assert (env.max_depth, env.max_tokens) == (3, 40)
-    assert ReasoningEnv(gsm8k_problems, model=tiny_lm, max_depth=5).max_depth == 5
+    assert (env.max_steps, env.max_tokens) == (3, 40)
+    assert ReasoningEnv(gsm8k_problems, model=tiny_lm, max_steps=5).max_steps == 5
     monkeypatch.setenv("MAX_TREE_DEPTH", "deep")
     with pytest.raises(ValueError, match="MAX_TREE_DEPTH"):
         ReasoningEnv(gsm8k_problems, model=tiny_lm)
@@ -183,13 +183,15 @@ def test_seed_preset_rewards_term_by_term():
     assert env.get_state().pre_return == pytest.approx(-0.5 - 0.95 * 0.5)
 
 
-def test_wrong_step_and_wrong_answer_pay_no_hre():
+def test_wrong_answer_pays_the_loss_outcome():
     env, _ = scripted_env()
     env.reset(seed=0)
     _, r0, *_ = env.step(1)  # the "wrong" candidate
     assert r0 == pytest.approx(0.6 * -0.5 - 0.01 - 0.05)
+    assert env.get_state().episode_return == pytest.approx(r0)  # no outcome before the end
     _, r1, term, _, info = env.step(0)  # "#### 6"
-    assert term and not info["grade"]["correct"] and info["reward_terms"]["hre"] == 0.0
+    assert term and not info["grade"]["correct"] and info["reward_terms"]["hre"] == -1.0
+    assert r1 == pytest.approx(0.4 * -1.0 + 0.6 * 0.95 * -0.5 - 0.01 + 0.1)
 
 
 def test_end_of_sequence_terminates_and_outcome_preset_pays_only_hre():
@@ -198,7 +200,7 @@ def test_end_of_sequence_terminates_and_outcome_preset_pays_only_hre():
     _, r0, *_ = env.step(1)
     assert r0 == 0.0
     _, r1, term, _, info = env.step(1)  # the teacher ends its response: terminal, no answer
-    assert term and r1 == 0.0 and info["grade"]["parsed"] is None
+    assert term and r1 == -1.0 and info["grade"]["parsed"] is None
     env.reset(seed=0)
     env.step(0)
     assert env.step(0)[1] == 1.0
@@ -206,11 +208,11 @@ def test_end_of_sequence_terminates_and_outcome_preset_pays_only_hre():
 
 def test_flexible_answer_rewards_the_last_number_of_a_truncated_episode():
     lm = ScriptedLM({"": [("2 + 3 = 5\n", False)], "2 + 3 = 5\n": [("so five\n", False)]})
-    strict = ReasoningEnv([PROBLEM], model=lm, num_right=1, num_wrong=0, max_depth=1, rewards="outcome")
+    strict = ReasoningEnv([PROBLEM], model=lm, num_right=1, num_wrong=0, max_steps=1, rewards="outcome")
     strict.reset(seed=0)
-    assert strict.step(0)[1] == 0.0  # truncated, no marker: nothing under the strict default
+    assert strict.step(0)[1] == -1.0  # truncated, no marker: a loss under the strict default
     flexible = RewardConfig(hre_weight=1.0, pre_weight=0.0, length_penalty=0.0, right_bonus=0.0, answer="flexible")
-    env = ReasoningEnv([PROBLEM], model=lm, num_right=1, num_wrong=0, max_depth=1, rewards=flexible)
+    env = ReasoningEnv([PROBLEM], model=lm, num_right=1, num_wrong=0, max_steps=1, rewards=flexible)
     env.reset(seed=0)
     _, reward, terminated, truncated, info = env.step(0)
     assert truncated and not terminated and reward == 1.0 and info["grade"]["flexible_correct"]

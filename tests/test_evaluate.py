@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.evaluate import evaluate
+from agents.alphazero.evaluate import evaluate
 from agents.mcts import MCTSAgent
 from azgym.env import ReasoningEnv
 from azgym.tasks import arithmetic
@@ -38,7 +38,7 @@ def test_greedy_is_deterministic(tiny_lm):
 
 
 def test_mcts_mode_plays_episodes(tiny_lm):
-    env = ReasoningEnv(PROBLEMS, model=tiny_lm, task="arithmetic", chunk_tokens=3, max_depth=2, max_tokens=6)
+    env = ReasoningEnv(PROBLEMS, model=tiny_lm, task="arithmetic", chunk_tokens=3, max_steps=2, max_tokens=6)
     agent = MCTSAgent(num_simulations=2, temperature=0.0, dirichlet_fraction=0.0, seed=0)
     result = evaluate(tiny_lm, PROBLEMS, arithmetic, mode="mcts", env=env, agent=agent, progress=False)
     assert result["num_problems"] == 3 and all(0 < r["tokens"] <= 6 for r in result["records"])

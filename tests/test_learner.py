@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from agents.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
-from agents.learner import DistillSample, Learner, LearnerConfig, Sample
 from agents.student import Student, StudentConfig
+from agents.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from agents.training.learner import DistillSample, Learner, LearnerConfig, Sample
 from helpers import tiny_llama
 
 SAMPLES = [
@@ -141,7 +141,7 @@ def test_bad_input_is_named(tokenizer):
         learner.step([Sample((1, 2), (3, 4), 1.0, "a", value_positions=(0, 1), value_targets=(1.0,))])
     with pytest.raises(ValueError, match="at least one sample"):
         learner.step([])
-    with pytest.raises(ValueError, match="loss='ppo'"):
+    with pytest.raises(ValueError, match="loss: must be one of grpo, legacy, apo, got 'ppo'"):
         LearnerConfig(loss="ppo")
     with pytest.raises(ValueError, match="load_in_4bit"):
         StudentConfig(lora=False, load_in_4bit=True)

@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from agents.learner import Learner, LearnerConfig, Sample
 from agents.student import Student, StudentConfig
+from agents.training.learner import Learner, LearnerConfig, Sample
 
 pytestmark = pytest.mark.slow
 

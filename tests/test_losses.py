@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agents import losses
+from agents.training import losses
 
 
 def test_group_advantages_hand_computed():

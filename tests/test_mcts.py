@@ -14,7 +14,6 @@ from agents.mcts import MCTS, Expansion, Step
 from agents.mcts.kernels import visit_policy
 from agents.mcts.synthetic import HashTreeModel
 from agents.mcts.tree import ROOT_INDEX
-from azgym.overrides import int_override
 from reference_mcts import ReferenceSearch, count_nodes, max_depth, reroot, root_q, root_visits
 
 K = 8
@@ -99,7 +98,7 @@ def test_all_but_one_action_masked():
 
 def test_depth_limit_stops_expansion():
     model = HashTreeModel(seed=1, terminal_rate=0.0)
-    result = MCTS(num_simulations=200, max_depth=2).search(model, model.roots(4), rng())
+    result = MCTS(num_simulations=200, max_search_depth=2).search(model, model.roots(4), rng())
     assert result.tree.max_depth().tolist() == [2, 2, 2, 2]
     assert (result.tree.num_nodes <= 1 + K + K * K).all()
 
@@ -132,15 +131,6 @@ def test_virtual_loss_spreads_one_round_over_distinct_leaves():
     assert result.tree.node_virtual.sum() == 0  # and every virtual visit was taken back
 
 
-def test_num_simulations_env_override(monkeypatch):
-    monkeypatch.setenv("NUM_MCTS_ITERATIONS", "7")
-    assert MCTS().num_simulations == 7
-    assert MCTS(num_simulations=3).num_simulations == 3
-    monkeypatch.setenv("NUM_MCTS_ITERATIONS", "many")
-    with pytest.raises(ValueError, match="NUM_MCTS_ITERATIONS"):
-        int_override(None, "NUM_MCTS_ITERATIONS", 32, name="num_simulations")
-
-
 def test_invalid_settings_are_named():
     with pytest.raises(ValueError, match="dirichlet_fraction"):
         MCTS(dirichlet_fraction=1.5)
@@ -155,7 +145,7 @@ CONFIGS = {
     "alphazero-constant-c": dict(pb_c_base=None, c_puct=2.0),
     "discount-fpu": dict(discount=0.9, fpu_value=0.3),
     "virtual-loss": dict(leaves_per_round=4, virtual_loss=0.5),
-    "depth-limit-many-leaves": dict(max_depth=3, leaves_per_round=3),
+    "depth-limit-many-leaves": dict(max_search_depth=3, leaves_per_round=3),
     "no-noise": dict(dirichlet_fraction=0.0),
 }
 

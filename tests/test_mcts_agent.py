@@ -9,8 +9,10 @@ import torch
 
 from agents.mcts import EnvSearchModel, MCTSAgent
 from agents.mcts.tree import ROOT_INDEX
-from agents.value import LMValueFunction, ValueHead, constant_value
+from agents.policy import constant_value
+from agents.student.value import LMValueFunction, ValueHead
 from azgym.env import ReasoningEnv
+from azgym.rewards import LOSS
 from azgym.tasks import Problem
 from helpers import ScriptedLM
 
@@ -35,7 +37,7 @@ def test_search_finds_the_correct_path_with_true_terminal_rewards():
     assert result.visits[0].argmax() == 0
     node = result.tree.children_index[0, ROOT_INDEX, 0]
     grandchild_q = result.tree.q_values(node)[0]
-    assert grandchild_q.tolist() == [1.0, 0.0]  # the grader's reward, not a value estimate
+    assert grandchild_q.tolist() == [1.0, -1.0]  # the grader's reward, not a value estimate
 
 
 def test_agent_plays_to_the_correct_answer_and_reuses_its_tree():
@@ -53,7 +55,7 @@ def test_agent_plays_to_the_correct_answer_and_reuses_its_tree():
 
 
 def test_batched_search_over_many_states_expands_in_one_call_per_round(tiny_lm, gsm8k_problems):
-    env = ReasoningEnv(gsm8k_problems, model=tiny_lm, chunk_tokens=4, max_depth=3, max_tokens=16)
+    env = ReasoningEnv(gsm8k_problems, model=tiny_lm, chunk_tokens=4, max_steps=3, max_tokens=16)
     states = []
     for i in range(4):
         env.reset(seed=i, options={"problem_index": i})
@@ -71,7 +73,7 @@ def test_batched_search_over_many_states_expands_in_one_call_per_round(tiny_lm, 
 
 
 def test_agent_plays_a_full_episode_on_a_gym_env(tiny_lm, gsm8k_problems):
-    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_problems, model=tiny_lm, chunk_tokens=4, max_depth=3, max_tokens=16)
+    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_problems, model=tiny_lm, chunk_tokens=4, max_steps=3, max_tokens=16)
     _, info = env.reset(seed=0)
     agent = MCTSAgent(num_simulations=4, seed=0)
     done, steps = False, 0
@@ -118,3 +120,27 @@ def test_env_model_marks_finished_states_terminal():
 def test_constant_value_range():
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         constant_value(2.0)
+
+
+# -- one value scale: terminal rewards and the value head agree ---------------------------------------
+
+
+def test_a_wrong_answer_is_never_worth_more_than_a_state_the_head_expects_to_fail():
+    """Action 0 ends at once with a wrong answer; action 1 reaches a live state the value head rates
+    -0.8 (likely to fail, not certain). On one scale the search must prefer action 1; with the old
+    0/1 reward and +-1 head, the wrong answer (0) looked better than the live state (-0.8)."""
+    lm = ScriptedLM({"": [("#### 7\n", False), ("Let me add.\n", False)], "Let me add.\n": [("#### 5\n", False)]})
+    env = ReasoningEnv([PROBLEM], model=lm, num_right=1, num_wrong=1, rewards="outcome")
+    env.reset(seed=0)
+    assert [c.text for c in env.candidates()] == ["#### 7\n", "Let me add.\n"]
+    agent = MCTSAgent(constant_value(-0.8), num_simulations=16, temperature=0.0, dirichlet_fraction=0.0,
+                      max_search_depth=1, seed=0)  # fmt: skip
+    result = agent.search(env, [env.get_state()])
+    q_wrong, q_live = result.q_values[0]
+    assert q_wrong == LOSS == -1.0 and q_live == pytest.approx(-0.8)
+    assert result.visits[0, 1] > result.visits[0, 0] and result.policy[0].tolist() == [0.0, 1.0]
+    # the head can never rate a state below a wrong answer: its range ends at the loss outcome
+    head = ValueHead(8)
+    with torch.no_grad():
+        head.linear.bias.fill_(-1e4)
+        assert float(head(torch.zeros(1, 8))) >= LOSS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from azgym.models import KNOWN_MODELS, ModelNotFoundError, PackagedGGUF, resolve_model
+from azgym.lm.registry import KNOWN_MODELS, ModelNotFoundError, PackagedGGUF, resolve_model
 
 
 def test_default_model_resolves_to_a_cached_transformers_directory():

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_check_env_on_smollm2(gsm8k_dir):
-    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", chunk_tokens=16, max_depth=3, render_mode="ansi")
+    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", chunk_tokens=16, max_steps=3, render_mode="ansi")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env.unwrapped)
@@ -39,9 +39,9 @@ def test_gsm8k_episode_on_smollm2_runs_to_a_grade(gsm8k_dir):
 
 def test_mcts_agent_plays_a_gsm8k_episode_on_smollm2(gsm8k_dir):
     from agents.mcts import MCTSAgent
-    from agents.value import LMValueFunction
+    from agents.student.value import LMValueFunction
 
-    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", chunk_tokens=24, max_depth=4)
+    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", chunk_tokens=24, max_steps=4)
     agent = MCTSAgent(LMValueFunction(env.unwrapped.lm), num_simulations=2, seed=0)
     _, info = env.reset(seed=0, options={"problem_index": 1})
     done, steps = False, 0
@@ -54,7 +54,7 @@ def test_mcts_agent_plays_a_gsm8k_episode_on_smollm2(gsm8k_dir):
 
 
 def test_two_model_local_ensemble_proposes_in_gsm8k_and_passes_check_env(gsm8k_dir):
-    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", teachers="local", chunk_tokens=12, max_depth=2)
+    env = gym.make("AZLLM-GSM8K-v0", data=gsm8k_dir, split="test", teachers="local", chunk_tokens=12, max_steps=2)
     ensemble = env.unwrapped.proposer
     assert [t.name for t in ensemble.teachers] == ["smollm2-135m-instruct", "gemma3-270m"]
     assert ensemble.teachers[0].lm is env.unwrapped.lm and ensemble.teachers[1].style == "few_shot"

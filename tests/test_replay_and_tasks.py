@@ -7,9 +7,9 @@ import logging
 import numpy as np
 import pytest
 
-from agents.evaluate import _majority, summarize
-from agents.loop import to_distill, to_samples
-from agents.replay import Episode, ReplayBuffer, StepRecord
+from agents.alphazero.evaluate import _majority, summarize
+from agents.alphazero.selfplay import to_distill, to_samples
+from agents.training.replay import Episode, ReplayBuffer, StepRecord
 from azgym.lm.base import Generation
 from azgym.tasks import DataError, arithmetic
 

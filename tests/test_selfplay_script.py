@@ -53,7 +53,9 @@ def test_one_iteration_then_resume(tiny_dir, tmp_path):
             "perf/generated_tokens_per_s"} <= scalar_tags(run)  # fmt: skip
     assert (run / "checkpoints" / "step-000001" / "meta.json").is_file()
     assert (run / "replay" / "iter-000000.jsonl").is_file()
-    assert json.loads((run / "config.json").read_text())["model"] == str(tiny_dir)
+    config = json.loads((run / "config.json").read_text())  # the resolved values that ran, no placeholders
+    assert config["student"]["model"] == str(tiny_dir)
+    assert (config["search"]["num_simulations"], config["env"]["max_steps"], config["env"]["max_tokens"]) == (2, 2, 8)
     assert json.loads((run / "eval-base.json").read_text())["num_problems"] == 2
 
     longer = list(TINY)
@@ -95,11 +97,21 @@ def test_sigkill_during_training_loses_no_finished_iteration(tiny_dir, tmp_path)
     assert (run / "checkpoints" / "step-000080" / "meta.json").is_file()
 
 
-def test_bad_flags_are_named(tmp_path):
-    result = selfplay(["--task", "chess"], tmp_path)
-    assert result.returncode == 2 and "--task 'chess'" in result.stderr
-    result = selfplay(["--group-size", "1"], tmp_path)
-    assert result.returncode == 2 and "group-size must be at least 2" in result.stderr
+def test_bad_flags_are_named_in_one_line_before_any_model_loads(tmp_path):
+    cases = {
+        ("--task", "chess"): "argument --task: invalid choice: 'chess'",
+        ("--group-size", "1"): "--group-size: must be >= 2 for GRPO",
+        ("--learning-rate", "nan"): "--learning-rate: must be a finite number, got nan",
+        ("--simulations", "-3"): "--simulations: must be >= 1, got -3",
+    }
+    for args, message in cases.items():
+        result = selfplay([*args, "--model", "no-such-model"], tmp_path)  # a model load would fail differently
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()[-1]) < 200
+    env = {**os.environ, "NUM_MCTS_ITERATIONS": "-3"}
+    result = selfplay(["--model", "no-such-model"], tmp_path, env=env)
+    assert result.returncode == 2 and "NUM_MCTS_ITERATIONS=-3 (sets --simulations): must be >= 1" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_two_teacher_ensemble_and_the_similarity_agent(tiny_dir, tmp_path, tokenizer):

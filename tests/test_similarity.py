@@ -30,7 +30,7 @@ def test_greedy_picks_the_candidate_nearest_the_students_step():
     env = make_env()
     env.reset(seed=0)
     student = ScriptedLM({"": [("2 + 3 = 5\n", False)]})
-    policy = SimilarityAgent(student, epsilon=0.0).policy(env, [env.get_state()])[0]
+    policy = SimilarityAgent(student, epsilon=0.0).policy(env, [env.get_state()]).probs[0]
     texts = [c.text for c in env.candidates()]
     assert policy[texts.index("2 + 3 = 5\n")] == 1.0 and policy.sum() == 1.0
 
@@ -40,7 +40,7 @@ def test_epsilon_spreads_mass_over_valid_candidates_only():
     env.reset(seed=0)
     student = ScriptedLM({"": [("2 + 3 = 5\n", False)]})
     agent = SimilarityAgent(student, epsilon=0.3, seed=0)
-    policy = agent.policy(env, [env.get_state()])[0]
+    policy = agent.policy(env, [env.get_state()]).probs[0]
     assert np.isclose(policy.sum(), 1.0) and np.isclose(policy.max(), 0.7 + 0.1) and (policy[:3] > 0).all()
     actions = {agent.act(env) for _ in range(30)}
     assert len(actions) > 1 and actions <= {0, 1, 2}
@@ -49,7 +49,7 @@ def test_epsilon_spreads_mass_over_valid_candidates_only():
 def test_embedding_similarity_uses_the_students_hidden_states(tiny_lm, gsm8k_problems):
     env = ReasoningEnv(gsm8k_problems[:1], model=tiny_lm, num_right=2, num_wrong=1, chunk_tokens=6, max_tokens=24)
     env.reset(seed=0)
-    policy = SimilarityAgent(tiny_lm, epsilon=0.0, similarity="embedding", seed=0).policy(env, [env.get_state()])[0]
+    policy = SimilarityAgent(tiny_lm, epsilon=0.0, similarity="embedding", seed=0).policy(env, [env.get_state()]).probs[0]
     assert np.isclose(policy.sum(), 1.0) and policy.max() == 1.0
     vectors = tiny_lm.embed(["2 + 3 = 5", "2 + 3 = 5", "cats"])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0) and np.isclose(vectors[0] @ vectors[1], 1.0, atol=1e-5)
@@ -63,9 +63,9 @@ def test_bad_options_are_clear_errors():
 
 
 def test_self_play_runs_with_the_similarity_agent():
-    from agents.loop import self_play
+    from agents.alphazero.selfplay import self_play
 
-    env = make_env(max_depth=1)
+    env = make_env(max_steps=1)
     student = ScriptedLM({"": [("2 + 3 = 5\n", False)]})
     episodes, stats = self_play(env, SimilarityAgent(student, epsilon=0.0, seed=0), [0], 3,
                                 np.random.default_rng(0), iteration=0, weights_version=0, progress=False)  # fmt: skip

@@ -41,15 +41,15 @@ def test_equal_weights_share_each_label_evenly():
 def test_weights_move_toward_the_teacher_whose_candidates_earn_more():
     good, bad = scripted("good", "5"), scripted("bad", "7")
     teachers = ensemble(good, bad, scorer=ScriptedLM({}))
-    env = ReasoningEnv([PROBLEM], model=good, proposer=teachers, rewards="outcome", max_depth=2)
+    env = ReasoningEnv([PROBLEM], model=good, proposer=teachers, rewards="outcome", max_steps=2)
     rng = np.random.default_rng(0)
     picked = {"good": 0, "bad": 0}
-    for seed in range(12):  # random play: the scripted reward pays 1 for "good"'s answer only
+    for seed in range(12):  # random play: the scripted reward pays +1 for "good"'s answer, -1 for "bad"'s
         _, info = env.reset(seed=seed)
         action = int(rng.choice(np.flatnonzero(info["action_mask"])))
         picked[env.candidates()[action].teacher] += 1
         _, reward, terminated, _, _ = env.step(action)
-        assert terminated and reward == (1.0 if env.get_state().teachers == ("good",) else 0.0)
+        assert terminated and reward == (1.0 if env.get_state().teachers == ("good",) else -1.0)
     assert picked["good"] > 0 and picked["bad"] > 0
     weights = teachers.weights
     assert weights["good"] > 0.6 > weights["bad"], weights
@@ -85,7 +85,7 @@ def test_a_teacher_that_raises_is_dropped_and_the_episode_finishes(caplog):
     broken.name = "broken-teacher"
     good = scripted("good", "5")
     teachers = ensemble(good, broken, num_right=2, num_wrong=0)
-    env = ReasoningEnv([PROBLEM], model=good, proposer=teachers, rewards="outcome", max_depth=2)
+    env = ReasoningEnv([PROBLEM], model=good, proposer=teachers, rewards="outcome", max_steps=2)
     with caplog.at_level(logging.WARNING, logger="azgym.teachers"):
         _, info = env.reset(seed=0)
         assert info["action_mask"].sum() == 2  # the broken teacher's slot went to the other

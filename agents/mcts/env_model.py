@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from agents.mcts.search import Expansion, Step
-from agents.value import ValueFn
+from agents.policy import ValueFn
 from azgym.env import ReasoningEnv
 
 

@@ -1,5 +1,9 @@
 """numba kernels over the arrays of :mod:`agents.mcts.tree`; each loops over all B trees inside.
 
+The kernels take the :class:`~agents.mcts.tree.Tree` whole, and the round's other arrays grouped
+the same way (:class:`Leaves`, :class:`NewNodes`, :class:`Params`), all NamedTuples read by field
+name, so two arrays of the same type cannot be swapped by position without anyone noticing.
+
 PUCT, as implemented in :func:`select_leaves` (symbols: N = visits, P = prior, Q = action value,
 V = node value)::
 
@@ -14,47 +18,85 @@ V = node value)::
 N(s) counts the visit that created s, so the first selection at a fresh node follows the prior.
 Ties go to the lowest action index. With virtual loss, every node a descent passes holds one
 virtual visit until backup: it adds to N and lowers V by ``virtual_loss`` per virtual visit, so
-several descents in one round (``leaves_per_tree > 1``) spread over the tree. An edge chosen for
+several descents in one round (``leaves_per_round > 1``) spread over the tree. An edge chosen for
 expansion is PENDING for the rest of the round and cannot be chosen again.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
-from agents.mcts.tree import COLLISION, EXISTING, EXPAND, FULL, NO_PARENT, PENDING, ROOT_INDEX, UNVISITED
+from agents.mcts.tree import COLLISION, EXISTING, EXPAND, FULL, NO_PARENT, PENDING, ROOT_INDEX, UNVISITED, Tree
+
+
+class Leaves(NamedTuple):
+    """One round's descents ``[b, l]`` (l < width <= L) and the compact list of the M expansions they schedule.
+
+    Written by :func:`select_leaves`, read by :func:`backup`. Expansion rows are in (b, l) order.
+    """
+
+    node: np.ndarray  # [B, L] int32  where the descent stopped (the parent of the new node for EXPAND)
+    kind: np.ndarray  # [B, L] int32  EXPAND / EXISTING / COLLISION / FULL
+    slot: np.ndarray  # [B, L] int32  its row m in the expansion list, -1 when it expands nothing
+    exp_tree: np.ndarray  # [B * L] int32  row m: the tree b
+    exp_parent: np.ndarray  # [B * L] int32  row m: the node the new child hangs from
+    exp_action: np.ndarray  # [B * L] int32  row m: the action leading to it
+    exp_node: np.ndarray  # [B * L] int32  row m: the index the new node will get
+
+
+def new_leaves(batch_size: int, leaves_per_round: int) -> Leaves:
+    """Scratch for rounds of up to ``leaves_per_round`` descents per tree."""
+    b, l = batch_size, leaves_per_round
+    return Leaves(*(np.zeros((b, l), np.int32) for _ in range(3)), *(np.zeros(b * l, np.int32) for _ in range(4)))
+
+
+class NewNodes(NamedTuple):
+    """What the model says about M new nodes (or the B roots), one row each; the dtypes are the contract."""
+
+    prior: np.ndarray  # [M, K] float32  P(s, a)
+    valid: np.ndarray  # [M, K] bool  the action exists in s
+    value: np.ndarray  # [M] float64  V(s) estimate (ignored when terminal)
+    terminal: np.ndarray  # [M] bool  the episode ended at s
+
+
+class Params(NamedTuple):
+    """The search settings the kernels read (see the module docstring for the symbols)."""
+
+    exploration: np.ndarray  # [V] float64  c(N) * sqrt(N), from exploration_table; V > every N + width
+    fpu_value: float  # Q of a child not created yet
+    discount: float  # per-step return discount
+    virtual_loss: float  # value subtracted per virtual visit
+    max_search_depth: int  # nodes this many edges below the root are not expanded
 
 
 @njit(cache=True, inline="always")
-def _select_action(
-    b, node, node_visits, node_value_sum, node_virtual, children_index, children_prior, children_reward,
-    children_valid, q_low, q_scale, exploration_table, fpu_value, discount, virtual_loss,
-):  # fmt: skip
-    """Best action at ``node`` (-1 when none is selectable) and whether any valid edge was pending.
+def _select_action(tree: Tree, b: int, node: int, q_low: float, q_scale: float, params: Params) -> tuple[int, bool]:
+    """Best action at ``node`` of tree ``b`` (-1 when none is selectable) and whether any valid edge was pending.
 
     ``Qn = (Q - q_low) * q_scale``: the min-max normalisation, or the identity (0, 1) before the
-    tree has seen two different Q values. ``exploration_table[N] = c(N) * sqrt(N)``.
+    tree has seen two different Q values. ``params.exploration[N] = c(N) * sqrt(N)``.
     """
-    exploration = exploration_table[node_visits[b, node] + node_virtual[b, node]]
+    exploration = params.exploration[tree.node_visits[b, node] + tree.node_virtual[b, node]]
     best, best_score, pending = -1, -np.inf, False
-    for a in range(children_index.shape[2]):
-        if not children_valid[b, node, a]:
+    for a in range(tree.children_index.shape[2]):
+        if not tree.children_valid[b, node, a]:
             continue
-        child = children_index[b, node, a]
+        child = tree.children_index[b, node, a]
         if child == PENDING:
             pending = True
             continue
         if child == UNVISITED:
             visits = 0
-            q = fpu_value
+            q = params.fpu_value
         else:
-            visits = node_visits[b, child] + node_virtual[b, child]
-            value = (node_value_sum[b, child] - virtual_loss * node_virtual[b, child]) / visits
-            q = children_reward[b, node, a] + discount * value
-        score = (q - q_low) * q_scale + exploration * children_prior[b, node, a] / (1.0 + visits)
+            visits = tree.node_visits[b, child] + tree.node_virtual[b, child]
+            value = (tree.node_value_sum[b, child] - params.virtual_loss * tree.node_virtual[b, child]) / visits
+            q = tree.children_reward[b, node, a] + params.discount * value
+        score = (q - q_low) * q_scale + exploration * tree.children_prior[b, node, a] / (1.0 + visits)
         if score > best_score:
             best, best_score = a, score
     return best, pending
@@ -73,138 +115,146 @@ def exploration_table(size, c_puct, pb_c_base):
 
 
 @njit(cache=True)
-def select_leaves(
-    node_visits, node_value_sum, node_virtual, node_depth, node_terminal, children_index, children_prior,
-    children_reward, children_valid, num_nodes, q_min, q_max,
-    width, leaf_node, leaf_kind, leaf_slot, exp_tree, exp_parent, exp_action, exp_node,
-    exploration, fpu_value, discount, virtual_loss, max_depth,
-):  # fmt: skip
-    """Descend ``width`` times from the root of every tree; return M, the number of leaves to expand.
+def select_leaves(tree: Tree, leaves: Leaves, width: int, params: Params) -> int:
+    """Descend ``width`` times from the root of every tree; fill ``leaves`` and return M, the expansions.
 
-    Per descent ``[b, l]`` (l < width): leaf_node is where it stopped (the parent of the new node
-    for EXPAND), leaf_kind is EXPAND / EXISTING / COLLISION / FULL, leaf_slot is its row m in the
-    compact expansion list. Per expansion m < M: exp_tree, exp_parent, exp_action, and exp_node (the
-    index the new node will get). Rows are in (b, l) order. ``exploration`` comes from
-    :func:`exploration_table` and must cover every node's visits plus ``width``.
+    Per descent ``[b, l]`` (l < width): ``leaves.node`` is where it stopped (the parent of the new
+    node for EXPAND), ``leaves.kind`` is EXPAND / EXISTING / COLLISION / FULL, ``leaves.slot`` its
+    row m in the expansion list. Per expansion m < M: ``leaves.exp_tree``, ``exp_parent``,
+    ``exp_action`` and ``exp_node`` (the index the new node will get). Every node passed gets a
+    virtual visit, and the chosen edge becomes PENDING, until :func:`backup`.
+    ``params.exploration`` must cover every node's visits plus ``width``.
     """
-    batch = leaf_node.shape[0]
-    capacity = node_visits.shape[1]
+    batch = leaves.node.shape[0]
+    capacity = tree.node_visits.shape[1]
     m = 0
     for b in range(batch):
-        if q_max[b] > q_min[b]:
-            q_low, q_scale = q_min[b], 1.0 / (q_max[b] - q_min[b])
+        if tree.q_max[b] > tree.q_min[b]:
+            q_low, q_scale = tree.q_min[b], 1.0 / (tree.q_max[b] - tree.q_min[b])
         else:
             q_low, q_scale = 0.0, 1.0
         scheduled = 0
         for l in range(width):
             node = ROOT_INDEX
-            node_virtual[b, node] += 1
-            leaf_slot[b, l] = -1
+            tree.node_virtual[b, node] += 1
+            leaves.slot[b, l] = -1
             while True:
-                if node_terminal[b, node] or node_depth[b, node] >= max_depth:
-                    leaf_kind[b, l] = EXISTING
+                if tree.node_terminal[b, node] or tree.node_depth[b, node] >= params.max_search_depth:
+                    leaves.kind[b, l] = EXISTING
                     break
-                action, pending = _select_action(
-                    b, node, node_visits, node_value_sum, node_virtual, children_index, children_prior,
-                    children_reward, children_valid, q_low, q_scale, exploration, fpu_value, discount,
-                    virtual_loss,
-                )  # fmt: skip
+                action, pending = _select_action(tree, b, node, q_low, q_scale, params)
                 if action < 0:
-                    leaf_kind[b, l] = COLLISION if pending else EXISTING
+                    leaves.kind[b, l] = COLLISION if pending else EXISTING
                     break
-                child = children_index[b, node, action]
+                child = tree.children_index[b, node, action]
                 if child == UNVISITED:
-                    if num_nodes[b] + scheduled >= capacity:
-                        leaf_kind[b, l] = FULL
+                    if tree.num_nodes[b] + scheduled >= capacity:
+                        leaves.kind[b, l] = FULL
                         break
-                    children_index[b, node, action] = PENDING
-                    leaf_kind[b, l] = EXPAND
-                    leaf_slot[b, l] = m
-                    exp_tree[m] = b
-                    exp_parent[m] = node
-                    exp_action[m] = action
-                    exp_node[m] = num_nodes[b] + scheduled
+                    tree.children_index[b, node, action] = PENDING
+                    leaves.kind[b, l] = EXPAND
+                    leaves.slot[b, l] = m
+                    leaves.exp_tree[m] = b
+                    leaves.exp_parent[m] = node
+                    leaves.exp_action[m] = action
+                    leaves.exp_node[m] = tree.num_nodes[b] + scheduled
                     scheduled += 1
                     m += 1
                     break
                 node = child
-                node_virtual[b, node] += 1
-            leaf_node[b, l] = node
+                tree.node_virtual[b, node] += 1
+            leaves.node[b, l] = node
     return m
 
 
 @njit(cache=True)
-def backup(
-    node_visits, node_value_sum, node_raw_value, node_virtual, node_parent, node_action, node_depth,
-    node_terminal, children_index, children_prior, children_reward, children_valid, num_nodes, q_min, q_max,
-    width, leaf_node, leaf_kind, leaf_slot, exp_action, exp_node,
-    new_prior, new_valid, new_reward, new_terminal, new_value, discount,
-):  # fmt: skip
-    """Create the new nodes from the ``new_*`` rows ([M, K] / [M]) and back up every descent.
+def backup(tree: Tree, leaves: Leaves, width: int, new: NewNodes, reward: np.ndarray, params: Params) -> None:
+    """Create the M new nodes from ``new`` and ``reward`` ([M] float64) and back up every descent.
 
-    The return backed up through an edge is ``r(s, a) + discount * G``, starting from the new node's
-    value (0 when terminal: its reward already sits on the edge) or the existing leaf's own value.
-    The round's virtual visits are removed first.
+    Row m of ``new`` / ``reward`` is expansion m of ``leaves`` (``reward[m]`` is r(s, a) of its
+    edge). The return backed up through an edge is ``r(s, a) + discount * G``, starting from the
+    new node's value (0 when terminal: its reward already sits on the edge) or the existing leaf's
+    own value. The round's virtual visits are removed first.
     """
-    batch = leaf_node.shape[0]
+    batch = leaves.node.shape[0]
+    discount = params.discount
     for b in range(batch):
         for l in range(width):
-            node = leaf_node[b, l]
+            node = leaves.node[b, l]
             walk = node
             while walk != NO_PARENT:
-                node_virtual[b, walk] -= 1
-                walk = node_parent[b, walk]
-            kind = leaf_kind[b, l]
+                tree.node_virtual[b, walk] -= 1
+                walk = tree.node_parent[b, walk]
+            kind = leaves.kind[b, l]
             if kind == COLLISION or kind == FULL:  # noqa: SIM109 (numba: plain comparisons)
                 continue
             if kind == EXPAND:
-                m = leaf_slot[b, l]
-                child = exp_node[m]
-                action = exp_action[m]
-                num_nodes[b] = max(num_nodes[b], child + 1)
-                children_index[b, node, action] = child
-                children_reward[b, node, action] = new_reward[m]
-                node_parent[b, child] = node
-                node_action[b, child] = action
-                node_depth[b, child] = node_depth[b, node] + 1
-                node_terminal[b, child] = new_terminal[m]
-                for a in range(children_prior.shape[2]):
-                    children_prior[b, child, a] = new_prior[m, a]
-                    children_valid[b, child, a] = new_valid[m, a] and not new_terminal[m]
-                node_raw_value[b, child] = 0.0 if new_terminal[m] else new_value[m]
+                m = leaves.slot[b, l]
+                child = leaves.exp_node[m]
+                action = leaves.exp_action[m]
+                tree.num_nodes[b] = max(tree.num_nodes[b], child + 1)
+                tree.children_index[b, node, action] = child
+                tree.children_reward[b, node, action] = reward[m]
+                tree.node_parent[b, child] = node
+                tree.node_action[b, child] = action
+                tree.node_depth[b, child] = tree.node_depth[b, node] + 1
+                tree.node_terminal[b, child] = new.terminal[m]
+                for a in range(tree.children_prior.shape[2]):
+                    tree.children_prior[b, child, a] = new.prior[m, a]
+                    tree.children_valid[b, child, a] = new.valid[m, a] and not new.terminal[m]
+                tree.node_raw_value[b, child] = 0.0 if new.terminal[m] else new.value[m]
             else:
                 child = node
-            ret = node_raw_value[b, child]
-            node_visits[b, child] += 1
-            node_value_sum[b, child] += ret
-            while node_parent[b, child] != NO_PARENT:
-                parent = node_parent[b, child]
-                action = node_action[b, child]
-                q = children_reward[b, parent, action] + discount * node_value_sum[b, child] / node_visits[b, child]
-                q_min[b] = min(q_min[b], q)
-                q_max[b] = max(q_max[b], q)
-                ret = children_reward[b, parent, action] + discount * ret
-                node_visits[b, parent] += 1
-                node_value_sum[b, parent] += ret
+            ret = tree.node_raw_value[b, child]
+            tree.node_visits[b, child] += 1
+            tree.node_value_sum[b, child] += ret
+            while tree.node_parent[b, child] != NO_PARENT:
+                parent = tree.node_parent[b, child]
+                action = tree.node_action[b, child]
+                edge_reward = tree.children_reward[b, parent, action]
+                q = edge_reward + discount * tree.node_value_sum[b, child] / tree.node_visits[b, child]
+                tree.q_min[b] = min(tree.q_min[b], q)
+                tree.q_max[b] = max(tree.q_max[b], q)
+                ret = edge_reward + discount * ret
+                tree.node_visits[b, parent] += 1
+                tree.node_value_sum[b, parent] += ret
                 child = parent
 
 
 @njit(cache=True)
-def init_roots(
-    node_visits, node_value_sum, node_raw_value, node_terminal, children_prior, children_valid, num_nodes,
-    root_prior, root_valid, root_value, root_terminal,
-):  # fmt: skip
-    """Create node 0 of every tree: one visit worth its value estimate, its priors and action mask."""
-    for b in range(node_visits.shape[0]):
-        value = 0.0 if root_terminal[b] else root_value[b]
-        node_visits[b, ROOT_INDEX] = 1
-        node_value_sum[b, ROOT_INDEX] = value
-        node_raw_value[b, ROOT_INDEX] = value
-        node_terminal[b, ROOT_INDEX] = root_terminal[b]
-        for a in range(children_prior.shape[2]):
-            children_prior[b, ROOT_INDEX, a] = root_prior[b, a]
-            children_valid[b, ROOT_INDEX, a] = root_valid[b, a] and not root_terminal[b]
-        num_nodes[b] = 1
+def backup_and_select(
+    tree: Tree, leaves: Leaves, done: int, new: NewNodes, reward: np.ndarray, width: int, params: Params
+) -> int:
+    """One simulation round's tree work in one call: :func:`backup` the ``done`` descents of the
+    previous round (0 on the first round), then :func:`select_leaves` ``width`` new ones (0 after
+    the last round). Returns M of the new round.
+
+    The same as calling the two kernels in turn; one call per round halves the dispatch overhead
+    (numba types every field of every NamedTuple argument on each call from Python).
+    """
+    if done > 0:
+        backup(tree, leaves, done, new, reward, params)
+    if width == 0:
+        return 0
+    return select_leaves(tree, leaves, width, params)
+
+
+@njit(cache=True)
+def init_roots(tree: Tree, roots: NewNodes) -> None:
+    """Create node 0 of every tree from row b of ``roots`` (a :class:`NewNodes` of B rows).
+
+    The root gets one visit worth its value estimate (0 when terminal), its priors and action mask.
+    """
+    for b in range(tree.node_visits.shape[0]):
+        value = 0.0 if roots.terminal[b] else roots.value[b]
+        tree.node_visits[b, ROOT_INDEX] = 1
+        tree.node_value_sum[b, ROOT_INDEX] = value
+        tree.node_raw_value[b, ROOT_INDEX] = value
+        tree.node_terminal[b, ROOT_INDEX] = roots.terminal[b]
+        for a in range(tree.children_prior.shape[2]):
+            tree.children_prior[b, ROOT_INDEX, a] = roots.prior[b, a]
+            tree.children_valid[b, ROOT_INDEX, a] = roots.valid[b, a] and not roots.terminal[b]
+        tree.num_nodes[b] = 1
 
 
 @njit(cache=True)
@@ -239,19 +289,18 @@ def visit_policy(visits, temperature):
 
 
 @njit(cache=True)
-def copy_subtree(
-    src_visits, src_value_sum, src_raw_value, src_parent, src_action, src_terminal, src_index, src_prior,
-    src_reward, src_valid, new_root,
-    dst_visits, dst_value_sum, dst_raw_value, dst_parent, dst_action, dst_depth, dst_terminal, dst_index,
-    dst_prior, dst_reward, dst_valid,
-):  # fmt: skip
-    """Copy the subtree under ``new_root`` of one tree (1-D/2-D slices) into an empty one, breadth first.
+def copy_subtree(src: Tree, src_row: int, new_root: int, dst: Tree, dst_row: int) -> tuple[np.ndarray, int]:
+    """Copy the subtree under node ``new_root`` of tree ``src_row`` of ``src`` into empty tree ``dst_row`` of ``dst``.
 
-    Returns ``old_to_new`` ([N_src] int32, -1 for nodes dropped) and the number of nodes copied;
-    raises when the destination is too small.
+    Breadth first, ``new_root`` becoming node 0; sets ``dst.num_nodes[dst_row]``. Copies visits,
+    values, priors, rewards, masks and terminal flags; depths are recomputed from the new root and
+    virtual visits stay 0 (``q_min`` / ``q_max`` are left to the caller). Returns ``old_to_new``
+    ([N_src] int32, -1 for nodes dropped) and the number of nodes copied; raises when the
+    destination is too small.
     """
-    n_src = src_visits.shape[0]
-    k = src_index.shape[1]
+    n_src = src.node_visits.shape[1]
+    k = src.children_index.shape[2]
+    s, d = src_row, dst_row
     old_to_new = np.full(n_src, -1, np.int32)
     queue = np.empty(n_src, np.int32)
     queue[0] = new_root
@@ -260,31 +309,32 @@ def copy_subtree(
     while head < tail:
         old = queue[head]
         new = old_to_new[old]
-        if new >= dst_visits.shape[0]:
+        if new >= dst.node_visits.shape[1]:
             raise ValueError("subtree larger than the destination tree")
-        dst_visits[new] = src_visits[old]
-        dst_value_sum[new] = src_value_sum[old]
-        dst_raw_value[new] = src_raw_value[old]
-        dst_terminal[new] = src_terminal[old]
+        dst.node_visits[d, new] = src.node_visits[s, old]
+        dst.node_value_sum[d, new] = src.node_value_sum[s, old]
+        dst.node_raw_value[d, new] = src.node_raw_value[s, old]
+        dst.node_terminal[d, new] = src.node_terminal[s, old]
         if head == 0:
-            dst_parent[new] = NO_PARENT
-            dst_action[new] = -1
-            dst_depth[new] = 0
+            dst.node_parent[d, new] = NO_PARENT
+            dst.node_action[d, new] = -1
+            dst.node_depth[d, new] = 0
         else:
-            dst_parent[new] = old_to_new[src_parent[old]]
-            dst_action[new] = src_action[old]
-            dst_depth[new] = dst_depth[dst_parent[new]] + 1
+            dst.node_parent[d, new] = old_to_new[src.node_parent[s, old]]
+            dst.node_action[d, new] = src.node_action[s, old]
+            dst.node_depth[d, new] = dst.node_depth[d, dst.node_parent[d, new]] + 1
         for a in range(k):
-            dst_prior[new, a] = src_prior[old, a]
-            dst_reward[new, a] = src_reward[old, a]
-            dst_valid[new, a] = src_valid[old, a]
-            child = src_index[old, a]
+            dst.children_prior[d, new, a] = src.children_prior[s, old, a]
+            dst.children_reward[d, new, a] = src.children_reward[s, old, a]
+            dst.children_valid[d, new, a] = src.children_valid[s, old, a]
+            child = src.children_index[s, old, a]
             if child >= 0:
                 old_to_new[child] = tail
                 queue[tail] = child
                 tail += 1
-                dst_index[new, a] = old_to_new[child]
+                dst.children_index[d, new, a] = old_to_new[child]
             else:
-                dst_index[new, a] = UNVISITED
+                dst.children_index[d, new, a] = UNVISITED
         head += 1
+    dst.num_nodes[d] = tail
     return old_to_new, tail

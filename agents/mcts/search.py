@@ -8,15 +8,67 @@ anything) lives in an object array ``[B, N]`` indexed like the tree, so no Pytho
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
 import numpy as np
 
 from agents.mcts import kernels
 from agents.mcts.tree import ROOT_INDEX, Tree, new_tree
-from azgym.overrides import int_override
+
+
+class SearchConfigError(ValueError):
+    """Invalid search settings. ``problems`` lists ``(field, what is wrong)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("invalid SearchConfig: " + "; ".join(f"{name}: {why}" for name, why in problems))
+
+
+def _setting(default, help: str, **metadata):
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search: PUCT (AlphaZero / MuZero conventions) over teacher priors and value-head leaves."""
+
+    num_simulations: int = _setting(32, "MCTS simulations per move; 1 turns search off (actions from the priors)",
+                                    flag="--simulations", aliases=("--num-simulations",))  # fmt: skip
+    c_puct: float = _setting(1.25, "exploration constant c (MuZero's c1)")
+    pb_c_base: float | None = _setting(19652.0, "MuZero's c2 of the log schedule of c; none keeps c constant")
+    fpu_value: float = _setting(0.0, "Q of a child never visited (first-play urgency), before normalisation")
+    discount: float = _setting(1.0, "return discount per step (1: episodic)")
+    dirichlet_alpha: float = _setting(0.3, "root noise Dir(alpha)")
+    dirichlet_fraction: float = _setting(0.25, "weight of the root noise (0 turns it off)")
+    temperature: float = _setting(1.0, "temperature of the visit policy moves are drawn from (0: the most visited)",
+                                  flag="--search-temperature")  # fmt: skip
+    leaves_per_round: int = _setting(1, "descents per tree per simulation round; above 1 uses virtual loss")
+    virtual_loss: float = _setting(1.0, "value subtracted per descent in flight through a node")
+    max_search_depth: int = _setting(64, "search horizon in edges below the root; deeper leaves back up their value")
+
+    def __post_init__(self):
+        rules = {  # name: (holds, the rule)
+            "num_simulations": (self.num_simulations >= 1, ">= 1"),
+            "c_puct": (self.c_puct >= 0, ">= 0"),
+            "pb_c_base": (self.pb_c_base is None or self.pb_c_base > 0, "> 0 or none"),
+            "discount": (0 <= self.discount <= 1, "in [0, 1]"),
+            "dirichlet_alpha": (self.dirichlet_alpha > 0, "> 0"),
+            "dirichlet_fraction": (0 <= self.dirichlet_fraction <= 1, "in [0, 1]"),
+            "temperature": (self.temperature >= 0, ">= 0"),
+            "leaves_per_round": (self.leaves_per_round >= 1, ">= 1"),
+            "virtual_loss": (self.virtual_loss >= 0, ">= 0"),
+            "max_search_depth": (self.max_search_depth >= 1, ">= 1"),
+        }
+        problems = [(f.name, f"must be a finite number, got {getattr(self, f.name)}") for f in fields(self)
+                    if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]  # fmt: skip
+        bad = {name for name, _ in problems}
+        problems += [(name, f"must be {rule}, got {getattr(self, name)!r}") for name, (holds, rule) in rules.items()
+                     if not holds and name not in bad]  # fmt: skip
+        if problems:
+            raise SearchConfigError(problems)
 
 
 @dataclass
@@ -81,61 +133,13 @@ class SearchResult:
 class MCTS:
     """Batched PUCT search (AlphaZero / MuZero conventions, see :mod:`agents.mcts.kernels`).
 
-    Args (keyword-only):
-        num_simulations: simulations per tree and search (default 32, CPU-sized;
-            ``$NUM_MCTS_ITERATIONS`` overrides the default, an explicit value wins).
-        c_puct: exploration constant (1.25, MuZero's c1).
-        pb_c_base: MuZero's c2 for the log schedule of c (19652); ``None`` keeps c constant.
-        fpu_value: Q assumed for a child never visited (first-play urgency), before normalisation.
-        discount: return discount per step (1.0: episodic).
-        dirichlet_alpha / dirichlet_fraction: root noise Dir(alpha) mixed in with weight epsilon
-            (0.3 / 0.25 as in AlphaZero chess; fraction 0 turns noise off).
-        temperature: of the returned visit policy (1.0: proportional to visits; 0: the argmax).
-        leaves_per_round: descents per tree per round; above 1 uses virtual loss.
-        virtual_loss: value subtracted per in-flight descent through a node.
-        max_depth: search horizon in edges below the root; deeper leaves back up their value.
+    Takes a :class:`SearchConfig` or its fields as keyword arguments (``MCTS(num_simulations=8)``);
+    each field's meaning is documented there. The settings are readable as attributes.
     """
 
-    def __init__(
-        self,
-        *,
-        num_simulations: int | None = None,
-        c_puct: float = 1.25,
-        pb_c_base: float | None = 19652.0,
-        fpu_value: float = 0.0,
-        discount: float = 1.0,
-        dirichlet_alpha: float = 0.3,
-        dirichlet_fraction: float = 0.25,
-        temperature: float = 1.0,
-        leaves_per_round: int = 1,
-        virtual_loss: float = 1.0,
-        max_depth: int = 64,
-    ):
-        self.num_simulations = int_override(num_simulations, "NUM_MCTS_ITERATIONS", 32, name="num_simulations")
-        checks = {  # name: (value, valid, the range it must lie in)
-            "c_puct": (c_puct, c_puct >= 0, ">= 0"),
-            "pb_c_base": (pb_c_base, pb_c_base is None or pb_c_base > 0, "> 0 or None"),
-            "discount": (discount, 0 <= discount <= 1, "in [0, 1]"),
-            "dirichlet_alpha": (dirichlet_alpha, dirichlet_alpha > 0, "> 0"),
-            "dirichlet_fraction": (dirichlet_fraction, 0 <= dirichlet_fraction <= 1, "in [0, 1]"),
-            "temperature": (temperature, temperature >= 0, ">= 0"),
-            "leaves_per_round": (leaves_per_round, leaves_per_round >= 1, ">= 1"),
-            "virtual_loss": (virtual_loss, virtual_loss >= 0, ">= 0"),
-            "max_depth": (max_depth, max_depth >= 1, ">= 1"),
-        }
-        bad = [f"{name}={value!r} (must be {rule})" for name, (value, ok, rule) in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid MCTS settings: {', '.join(bad)}")
-        self.c_puct = c_puct
-        self.pb_c_base = pb_c_base
-        self.fpu_value = fpu_value
-        self.discount = discount
-        self.dirichlet_alpha = dirichlet_alpha
-        self.dirichlet_fraction = dirichlet_fraction
-        self.temperature = temperature
-        self.leaves_per_round = leaves_per_round
-        self.virtual_loss = virtual_loss
-        self.max_depth = max_depth
+    def __init__(self, config: SearchConfig | None = None, **settings):
+        self.config = SearchConfig(**settings) if config is None else replace(config, **settings)
+
 
     def search(
         self,
@@ -153,7 +157,7 @@ class MCTS:
         start = time.perf_counter()
         timer = _ModelTimer(model)
         roots = roots if isinstance(roots, np.ndarray) else _object_array(roots)
-        batch, k, sims = len(roots), model.num_actions, self.num_simulations
+        batch, k, sims = len(roots), model.num_actions, self.config.num_simulations
         if reuse is not None:
             tree, states = self._reused(reuse, sims, rng)
         else:
@@ -161,19 +165,16 @@ class MCTS:
             states = np.empty((batch, sims + 1), dtype=getattr(model, "state_dtype", object))
             root = timer.evaluate(roots)
             prior = self._noisy(root.prior, root.valid, rng)
-            kernels.init_roots(
-                tree.node_visits, tree.node_value_sum, tree.node_raw_value, tree.node_terminal,
-                tree.children_prior, tree.children_valid, tree.num_nodes,
-                prior, root.valid, root.value.astype(np.float64), root.terminal,
-            )  # fmt: skip
+            roots_rows = kernels.NewNodes(prior, root.valid, root.value.astype(np.float64), root.terminal)
+            kernels.init_roots(tree, roots_rows)
             states[:, ROOT_INDEX] = roots
         self._run(timer, tree, states, sims)
         visits = tree.root_visits()
         total = time.perf_counter() - start
         return SearchResult(
             visits=visits,
-            policy=kernels.visit_policy(visits, self.temperature),
-            q_values=tree.q_values(ROOT_INDEX, self.discount),
+            policy=kernels.visit_policy(visits, self.config.temperature),
+            q_values=tree.q_values(ROOT_INDEX, self.config.discount),
             root_value=tree.node_value_sum[:, ROOT_INDEX] / np.maximum(tree.node_visits[:, ROOT_INDEX], 1),
             tree=tree,
             states=states,
@@ -182,50 +183,44 @@ class MCTS:
         )
 
     def _run(self, model: SearchModel, tree: Tree, states: np.ndarray, sims: int) -> None:
-        batch, leaves = tree.batch_size, self.leaves_per_round
-        pb_c_base = -1.0 if self.pb_c_base is None else float(self.pb_c_base)
-        most_visits = int(tree.node_visits[:, ROOT_INDEX].max()) + sims + leaves + 1
-        exploration = kernels.exploration_table(most_visits, self.c_puct, pb_c_base)
-        leaf_node = np.zeros((batch, leaves), np.int32)
-        leaf_kind = np.zeros((batch, leaves), np.int32)
-        leaf_slot = np.zeros((batch, leaves), np.int32)
-        exp_tree, exp_parent, exp_action, exp_node = (np.zeros(batch * leaves, np.int32) for _ in range(4))
+        config, leaves_per_round = self.config, self.config.leaves_per_round
+        pb_c_base = -1.0 if config.pb_c_base is None else float(config.pb_c_base)
+        most_visits = int(tree.node_visits[:, ROOT_INDEX].max()) + sims + leaves_per_round + 1
+        params = kernels.Params(
+            exploration=kernels.exploration_table(most_visits, config.c_puct, pb_c_base),
+            fpu_value=float(config.fpu_value),
+            discount=float(config.discount),
+            virtual_loss=float(config.virtual_loss),
+            max_search_depth=int(config.max_search_depth),
+        )
+        leaves = kernels.new_leaves(tree.batch_size, leaves_per_round)
         empty = _empty_expansion(tree.num_actions)
+        nothing = kernels.NewNodes(empty.prior, empty.valid, empty.value, empty.terminal)
+        width = min(leaves_per_round, sims)
+        m = kernels.backup_and_select(tree, leaves, 0, nothing, empty.value, width, params)
         done = 0
-        while done < sims:
-            width = min(leaves, sims - done)
-            m = kernels.select_leaves(
-                tree.node_visits, tree.node_value_sum, tree.node_virtual, tree.node_depth, tree.node_terminal,
-                tree.children_index, tree.children_prior, tree.children_reward, tree.children_valid,
-                tree.num_nodes, tree.q_min, tree.q_max,
-                width, leaf_node, leaf_kind, leaf_slot, exp_tree, exp_parent, exp_action, exp_node,
-                exploration, self.fpu_value, self.discount, self.virtual_loss, self.max_depth,
-            )  # fmt: skip
+        while width:
             if m:
-                rows = exp_tree[:m]
-                step = model.step(states[rows, exp_parent[:m]], exp_action[:m])
-                states[rows, exp_node[:m]] = step.states
-                new, reward = step.expansion, step.reward
+                rows = leaves.exp_tree[:m]
+                step = model.step(states[rows, leaves.exp_parent[:m]], leaves.exp_action[:m])
+                states[rows, leaves.exp_node[:m]] = step.states
+                new = step.expansion
+                children, reward = kernels.NewNodes(new.prior, new.valid, new.value, new.terminal), step.reward
             else:
-                new, reward = empty, empty.value
-            kernels.backup(
-                tree.node_visits, tree.node_value_sum, tree.node_raw_value, tree.node_virtual, tree.node_parent,
-                tree.node_action, tree.node_depth, tree.node_terminal, tree.children_index, tree.children_prior,
-                tree.children_reward, tree.children_valid, tree.num_nodes, tree.q_min, tree.q_max,
-                width, leaf_node, leaf_kind, leaf_slot, exp_action, exp_node,
-                new.prior, new.valid, reward, new.terminal, new.value, self.discount,
-            )  # fmt: skip
+                children, reward = nothing, empty.value
             done += width
+            last, width = width, min(leaves_per_round, sims - done)
+            m = kernels.backup_and_select(tree, leaves, last, children, reward, width, params)
 
     def _noisy(self, prior: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Root priors mixed with Dirichlet(alpha) noise over the valid actions."""
         prior = np.asarray(prior, np.float32)
-        if self.dirichlet_fraction == 0:
+        if self.config.dirichlet_fraction == 0:
             return prior
-        gamma = rng.gamma(self.dirichlet_alpha, size=prior.shape) * valid
+        gamma = rng.gamma(self.config.dirichlet_alpha, size=prior.shape) * valid
         total = gamma.sum(axis=1, keepdims=True)
         noise = np.divide(gamma, total, out=np.zeros_like(gamma), where=total > 0)
-        eps = self.dirichlet_fraction
+        eps = self.config.dirichlet_fraction
         return ((1 - eps) * prior + eps * noise).astype(np.float32)
 
     def _reused(self, reuse, sims: int, rng: np.random.Generator) -> tuple[Tree, np.ndarray]:
@@ -234,17 +229,9 @@ class MCTS:
         tree = new_tree(old.batch_size, capacity, old.num_actions)
         states = np.empty((old.batch_size, capacity), dtype=old_states.dtype)
         for b in range(old.batch_size):  # once per move, not per simulation
-            old_to_new, count = kernels.copy_subtree(
-                old.node_visits[b], old.node_value_sum[b], old.node_raw_value[b], old.node_parent[b],
-                old.node_action[b], old.node_terminal[b], old.children_index[b], old.children_prior[b],
-                old.children_reward[b], old.children_valid[b], int(new_roots[b]),
-                tree.node_visits[b], tree.node_value_sum[b], tree.node_raw_value[b], tree.node_parent[b],
-                tree.node_action[b], tree.node_depth[b], tree.node_terminal[b], tree.children_index[b],
-                tree.children_prior[b], tree.children_reward[b], tree.children_valid[b],
-            )  # fmt: skip
+            old_to_new, _ = kernels.copy_subtree(old, b, int(new_roots[b]), tree, b)
             kept = np.flatnonzero(old_to_new >= 0)
             states[b, old_to_new[kept]] = old_states[b, kept]
-            tree.num_nodes[b] = count
         tree.q_min[:] = old.q_min
         tree.q_max[:] = old.q_max
         root = (slice(None), ROOT_INDEX)
@@ -288,3 +275,4 @@ def _object_array(items) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = list(items)
     return out
+

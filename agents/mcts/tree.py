@@ -8,7 +8,7 @@ plain-Python reference in the tests reproduces every visit count exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,9 +24,12 @@ COLLISION = 2  # every valid child was already pending this round: nothing to ex
 FULL = 3  # the tree has no free node slot left
 
 
-@dataclass
-class Tree:
-    """B search trees; every field is a NumPy array, shapes as commented."""
+class Tree(NamedTuple):
+    """B search trees; every field is a NumPy array, shapes as commented.
+
+    A NamedTuple so that the numba kernels take the whole tree as one argument and read its arrays
+    by name. The arrays are mutable in place; the tuple itself is not (no field is ever rebound).
+    """
 
     node_visits: np.ndarray  # [B, N] int32  N(s): visits, counting the visit that created the node
     node_value_sum: np.ndarray  # [B, N] float64  sum of backed-up returns from the node on

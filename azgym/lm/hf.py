@@ -14,6 +14,8 @@ that finish early leave the batch, so a long sample does not keep finished rows 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Sequence
@@ -55,6 +57,35 @@ def _shared_heads(prompts: list[list[int]], min_shared: int) -> tuple[list[int],
     if len(heads) == len(prompts):
         return None
     return group_of, heads
+
+
+@contextlib.contextmanager
+def module_mode(module: torch.nn.Module, training: bool):
+    """``module`` in train (``training=True``) or eval mode inside the block, its previous mode
+    restored after: the code that needs a mode switches it, nothing is left for a caller to remember."""
+    was_training = module.training
+    module.train(training)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def eval_mode(module: torch.nn.Module):
+    """``module`` in eval mode (dropout off) inside the block; see :func:`module_mode`."""
+    return module_mode(module, False)
+
+
+def inference(method):
+    """A backend method run without gradients and with its model in eval mode, whatever mode a
+    learner left the shared weights in."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with torch.inference_mode(), eval_mode(self.model):
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def _cache_argument(model) -> str:
@@ -125,7 +156,7 @@ class HFBackend(TokenizerMixin):
     @classmethod
     def from_name(cls, name: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs) -> HFBackend:
         """Load by short name (e.g. ``smollm2-135m-instruct``), local path or Hub id."""
-        from azgym.models import load_model
+        from azgym.lm.registry import load_model
 
         model, tokenizer = load_model(name, dtype=dtype, device=device)
         return cls(model, tokenizer, name=name, **kwargs)
@@ -134,7 +165,7 @@ class HFBackend(TokenizerMixin):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.inference_mode()
+    @inference
     def generate(
         self,
         prompts: Sequence[Prompt],
@@ -250,7 +281,7 @@ class HFBackend(TokenizerMixin):
             logits, mask, position = logits[rows], mask[rows], position[rows]
         return cache, logits, mask, position[:, -1:]
 
-    @torch.inference_mode()
+    @inference
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[Prompt]) -> list[np.ndarray]:
         if len(prompts) != len(continuations):
             raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} continuations")
@@ -315,7 +346,7 @@ class HFBackend(TokenizerMixin):
             out.append(token_log_p[row, width - 1 - len(cont) :].astype(np.float32).copy())
         return out
 
-    @torch.inference_mode()
+    @inference
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length mean-pooled last hidden states of ``texts`` ([N, hidden] float32)."""
         ids, mask = self.left_pad([self.encode(t) or [self.eos_token_id] for t in texts])

@@ -28,7 +28,7 @@ class VLLMBackend(TokenizerMixin):
     """A model served by vLLM in this process.
 
     Args:
-        model: a Hub id or local directory (a short name from :mod:`azgym.models` is resolved).
+        model: a Hub id or local directory (a short name from :mod:`azgym.lm.registry` is resolved).
         gpu_memory_utilization: the share of GPU memory this engine may take (weights + KV cache).
         dtype: vLLM dtype string (``"auto"``, ``"bfloat16"``, ...).
         max_model_len: context length to reserve KV cache for.
@@ -47,7 +47,7 @@ class VLLMBackend(TokenizerMixin):
             ) from err
         if not torch.cuda.is_available():
             raise RuntimeError("the vLLM backend needs a CUDA GPU; on a CPU use the transformers backend (HFBackend)")
-        from azgym.models import resolve_model
+        from azgym.lm.registry import resolve_model
 
         source = resolve_model(model)
         self.name = name or model

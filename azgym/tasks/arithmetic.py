@@ -20,8 +20,7 @@ from azgym.tasks.gsm8k import Grade, extract_answer, grade, has_answer_marker
 __all__ = ["Grade", "extract_answer", "grade", "has_answer_marker", "load_problems", "make_problems"]
 
 NAME = "arithmetic"
-HUB_ID = "add2"  # the default ``data``: 2-digit addition, where the base model is weakest but not zero
-SYSTEM_PROMPT = "Compute the answer with a short calculation, then write a final line of the form '#### <number>'."
+DEFAULT_DATA = "add2"  # the default ``data``: 2-digit addition, where the base model is weakest but not zero
 DEFAULT_COUNT = {"train": 5000, "test": 1000}
 _SPLIT_SEED = {"train": 0, "test": 1}
 
@@ -96,7 +95,7 @@ def make_problems(level: str, count: int, *, seed: int, exclude: frozenset[str] 
     ]
 
 
-def load_problems(source: str = HUB_ID, split: str = "train") -> list[Problem]:
+def load_problems(source: str = DEFAULT_DATA, split: str = "train") -> list[Problem]:
     """Problems for ``split`` from a spec like ``"add2"`` or ``"add2:500"`` (see the module docstring)."""
     if split not in _SPLIT_SEED:
         raise DataError(f"arithmetic splits are 'train' and 'test', got {split!r}")

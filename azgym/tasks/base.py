@@ -1,8 +1,10 @@
-"""What every task shares: a problem record and the error raised for bad data."""
+"""What every task shares: a problem record, the error raised for bad data, and the Task protocol."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 
 class DataError(ValueError):
@@ -19,22 +21,21 @@ class Problem:
     solution: str = ""
 
 
-PROMPT_STYLES = ("task", "bare")
+class Task(Protocol):
+    """A problem source and its grader: a module (or object) with these names.
 
+    ``NAME`` keys the task in :data:`azgym.tasks.TASKS` and its solve prompt in
+    :data:`azgym.prompts.TASK_SYSTEM_PROMPTS`; ``DEFAULT_DATA`` is what ``load_problems`` reads when
+    no data is given.
+    """
 
-def system_prompt_for(task, prompt: str = "task") -> str | None:
-    """The system message of the solve prompt: the task's own (``"task"``), none (``"bare"``: the
-    question alone as the user message) or any other string, used as given."""
-    if prompt == "task":
-        return task.SYSTEM_PROMPT
-    if prompt == "bare":
-        return None
-    if not prompt.strip():
-        raise ValueError("an empty system prompt: pass 'task', 'bare' or the system message text")
-    return prompt
+    NAME: str
+    DEFAULT_DATA: str
 
+    def load_problems(self, source: str | Path, split: str = "train") -> list[Problem]: ...
 
-def solve_messages(system_prompt: str | None, question: str) -> list[dict[str, str]]:
-    """The chat of the solve prompt: an optional system message, then the question."""
-    user = [{"role": "user", "content": question}]
-    return user if system_prompt is None else [{"role": "system", "content": system_prompt}, *user]
+    def grade(self, response: str, gold: str) -> Any: ...
+
+    def extract_answer(self, text: str, *, strict: bool = True) -> str | None: ...
+
+    def has_answer_marker(self, text: str) -> bool: ...

@@ -21,11 +21,7 @@ from pathlib import Path
 from azgym.tasks.base import DataError, Problem
 
 NAME = "gsm8k"
-HUB_ID = "openai/gsm8k"
-SYSTEM_PROMPT = (
-    "Solve the math word problem step by step, one short step per line. "
-    "End with a final line of the form '#### <number>'."
-)
+DEFAULT_DATA = "openai/gsm8k"  # the Hub id; any local GSM8K file or folder works too
 
 _NUMBER = r"-?\$?\s?-?\d[\d,]*(?:\.\d+)?|-?\$?\s?-?\.\d+"
 _MARKER = re.compile(r"####\s*(" + _NUMBER + r")")
@@ -150,7 +146,7 @@ def load_problems(source: str | Path, split: str = "train") -> list[Problem]:
         if not found:
             raise DataError(
                 f"{path} has no {split}.jsonl or {split}.parquet; point data at a GSM8K file, a folder "
-                f"holding <split>.jsonl, or the Hub id {HUB_ID!r}"
+                f"holding <split>.jsonl, or the Hub id {DEFAULT_DATA!r}"
             )
         path = found[0]
     if path.is_file():
@@ -159,7 +155,7 @@ def load_problems(source: str | Path, split: str = "train") -> list[Problem]:
     if str(source).startswith((".", "/", "~")) or path.suffix in (".jsonl", ".json", ".parquet"):
         raise DataError(
             f"data path {str(source)!r} does not exist; pass an existing GSM8K .jsonl/.parquet file, a "
-            f"folder holding {split}.jsonl, or the Hub id {HUB_ID!r}"
+            f"folder holding {split}.jsonl, or the Hub id {DEFAULT_DATA!r}"
         )
     return _load_hub(str(source), split)
 
@@ -190,7 +186,7 @@ def _load_hub(hub_id: str, split: str) -> list[Problem]:
     import datasets
 
     try:
-        table = datasets.load_dataset(hub_id, "main" if hub_id == HUB_ID else None, split=split)
+        table = datasets.load_dataset(hub_id, "main" if hub_id == DEFAULT_DATA else None, split=split)
     except Exception as err:  # noqa: BLE001 - network, missing dataset and missing split all differ
         raise DataError(
             f"could not load {hub_id!r} (split {split!r}) from the Hugging Face Hub: {err}. Without Hub "

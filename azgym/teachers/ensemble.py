@@ -15,6 +15,7 @@ candidates earned (:meth:`TeacherEnsemble.observe`). Teachers may use other toke
 scoring model (the response is passed as text) and base models are prompted few-shot. A teacher
 that raises or answers malformed output is dropped with a warning naming it; the others go on.
 
+Prompts come from :mod:`azgym.prompts`; models by name from :mod:`azgym.teachers.loading`.
 Results are cached per state, so revisiting a state (planning with ``set_state``, or MCTS) never
 regenerates.
 """
@@ -25,54 +26,15 @@ import hashlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from azgym.lm.base import LanguageModel
-from azgym.tasks.base import solve_messages
+from azgym.prompts import RIGHT, WRONG, few_shot_prompt, solve_prompt_ids, teacher_messages
 
 logger = logging.getLogger(__name__)
-
-RIGHT, WRONG = "right", "wrong"
-RIGHT_PROMPT = (
-    "You are a careful math tutor. Continue the solution below correctly with its next step, one "
-    "line. When the answer is known, write the final line as '#### <number>'."
-)
-WRONG_PROMPT = (
-    "You write flawed worked examples for students to correct. Continue the solution below with "
-    "its next step, one line, but make one plausible mistake in it (a wrong operation or a wrong "
-    "number) and carry on as if it were right."
-)
-# Base models (no chat template) continue a transcript: worked examples, then the question.
-FEW_SHOT = {
-    RIGHT: (
-        "Worked solutions, one step per line, ending with '#### <answer>'.\n\n"
-        "Question: Ana has 4 apples and buys 3 bags of 5 apples. How many apples does she have?\n"
-        "Answer: The bags hold 3 * 5 = 15 apples.\nShe has 4 + 15 = 19 apples.\n#### 19\n\n"
-        "Question: What is 38 + 47?\nAnswer: 38 + 47 = 85.\n#### 85\n\n"
-    ),
-    WRONG: (
-        "Worked solutions with one plausible mistake each, one step per line, ending with '#### <answer>'.\n\n"
-        "Question: Ana has 4 apples and buys 3 bags of 5 apples. How many apples does she have?\n"
-        "Answer: The bags hold 3 * 5 = 18 apples.\nShe has 4 + 18 = 22 apples.\n#### 22\n\n"
-        "Question: What is 38 + 47?\nAnswer: 38 + 47 = 75.\n#### 75\n\n"
-    ),
-}
-# Tiers of teacher models. ``local`` runs on a laptop CPU from PyPI packages; ``free`` and
-# ``production`` are open-weight Hub models for a GPU (vLLM or transformers).
-TIERS: dict[str, tuple[str, ...]] = {
-    "local": ("smollm2-135m-instruct", "gemma3-270m"),
-    "free": ("Qwen/Qwen2.5-1.5B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "google/gemma-3-1b-it"),
-    "production": (
-        "Qwen/Qwen2.5-7B-Instruct",
-        "meta-llama/Llama-3.1-8B-Instruct",
-        "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-        "google/gemma-3-12b-it",
-    ),
-}
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -130,7 +92,7 @@ class TeacherEnsemble:
         prior_temperature: softmax temperature over mean log-probs when forming priors.
         refill_rounds: extra sampling rounds to fill slots lost to duplicates.
         cache_size: states kept in the per-state cache.
-        weight_decay: step size of each teacher's moving average of returns (0 keeps weights fixed).
+        weight_step: step size of each teacher's exponential moving average of returns (0 keeps weights fixed).
         weight_temperature: teacher weights are a softmax of those averages at this temperature.
     """
 
@@ -149,7 +111,7 @@ class TeacherEnsemble:
         prior_temperature: float = 1.0,
         refill_rounds: int = 2,
         cache_size: int = 4096,
-        weight_decay: float = 0.1,
+        weight_step: float = 0.1,
         weight_temperature: float = 0.25,
     ):
         if num_right < 0 or num_wrong < 0 or num_right + num_wrong < 1:
@@ -173,7 +135,7 @@ class TeacherEnsemble:
         self.prior_temperature = prior_temperature
         self.refill_rounds = refill_rounds
         self.cache_size = cache_size
-        self.weight_decay = weight_decay
+        self.weight_step = weight_step
         self.weight_temperature = weight_temperature
         self.values = {name: 0.0 for name in names}  # moving average of returns per teacher
         self.dropped: dict[str, str] = {}  # teacher name -> why it was dropped
@@ -198,7 +160,7 @@ class TeacherEnsemble:
 
     def solve_prompt(self, question: str) -> list[int]:
         """Token ids (the scorer's) of the plain solve prompt, ending where the response starts."""
-        return self._chat(self.lm, self.system_prompt, question)
+        return self._chat(self.lm, None, question)
 
     def propose(self, requests: Sequence[ProposalRequest]) -> list[list[Candidate]]:
         """Candidates for each state, at most ``num_candidates`` each, priors summing to 1."""
@@ -224,7 +186,7 @@ class TeacherEnsemble:
             )
         for name in dict.fromkeys(teachers):
             if name in self.values:
-                self.values[name] += self.weight_decay * (episode_return - self.values[name])
+                self.values[name] += self.weight_step * (episode_return - self.values[name])
 
     def state_dict(self) -> dict:
         return {"values": dict(self.values), "dropped": dict(self.dropped)}
@@ -342,16 +304,14 @@ class TeacherEnsemble:
 
     def _teacher_prompt(self, teacher: Teacher, label: str, request: ProposalRequest) -> list[int]:
         if teacher.lm is self.lm:
-            return self._chat(self.lm, RIGHT_PROMPT if label == RIGHT else WRONG_PROMPT, request.question) + list(
-                request.response_ids
-            )
+            return self._chat(self.lm, label, request.question) + list(request.response_ids)
         response = self.lm.decode(request.response_ids)
         if teacher.style == "few_shot":
             key = (teacher.name, label, request.question)
             if key not in self._prompt_cache:
-                self._prompt_cache[key] = teacher.lm.encode(f"{FEW_SHOT[label]}Question: {request.question}\nAnswer:")
+                self._prompt_cache[key] = teacher.lm.encode(few_shot_prompt(label, request.question))
             return self._prompt_cache[key] + (teacher.lm.encode(" " + response) if response else [])
-        head = self._chat(teacher.lm, RIGHT_PROMPT if label == RIGHT else WRONG_PROMPT, request.question)
+        head = self._chat(teacher.lm, label, request.question)
         return head + (teacher.lm.encode(response) if response else [])
 
     def _scorer_ids(self, teacher: Teacher, sample, request: ProposalRequest) -> tuple[int, ...]:
@@ -394,12 +354,17 @@ class TeacherEnsemble:
             )
         return out
 
-    def _chat(self, lm: LanguageModel, system: str | None, question: str) -> list[int]:
-        key = (id(lm), system, question)
+    def _chat(self, lm: LanguageModel, label: str | None, question: str) -> list[int]:
+        """``lm``'s chat prompt ids: the solve prompt (``label=None``) or a teacher prompt, cached."""
+        key = (id(lm), label, question)
         if key not in self._prompt_cache:
             if len(self._prompt_cache) > 4 * self.cache_size:
                 self._prompt_cache.clear()
-            self._prompt_cache[key] = lm.chat_prompt(solve_messages(system, question))
+            if label is None:
+                ids = solve_prompt_ids(lm, self.system_prompt, question)
+            else:
+                ids = lm.chat_prompt(teacher_messages(label, question))
+            self._prompt_cache[key] = ids
         return self._prompt_cache[key]
 
 
@@ -408,51 +373,6 @@ class TeacherProposer(TeacherEnsemble):
 
     def __init__(self, lm: LanguageModel, *, system_prompt: str | None, **kwargs):
         super().__init__(lm, [Teacher(lm)], system_prompt=system_prompt, **kwargs)
-
-
-def load_teachers(
-    names: str | Sequence[str],
-    scorer: LanguageModel,
-    *,
-    device: str = "cpu",
-    backend: str = "hf",
-    gpu_memory_utilization: float = 0.2,
-    loader: Callable[[str], LanguageModel] | None = None,
-) -> list[Teacher]:
-    """Teachers from a tier name (``local``, ``free``, ``production``), a comma-separated string
-    or a list of model names. The scorer is reused where its name appears; a model that fails to
-    load is skipped with a warning naming it (an error if none loads). ``backend="vllm"`` serves
-    each teacher with vLLM, taking ``gpu_memory_utilization`` of the GPU each; ``loader`` replaces
-    the transformers loading (the environment passes one that shares models between envs)."""
-    from azgym.lm.hf import HFBackend
-
-    if backend not in ("hf", "vllm"):
-        raise ValueError(f"unknown backend {backend!r}; use 'hf' (transformers) or 'vllm'")
-
-    if isinstance(names, str):
-        names = TIERS.get(names, tuple(n.strip() for n in names.split(",") if n.strip()))
-    teachers, failures = [], []
-    for name in names:
-        if name == scorer.name:
-            teachers.append(Teacher(scorer, name))
-            continue
-        try:
-            if backend == "vllm":
-                from azgym.lm.vllm import VLLMBackend
-
-                lm = VLLMBackend(name, gpu_memory_utilization=gpu_memory_utilization)
-            else:
-                lm = loader(name) if loader else HFBackend.from_name(name, device=device)
-        except Exception as err:  # noqa: BLE001 - one teacher that cannot load must not stop the others
-            logger.warning("teacher %s could not be loaded (%s: %s); continuing without it", name,
-                           type(err).__name__, err)  # fmt: skip
-            failures.append(f"{name}: {err}")
-            continue
-        has_template = bool(getattr(getattr(lm, "tokenizer", None), "chat_template", None))
-        teachers.append(Teacher(lm, name, "chat" if has_template else "few_shot"))
-    if not teachers:
-        raise RuntimeError(f"no teacher could be loaded: {'; '.join(failures)}")
-    return teachers
 
 
 def _state_seed(request: ProposalRequest, label: str, round_index: int, sample: int, teacher: str = "") -> int:

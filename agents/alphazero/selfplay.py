@@ -1,10 +1,11 @@
-"""One AlphaZero iteration: self-play with MCTS -> replay -> learner steps.
+"""One AlphaZero iteration's parts: self-play -> episodes -> learner samples -> learner steps.
 
 Self-play runs ``group_size`` episodes on each of a batch of problems, all B = problems x group
-trees searched in lockstep: every move is one batched search over the live episodes, then an
-action per episode sampled from its root visit distribution. With ``num_simulations <= 1`` there
-is no search: actions are sampled from the teacher's priors (the plain-sampling ablation). A
-:class:`~agents.similarity.SimilarityAgent` plays the seed system's ε-greedy similarity rule instead.
+states handed to the agent together: every move is one :meth:`~agents.policy.Agent.policy` call
+over the live episodes (for MCTS, one batched search: B trees in lockstep), then an action per
+episode sampled from its policy. Any agent works: :class:`~agents.mcts.MCTSAgent`,
+:class:`~agents.policy.PriorAgent` (no search, the ablation) or
+:class:`~agents.similarity.SimilarityAgent` (the seed system's ε-greedy similarity rule).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from agents.learner import DistillSample, Learner, Sample
-from agents.mcts import MCTSAgent
-from agents.replay import Episode, ReplayBuffer, StepRecord
-from agents.similarity import SimilarityAgent
+from agents.policy import Agent
+from agents.training.learner import DistillSample, Learner, Sample
+from agents.training.replay import Episode, ReplayBuffer, StepRecord
 from azgym.env import EnvState, ReasoningEnv
+from azgym.rewards import outcome
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class SelfPlayStats:
 
 def self_play(
     env: ReasoningEnv,
-    agent: MCTSAgent | SimilarityAgent,
+    agent: Agent,
     problem_indices: list[int],
     group_size: int,
     rng: np.random.Generator,
@@ -63,27 +64,21 @@ def self_play(
         live_states = [states[i] for i in live]
         candidates = env.expand(live_states)
         k = env.action_space.n
-        if isinstance(agent, SimilarityAgent):
-            policy = agent.policy(env, live_states, candidates)
-            visits, q_values = np.zeros((len(live), k), np.int32), np.full((len(live), k), np.nan)
-        elif agent.mcts.num_simulations > 1:
-            result = agent.search(env, live_states)
-            policy, visits, q_values = result.policy, result.visits, result.q_values
-            s = result.stats()
-            stats.tree_nodes.append(s["num_nodes"])
-            stats.tree_depths.append(s["max_depth"])
-            stats.simulations_per_s.append(s["simulations_per_s"])
-            stats.root_values.extend(result.root_value.tolist())
-        else:
-            policy = np.zeros((len(live), k))
-            for row, cands in enumerate(candidates):
-                policy[row, : len(cands)] = [c.prior for c in cands]
-            visits, q_values = np.zeros((len(live), k), np.int32), np.full((len(live), k), np.nan)
+        result = agent.policy(env, live_states)
+        policy = result.probs
+        visits = result.visits if result.visits is not None else np.zeros((len(live), k), np.int32)
+        q_values = result.q_values if result.q_values is not None else np.full((len(live), k), np.nan)
+        if result.stats:
+            stats.tree_nodes.append(result.stats["num_nodes"])
+            stats.tree_depths.append(result.stats["max_depth"])
+            stats.simulations_per_s.append(result.stats["simulations_per_s"])
+        if result.root_values is not None:
+            stats.root_values.extend(result.root_values.tolist())
         for row, i in enumerate(live):
             p = policy[row] / policy[row].sum()
             stats.visit_entropies.append(float(-(p[p > 0] * np.log(p[p > 0])).sum()))
             action = int(rng.choice(len(p), p=p))
-            outcome = env.transition(states[i], action)
+            step = env.transition(states[i], action)
             cands = candidates[row]
             stats.generated_tokens += sum(len(c.token_ids) for c in cands)
             steps[i].append(
@@ -95,14 +90,14 @@ def self_play(
                     visits=visits[row, : len(cands)].tolist(),
                     q_values=[None if np.isnan(q) else float(q) for q in q_values[row, : len(cands)]],
                     action=action,
-                    reward=outcome.reward,
+                    reward=step.reward,
                 )
             )
-            states[i] = outcome.state
-            if outcome.grade is not None:
-                env.proposer.observe(outcome.state.teachers, outcome.state.episode_return)
-                grades[i] = {"correct": outcome.grade.correct, "format_ok": outcome.grade.format_ok,
-                             "solved": outcome.terms["hre"] > 0}  # fmt: skip
+            states[i] = step.state
+            if step.grade is not None:
+                env.observe(step.state)
+                grades[i] = {"correct": step.grade.correct, "format_ok": step.grade.format_ok,
+                             "solved": step.terms["hre"] > 0}  # fmt: skip
         stats.moves += 1
         done = [i for i in live if states[i].terminated or states[i].truncated]
         bar.update(len(done))
@@ -116,7 +111,7 @@ def self_play(
             Episode(
                 problem_id=problem.id,
                 question=problem.question,
-                prompt_ids=list(env.proposer.solve_prompt(problem.question)),
+                prompt_ids=env.solve_prompt(problem),
                 response_ids=list(state.response_ids),
                 episode_return=state.episode_return,
                 correct=bool(grades[i]["correct"]),
@@ -134,19 +129,20 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
     """Learner samples from episodes: the response (with an end-of-sequence token when the episode
     ended on an answer) rewarded by its return, and value targets at every move boundary.
 
-    ``value_target``: ``"outcome"`` (+1 solved, -1 otherwise, at every prefix) or ``"q"`` (the
-    MCTS Q of the move taken, the outcome at the end).
+    ``value_target``: ``"outcome"`` (the episode's outcome on the value scale of
+    :mod:`azgym.rewards`, +1 solved, -1 otherwise, at every prefix) or ``"q"`` (the MCTS Q of the
+    move taken, the outcome at the end).
     """
     samples = []
     for e in episodes:
         completion = tuple(e.response_ids) + ((eos_token_id,) if e.format_ok else ())
-        outcome = 1.0 if e.solved else -1.0
+        final = outcome(e.solved)
         positions = [s.response_len for s in e.steps] + [len(e.response_ids)]
         if value_target == "q":
             targets = [float(np.clip(s.q_values[s.action], -1, 1)) if s.q_values and s.q_values[s.action] is not None
-                       else outcome for s in e.steps] + [outcome]  # fmt: skip
+                       else final for s in e.steps] + [final]  # fmt: skip
         else:
-            targets = [outcome] * len(positions)
+            targets = [final] * len(positions)
         samples.append(
             Sample(
                 prompt_ids=tuple(e.prompt_ids),

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from agents.value import ValueHead
+from agents.student.value import ValueHead
+from azgym.config import check_fields, option, raise_problems
 from azgym.lm.hf import HFBackend
-from azgym.models import DEFAULT_MODEL, load_model
+from azgym.lm.registry import DEFAULT_MODEL, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -28,29 +29,28 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 @dataclass(frozen=True)
 class StudentConfig:
-    """How to build the student. Every field is saved with checkpoints and checked on load."""
+    """The student: which model, LoRA or full fine-tuning, precision and device (saved with checkpoints)."""
 
-    model: str = DEFAULT_MODEL  # short name, local path or Hub id
-    lora: bool = True  # train LoRA adapters (False: every weight)
-    lora_r: int = 32
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = LORA_TARGETS  # attention and MLP projections
-    load_in_4bit: bool = False  # NF4 base weights through bitsandbytes (needs LoRA)
-    gradient_checkpointing: bool = False
-    dtype: str = "auto"  # "auto": bfloat16 on a GPU that supports it, else float32
-    device: str = "cpu"
+    model: str = option(DEFAULT_MODEL, "student (and teacher) model: a short name, local path or Hub id")
+    lora: bool = option(True, "train LoRA adapters (--no-lora: every weight)")
+    lora_r: int = option(32, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha (the adapter's scale is alpha / r)")
+    lora_dropout: float = option(0.05, "dropout on the LoRA path")
+    lora_targets: tuple[str, ...] = option(LORA_TARGETS, "module names that get adapters (attention and MLP projections)")
+    load_in_4bit: bool = option(False, "NF4 base weights through bitsandbytes (needs LoRA)")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
+    dtype: str = option("auto", "weights' dtype; auto: bfloat16 on a GPU that supports it, else float32",
+                        choices=("auto", "float32", "bfloat16", "float16"))  # fmt: skip
+    device: str = option("cpu", "device of the student (and of teachers loaded by name): cpu, cuda, cuda:1, ...")
 
     def __post_init__(self):
-        if self.load_in_4bit and not self.lora:
-            raise ValueError("load_in_4bit trains adapters on frozen 4-bit weights: set lora=True as well")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.lora and (self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1):
-            raise ValueError(
-                f"LoRA needs r >= 1, alpha > 0 and dropout in [0, 1); got r={self.lora_r}, "
-                f"alpha={self.lora_alpha}, dropout={self.lora_dropout}"
-            )
+        raise_problems(self, check_fields(self, {
+            "load_in_4bit": (self.lora or not self.load_in_4bit, "off without LoRA (4-bit trains adapters on frozen weights)"),
+            "lora_r": (not self.lora or self.lora_r >= 1, ">= 1"),
+            "lora_alpha": (not self.lora or self.lora_alpha > 0, "> 0"),
+            "lora_dropout": (not self.lora or 0 <= self.lora_dropout < 1, "in [0, 1)"),
+            "lora_targets": (not self.lora or len(self.lora_targets) > 0, "at least one module name"),
+        }))  # fmt: skip
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype != "auto":
@@ -255,7 +255,7 @@ def _load_4bit(config: StudentConfig):
         raise ImportError("load_in_4bit needs bitsandbytes: pip install 'azgym[quant]'") from err
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from azgym.models import resolve_model
+    from azgym.lm.registry import resolve_model
 
     source = resolve_model(config.model)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)

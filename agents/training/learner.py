@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 
-from agents import losses
 from agents.student import Student
+from agents.training import losses
+from azgym.config import check_fields, option, raise_problems
+from azgym.lm.hf import module_mode
 
 
 @dataclass(frozen=True)
@@ -40,51 +42,6 @@ class DistillSample:
     visit_probs: tuple[float, ...]
 
 
-@dataclass(frozen=True)
-class LearnerConfig:
-    """Optimisation settings; validated on construction, saved with checkpoints."""
-
-    loss: str = "grpo"  # grpo | legacy | apo
-    learning_rate: float = 2e-4  # AdamW learning rate (LoRA-sized)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0  # linear warm-up of the learning rate
-    micro_batch_size: int = 8  # sequences per forward pass; a step accumulates over its micro-batches
-    max_grad_norm: float = 1.0  # global gradient-norm clip
-    clip_eps: float = 0.2  # PPO ratio clip
-    kl_coef: float = 0.01  # GRPO KL penalty weight (0 skips the reference pass)
-    adv_clip: float = 3.0  # advantage clip
-    normalize_std: bool = True  # divide advantages by the group's std
-    aggregation: str = "token"  # token | sequence
-    apo_beta: float = 0.1  # A*PO KL weight
-    value_coef: float = 0.5  # weight of the value loss
-    distill_coef: float = 0.0  # weight of the visit-distillation loss
-    update_ref_every: int = 50  # refresh the KL reference (full fine-tuning only; LoRA's is the base)
-    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes)
-
-    def __post_init__(self):
-        problems = []
-        if self.loss not in POLICY_LOSSES:
-            problems.append(f"loss={self.loss!r} (choose one of {sorted(POLICY_LOSSES)})")
-        if self.optimizer not in ("adamw", "adamw8bit"):
-            problems.append(f"optimizer={self.optimizer!r} (choose 'adamw' or 'adamw8bit')")
-        if self.aggregation not in ("token", "sequence"):
-            problems.append(f"aggregation={self.aggregation!r} (choose 'token' or 'sequence')")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                problems.append(f"{f.name}={value} (must be finite)")
-        for name in ("learning_rate", "max_grad_norm", "clip_eps", "adv_clip"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name}={getattr(self, name)} (must be > 0)")
-        for name in ("kl_coef", "value_coef", "distill_coef", "weight_decay", "apo_beta", "warmup_steps"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}={getattr(self, name)} (must be >= 0)")
-        if self.micro_batch_size < 1 or self.update_ref_every < 1:
-            problems.append("micro_batch_size and update_ref_every must be >= 1")
-        if problems:
-            raise ValueError("invalid LearnerConfig: " + "; ".join(problems))
-
-
 def _grpo(fwd, old, ref, samples, advantages, rewards, config):
     return losses.grpo_loss(fwd.logprobs, old, ref, advantages, fwd.mask, clip_eps=config.clip_eps,
                             kl_coef=config.kl_coef, aggregation=config.aggregation)  # fmt: skip
@@ -100,6 +57,40 @@ def _apo(fwd, old, ref, samples, advantages, rewards, config):
 
 POLICY_LOSSES: dict[str, Callable] = {"grpo": _grpo, "legacy": _legacy, "apo": _apo}
 _NEEDS_REFERENCE = {"grpo": lambda c: c.kl_coef > 0, "legacy": lambda c: False, "apo": lambda c: True}
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The learner: policy loss, optimiser and the value and distillation terms (saved with checkpoints)."""
+
+    loss: str = option("grpo", "policy loss: grpo (group advantages, clipped ratio, KL), legacy (reward-weighted "
+                       "SL) or apo (A*PO-style -r log pi + beta KL)", choices=tuple(POLICY_LOSSES))  # fmt: skip
+    learning_rate: float = option(2e-4, "AdamW learning rate (LoRA-sized)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(0, "learner steps of linear learning-rate warm-up")
+    micro_batch_size: int = option(8, "sequences per forward pass; a step accumulates over its micro-batches")
+    max_grad_norm: float = option(1.0, "global gradient-norm clip")
+    clip_eps: float = option(0.2, "PPO ratio clip epsilon")
+    kl_coef: float = option(0.01, "GRPO KL penalty weight (0 skips the reference pass)")
+    adv_clip: float = option(3.0, "advantages are clipped to [-adv_clip, adv_clip]")
+    normalize_std: bool = option(True, "divide group advantages by the group's std")
+    aggregation: str = option("token", "loss average: token (every token of the batch) or sequence (each "
+                              "sequence's mean, then the batch)", choices=("token", "sequence"))  # fmt: skip
+    apo_beta: float = option(0.1, "A*PO KL weight beta")
+    value_coef: float = option(0.5, "weight of the value-head loss")
+    distill_coef: float = option(0.0, "weight of the MCTS visit-distillation loss (0: off)")
+    update_ref_every: int = option(50, "learner steps between KL-reference refreshes (full fine-tuning only)")
+    optimizer: str = option("adamw", "optimiser: adamw, or adamw8bit (bitsandbytes)", choices=("adamw", "adamw8bit"))
+
+    def __post_init__(self):
+        raise_problems(self, check_fields(self, {
+            **{name: (getattr(self, name) > 0, "> 0") for name in ("learning_rate", "max_grad_norm", "clip_eps",
+                                                                      "adv_clip")},
+            **{name: (getattr(self, name) >= 0, ">= 0") for name in ("kl_coef", "value_coef", "distill_coef",
+                                                                       "weight_decay", "apo_beta", "warmup_steps")},
+            "micro_batch_size": (self.micro_batch_size >= 1, ">= 1"),
+            "update_ref_every": (self.update_ref_every >= 1, ">= 1"),
+        }))  # fmt: skip
 
 
 class Learner:
@@ -122,11 +113,14 @@ class Learner:
         self._ref_version = student.reference_version
 
     def step(self, samples: Sequence[Sample], distill: Sequence[DistillSample] = ()) -> dict[str, float]:
-        """One optimizer step on ``samples`` (and ``distill``); returns the metrics to log."""
+        """One optimizer step on ``samples`` (and ``distill``) in train mode; returns the metrics to log."""
         if not samples and not distill:
             raise ValueError("a learner step needs at least one sample")
+        with module_mode(self.student, True):
+            return self._step(samples, distill)
+
+    def _step(self, samples: Sequence[Sample], distill: Sequence[DistillSample]) -> dict[str, float]:
         config = self.config
-        self.student.train()
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
         if not torch.isfinite(rewards).all():
             bad = [i for i, r in enumerate(rewards.tolist()) if not math.isfinite(r)]

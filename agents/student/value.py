@@ -1,33 +1,19 @@
-"""Value functions for search: a state's expected return, in [-1, 1].
+"""The student's value head and the value function that reads it during search.
 
-A value function is a callable ``value_fn(env, states) -> np.ndarray`` ([M] float64) over
-:class:`~azgym.env.EnvState` s of a :class:`~azgym.env.ReasoningEnv`, called once per simulation
-round on every new leaf together.
+A state's value is its expected outcome on the value scale of :mod:`azgym.rewards` (+1 solved,
+-1 not), in [-1, 1]; see :mod:`agents.policy` for the value-function contract.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from azgym.env import EnvState, ReasoningEnv
-from azgym.lm.hf import HFBackend
-
-ValueFn = Callable[[ReasoningEnv, Sequence[EnvState]], np.ndarray]
-
-
-def constant_value(value: float = 0.0) -> ValueFn:
-    """Every state is worth ``value``: search then rests on the priors and the true terminal rewards."""
-    if not -1.0 <= value <= 1.0:
-        raise ValueError(f"a value must lie in [-1, 1], got {value}")
-
-    def value_fn(env: ReasoningEnv, states: Sequence[EnvState]) -> np.ndarray:
-        return np.full(len(states), value, dtype=np.float64)
-
-    return value_fn
+from azgym.lm.hf import HFBackend, eval_mode
 
 
 class ValueHead(nn.Module):
@@ -59,14 +45,17 @@ class LMValueFunction:
             raise ValueError(f"value head expects hidden size {self.head.linear.in_features}, the model has {hidden}")
 
     def __call__(self, env: ReasoningEnv, states: Sequence[EnvState]) -> np.ndarray:
-        prompts = [env.proposer.solve_prompt(env.problem(s).question) + list(s.response_ids) for s in states]
+        prompts = [env.solve_prompt(s) + list(s.response_ids) for s in states]
         return self.values_of(prompts)
 
-    @torch.inference_mode()
     def values_of(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
         """Values of token sequences (a solve prompt followed by a partial response)."""
         if not prompts:
             return np.zeros(0, dtype=np.float64)
+        with torch.inference_mode(), eval_mode(self.lm.model), eval_mode(self.head):
+            return self._values(prompts)
+
+    def _values(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
         values = []
         for start in range(0, len(prompts), self.lm.max_batch_size):
             ids, mask = self.lm.left_pad(prompts[start : start + self.lm.max_batch_size])

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.learner import Learner
+from agents.training.learner import Learner
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from azgym.lm.hf import HFBackend
-from azgym.tasks.base import Problem, solve_messages, system_prompt_for
+from azgym.prompts import solve_prompt_ids, system_prompt
+from azgym.tasks.base import Problem
 
 MODES = ("greedy", "majority", "best_of_n", "mcts")
 
@@ -49,7 +50,7 @@ def evaluate(
         raise ValueError("best_of_n needs a value_fn to rerank the samples")
     if mode == "mcts" and (env is None or agent is None):
         raise ValueError("mcts evaluation needs env (on these problems) and agent")
-    system = system_prompt_for(task, prompt)
+    system = system_prompt(task.NAME, prompt)
     records = []
     bar = tqdm(total=len(problems), desc=f"eval {mode}", unit="problem", disable=not progress, leave=False)
     if mode == "mcts":
@@ -64,7 +65,7 @@ def evaluate(
     else:
         for start in range(0, len(problems), batch_size):
             chunk = problems[start : start + batch_size]
-            prompts = [lm.chat_prompt(solve_messages(system, p.question)) for p in chunk]
+            prompts = [solve_prompt_ids(lm, system, p.question) for p in chunk]
             if mode == "greedy":
                 outs = lm.generate(prompts, max_tokens=max_tokens, temperature=0.0)
                 records.extend(

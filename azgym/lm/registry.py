@@ -9,12 +9,15 @@ which blocks ``save_pretrained`` and training. The first load therefore converts
 plain transformers directory (weights + tokenizer) under the cache, and every later load reads
 that directory in about a second.
 
-Cache location: ``$AZGYM_CACHE`` if set, else ``~/.cache/azgym``.
+Cache location: ``$AZGYM_CACHE`` if set, else ``~/.cache/azgym``. Building a model from a name is
+this module's job: the environment and the teacher ensemble take ready models or ask
+:func:`shared_backend`.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.util
 import logging
@@ -154,6 +157,15 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     return model, tokenizer
+
+
+@functools.lru_cache(maxsize=4)
+def shared_backend(name: str, device: str = "cpu"):
+    """One loaded :class:`~azgym.lm.hf.HFBackend` per (name, device), shared by every env and
+    teacher ensemble in the process (fp32)."""
+    from azgym.lm.hf import HFBackend
+
+    return HFBackend.from_name(name, device=device)
 
 
 def _converted_dir(name: str, spec: PackagedGGUF | ChunkedGGUF) -> Path:

@@ -1,0 +1,194 @@
+"""One AlphaZero run: build everything a :class:`~agents.alphazero.config.RunConfig` describes, then
+iterate self-play -> replay -> learner steps -> evaluation -> checkpoint, logging to TensorBoard.
+
+Everything goes under ``<runs_dir>/<run_name>/``: ``config.json`` (the resolved settings that ran),
+TensorBoard events, ``eval-*.json``, ``checkpoints/step-N``, ``replay/iter-N.jsonl``. ``resume``
+continues from the newest checkpoint; an iteration whose replay shard was written before the stop
+is not played again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.alphazero.config import RunConfig
+from agents.alphazero.evaluate import evaluate
+from agents.alphazero.selfplay import self_play, train
+from agents.mcts import MCTSAgent
+from agents.policy import Agent, PriorAgent
+from agents.similarity import SimilarityAgent
+from agents.student import LMValueFunction, Student
+from agents.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agents.training.learner import Learner
+from agents.training.replay import ReplayBuffer
+from azgym.cli import to_dict
+from azgym.env import ReasoningEnv
+from azgym.lm.hf import HFBackend
+from azgym.tasks import get_task, load_problems
+
+logger = logging.getLogger(__name__)
+
+
+class RunExistsError(FileExistsError):
+    """The run directory already holds a run and ``resume`` was not asked for."""
+
+
+def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent:
+    """The self-play agent the config asks for: MCTS, no search (``num_simulations`` 1) or similarity."""
+    if config.loop.agent == "similarity":
+        return SimilarityAgent(lm, epsilon=config.loop.epsilon, seed=config.loop.seed)
+    if config.search.num_simulations <= 1:
+        return PriorAgent()
+    value_fn = LMValueFunction(lm, student.value_head)
+    return MCTSAgent(value_fn, config=config.search, seed=config.loop.seed, reuse_tree=False)
+
+
+class Run:
+    """Everything one run holds: directories, student, env, agent, learner, replay, writer."""
+
+    def __init__(self, config: RunConfig):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.config = config
+        loop = config.loop
+        self.dir = Path(loop.runs_dir) / loop.run_name
+        self.checkpoints = Path(loop.checkpoint_dir) if loop.checkpoint_dir else self.dir / "checkpoints"
+        if self.dir.exists() and any(self.dir.iterdir()) and not loop.resume:
+            raise RunExistsError(
+                f"{self.dir} already holds a run; pass --resume to continue it or --run-name NAME for a new one"
+            )
+        self.task = get_task(config.env.task)
+        self.eval_problems = load_problems(config.env.task, config.env.data, "test")[: loop.eval_size]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(loop.seed)
+        self.student = Student.from_config(config.student)
+        self.lm = self.student.backend(name=config.student.model)  # the student proposes as this teacher
+        self.env = ReasoningEnv.from_config(config.env, model=self.lm, split="train", device=config.student.device)
+        self.agent = make_agent(config, self.student, self.lm)
+        self.learner = Learner(self.student, config.learner)
+        self.replay = ReplayBuffer(self.dir / "replay", capacity_iterations=loop.capacity_iterations)
+        self.rng = np.random.default_rng(loop.seed)
+        self.start_iteration = 0
+        if loop.resume:
+            self._resume()
+        (self.dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+        self.writer = SummaryWriter(str(self.dir))
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.checkpoints)
+        if path is None:
+            logger.info("no checkpoint under %s: starting from iteration 0 (replay shards found: %d)",
+                        self.checkpoints, len(self.replay.shards))  # fmt: skip
+            return
+        extra = load_checkpoint(path, self.learner)
+        self.start_iteration = int(extra["iteration"]) + 1
+        self.rng.bit_generator.state = extra["loop_rng"]
+        if extra.get("agent_rng") and hasattr(self.agent, "rng"):
+            self.agent.rng.bit_generator.state = extra["agent_rng"]
+        self.env.load_state_dict(extra.get("teachers", {}))
+        logger.info("resumed from %s: continuing at iteration %d", path, self.start_iteration)
+
+    def run(self) -> None:
+        loop = self.config.loop
+        if self.start_iteration == 0 and loop.eval_every:
+            self.evaluate(0, tag="base")
+        started = time.perf_counter()
+        for iteration in range(self.start_iteration, loop.iterations):
+            if loop.budget_min and time.perf_counter() - started >= 60 * loop.budget_min:
+                logger.info("time budget of %.1f min reached after iteration %d", loop.budget_min, iteration - 1)
+                break
+            self.iteration(iteration, final=iteration + 1 == loop.iterations)
+        self.writer.close()
+        logger.info("run finished: %s (tensorboard --logdir %s)", self.dir, loop.runs_dir)
+
+    def iteration(self, iteration: int, final: bool = False) -> None:
+        loop, writer = self.config.loop, self.writer
+        if iteration in self.replay.shards:
+            episodes = self.replay.shards[iteration]
+            logger.info("iteration %d: reusing its replay shard from before the stop (%d episodes)",
+                        iteration, len(episodes))  # fmt: skip
+        else:
+            self.env.clear_cache()  # the student changed: its old proposals are stale
+            problems = self.rng.choice(len(self.env.problems), size=loop.num_examples, replace=False).tolist()
+            episodes, stats = self_play(self.env, self.agent, problems, loop.group_size, self.rng,
+                                        iteration=iteration, weights_version=self.learner.step_count,
+                                        progress=loop.progress)  # fmt: skip
+            self.replay.add(iteration, episodes)
+            self._log_self_play(iteration, episodes, stats)
+        global_step = self.learner.step_count
+
+        def on_step(step, metrics, samples):
+            if step % loop.log_interval == 0:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"losses/{key}", value, step)
+                writer.add_histogram("losses/rewards", torch.tensor([s.reward for s in samples]), step)
+
+        start = time.perf_counter()
+        history = train(self.learner, self.replay, loop.train_steps, loop.groups_per_step, self.rng,
+                        self.lm.eos_token_id, distill=self.config.learner.distill_coef > 0,
+                        value_target=loop.value_target, on_step=on_step, progress=loop.progress)  # fmt: skip
+        writer.add_scalar("perf/train_seconds", time.perf_counter() - start, iteration)
+        logger.info("iteration %d: %d learner steps (step %d -> %d), loss %.4f", iteration, len(history),
+                    global_step, self.learner.step_count, history[-1]["loss"])  # fmt: skip
+        if loop.eval_every and (iteration + 1) % loop.eval_every == 0:
+            self.evaluate(iteration + 1, tag=f"iter-{iteration:04d}")
+        if (iteration + 1) % loop.save_every == 0 or final or loop.budget_min:
+            agent_rng = getattr(self.agent, "rng", None)
+            extra = {"iteration": iteration, "loop_rng": self.rng.bit_generator.state,
+                     "agent_rng": agent_rng.bit_generator.state if agent_rng is not None else None,
+                     "teachers": self.env.state_dict()}  # fmt: skip
+            logger.info("checkpoint %s", save_checkpoint(self.checkpoints, self.learner, extra=extra))
+        writer.flush()
+
+    def _log_self_play(self, iteration: int, episodes, stats) -> None:
+        w = self.writer
+        returns = np.array([e.episode_return for e in episodes])
+        w.add_scalar("charts/return", returns.mean(), iteration)
+        w.add_scalar("charts/reward", float(np.mean([s.reward for e in episodes for s in e.steps])), iteration)
+        w.add_scalar("charts/accuracy", float(np.mean([e.correct for e in episodes])), iteration)
+        w.add_scalar("charts/solved", float(np.mean([e.solved for e in episodes])), iteration)
+        w.add_scalar("charts/format_accuracy", float(np.mean([e.format_ok for e in episodes])), iteration)
+        w.add_scalar("charts/episode_length", float(np.mean([len(e.steps) for e in episodes])), iteration)
+        w.add_scalar("perf/self_play_seconds", stats.seconds, iteration)
+        weights = self.env.teacher_weights
+        if len(weights) > 1:
+            for name, weight in weights.items():
+                w.add_scalar(f"teachers/weight/{name}", weight, iteration)
+        w.add_scalar("perf/generated_tokens_per_s", stats.generated_tokens / max(stats.seconds, 1e-9), iteration)
+        if stats.tree_nodes:
+            w.add_scalar("mcts/tree_size", float(np.mean(stats.tree_nodes)), iteration)
+            w.add_scalar("mcts/tree_depth", float(np.mean(stats.tree_depths)), iteration)
+            w.add_scalar("mcts/simulations_per_s", float(np.mean(stats.simulations_per_s)), iteration)
+            w.add_histogram("mcts/root_values", np.array(stats.root_values), iteration)
+        w.add_histogram("mcts/visit_entropy", np.array(stats.visit_entropies), iteration)
+        w.add_text("trajectories/sample", _trajectory_text(self.lm, episodes[0]), iteration)
+        logger.info("iteration %d: self-play %d episodes in %.0f s, accuracy %.2f, return %.3f", iteration,
+                    len(episodes), stats.seconds, np.mean([e.correct for e in episodes]), returns.mean())  # fmt: skip
+
+    def evaluate(self, step: int, tag: str) -> dict:
+        loop = self.config.loop
+        result = evaluate(self.lm, self.eval_problems, self.task, max_tokens=loop.eval_max_tokens,
+                          progress=loop.progress, prompt=self.config.env.prompt)  # fmt: skip
+        for key in ("accuracy", "format_accuracy", "flexible_accuracy", "wrong_answer", "format_failure",
+                    "tokens_per_problem"):  # fmt: skip
+            self.writer.add_scalar(f"eval/{key}", result[key], step)
+        (self.dir / f"eval-{tag}.json").write_text(json.dumps(result, indent=1))
+        logger.info("eval %s: accuracy %.3f, format %.3f on %d problems", tag, result["accuracy"],
+                    result["format_accuracy"], result["num_problems"])  # fmt: skip
+        return result
+
+
+def _trajectory_text(lm, episode) -> str:
+    lines = [f"**{episode.problem_id}** {episode.question}", ""]
+    for i, s in enumerate(episode.steps):
+        text = lm.decode(s.candidates[s.action]).strip() if s.candidates else ""
+        lines.append(f"{i}. [{s.labels[s.action]}] visits {s.visits} -> `{text}`")
+    lines.append("")
+    lines.append(f"correct: {episode.correct}, format: {episode.format_ok}, return {episode.episode_return:.3f}")
+    return "  \n".join(lines)

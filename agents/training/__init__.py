@@ -1,0 +1,1 @@
+"""What learns: losses, the learner, the on-disk replay buffer and checkpoints."""

@@ -1,0 +1,107 @@
+"""Every prompt azgym writes, in one place: the solve prompt (what the student is trained and
+evaluated on), the teachers' "right" and "wrong" prompts, and the few-shot transcripts for base models.
+
+The solve prompt is a chat of an optional system message and the question. Its system message is
+chosen by a *prompt style*: ``"task"`` (the task's own, :data:`TASK_SYSTEM_PROMPTS`), ``"bare"`` (none:
+the question alone, as a user would ask it) or any other text, used as given. Teachers, the
+environment's priors and process reward, the student's training samples and the evaluator all build
+it with :func:`solve_prompt_ids`, so training and evaluation prompts match by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+RIGHT, WRONG = "right", "wrong"
+PROMPT_STYLES = ("task", "bare")
+
+TASK_SYSTEM_PROMPTS: dict[str, str] = {
+    "gsm8k": (
+        "Solve the math word problem step by step, one short step per line. "
+        "End with a final line of the form '#### <number>'."
+    ),
+    "arithmetic": "Compute the answer with a short calculation, then write a final line of the form '#### <number>'.",
+}
+
+# the teachers' instructions (chat models): continue correctly, or with one plausible mistake
+TEACHER_PROMPTS: dict[str, str] = {
+    RIGHT: (
+        "You are a careful math tutor. Continue the solution below correctly with its next step, one "
+        "line. When the answer is known, write the final line as '#### <number>'."
+    ),
+    WRONG: (
+        "You write flawed worked examples for students to correct. Continue the solution below with "
+        "its next step, one line, but make one plausible mistake in it (a wrong operation or a wrong "
+        "number) and carry on as if it were right."
+    ),
+}
+
+# Base models (no chat template) continue a transcript: worked examples, then the question.
+FEW_SHOT: dict[str, str] = {
+    RIGHT: (
+        "Worked solutions, one step per line, ending with '#### <answer>'.\n\n"
+        "Question: Ana has 4 apples and buys 3 bags of 5 apples. How many apples does she have?\n"
+        "Answer: The bags hold 3 * 5 = 15 apples.\nShe has 4 + 15 = 19 apples.\n#### 19\n\n"
+        "Question: What is 38 + 47?\nAnswer: 38 + 47 = 85.\n#### 85\n\n"
+    ),
+    WRONG: (
+        "Worked solutions with one plausible mistake each, one step per line, ending with '#### <answer>'.\n\n"
+        "Question: Ana has 4 apples and buys 3 bags of 5 apples. How many apples does she have?\n"
+        "Answer: The bags hold 3 * 5 = 18 apples.\nShe has 4 + 18 = 22 apples.\n#### 22\n\n"
+        "Question: What is 38 + 47?\nAnswer: 38 + 47 = 75.\n#### 75\n\n"
+    ),
+}
+
+# the model terminal checker's question (see azgym.terminal)
+COMPLETE_QUESTION = (
+    "Question: {question}\n\nResponse so far:\n{response}\n\n"
+    "Has this response reached a complete final answer to the question? Reply with yes or no."
+)
+
+
+class ChatModel(Protocol):
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+
+def system_prompt(task: str, style: str = "task") -> str | None:
+    """The solve prompt's system message for ``task`` under prompt ``style`` (see the module docs).
+
+    >>> system_prompt("arithmetic", "bare") is None
+    True
+    >>> system_prompt("gsm8k", "Think.")
+    'Think.'
+    """
+    if style == "task":
+        if task not in TASK_SYSTEM_PROMPTS:
+            raise ValueError(f"no solve prompt for task {task!r}; known: {', '.join(sorted(TASK_SYSTEM_PROMPTS))}")
+        return TASK_SYSTEM_PROMPTS[task]
+    if style == "bare":
+        return None
+    if not style.strip():
+        raise ValueError("an empty system prompt: pass 'task', 'bare' or the system message text")
+    return style
+
+
+def solve_messages(system: str | None, question: str) -> list[dict[str, str]]:
+    """The chat of the solve prompt: an optional system message, then the question.
+
+    >>> solve_messages(None, "What is 2 + 2?")
+    [{'role': 'user', 'content': 'What is 2 + 2?'}]
+    """
+    user = [{"role": "user", "content": question}]
+    return user if system is None else [{"role": "system", "content": system}, *user]
+
+
+def solve_prompt_ids(lm: ChatModel, system: str | None, question: str) -> list[int]:
+    """Token ids of the solve prompt in ``lm``'s chat template, ending where the response starts."""
+    return lm.chat_prompt(solve_messages(system, question))
+
+
+def teacher_messages(label: str, question: str) -> list[dict[str, str]]:
+    """The chat a chat-model teacher continues for a ``"right"`` or ``"wrong"`` candidate."""
+    return solve_messages(TEACHER_PROMPTS[label], question)
+
+
+def few_shot_prompt(label: str, question: str) -> str:
+    """The transcript a base-model teacher continues (the response so far follows it)."""
+    return f"{FEW_SHOT[label]}Question: {question}\nAnswer:"
