@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,40 +18,13 @@ from azgym.config import ENV_DEFAULTS, EnvConfig, env_override
 from azgym.lm.base import LanguageModel
 from azgym.lm.registry import DEFAULT_MODEL, shared_backend
 from azgym.prompts import system_prompt
+from azgym.state import EnvState, Transition
 from azgym.tasks import get_task
 from azgym.tasks.base import Problem
-from azgym.tasks.gsm8k import Grade
 from azgym.teachers import Candidate, ProposalRequest, TeacherEnsemble, TeacherProposer, load_teachers
-from azgym.terminal import ModelTerminalChecker, RuleTerminalChecker
+from azgym.terminal import RuleTerminalChecker, make_terminal_checker
 
 PAD = -1  # fills the unused tail of the token-id observations
-
-
-@dataclass(frozen=True)
-class EnvState:
-    """Everything that defines a position in an episode; cheap to copy, holds no model."""
-
-    problem_index: int
-    response_ids: tuple[int, ...]
-    depth: int  # steps taken
-    seed: int  # episode seed: with the state it fixes the candidates
-    pre_return: float = 0.0  # sum_t gamma**t * PRE_t so far
-    episode_return: float = 0.0  # sum of rewards so far
-    num_right_steps: int = 0
-    num_wrong_steps: int = 0
-    teachers: tuple[str, ...] = ()  # the teacher of each chosen step
-    terminated: bool = False
-    truncated: bool = False
-
-
-@dataclass(frozen=True)
-class Transition:
-    """What one action does: the next state, its reward (and each term), the grade at the end."""
-
-    state: EnvState
-    reward: float
-    terms: dict[str, float]
-    grade: Grade | None
 
 
 class ReasoningEnv(gym.Env):
@@ -107,19 +80,15 @@ class ReasoningEnv(gym.Env):
       Teacher weights follow the returns of finished episodes (``step`` reports them).
     - ``proposer``: a ready :class:`~azgym.teachers.TeacherEnsemble` (or ``TeacherProposer``);
       overrides ``model``, ``teachers`` and the candidate settings.
-    - ``num_right`` / ``num_wrong`` (2 / 2), ``chunk_tokens`` (48): candidates per state and step cap.
-    - ``max_steps`` (12; env var ``MAX_TREE_DEPTH``), ``max_tokens`` (256; env var ``MAX_TOKENS``):
-      an explicit argument wins over the environment variable, which wins over the default.
-    - ``rewards``: ``"seed"``, ``"outcome"`` or a :class:`~azgym.rewards.RewardConfig`;
-      ``answer`` (``"strict"`` / ``"flexible"``) replaces the preset's answer rule when given.
-    Defaults are :class:`~azgym.config.EnvConfig`'s; :meth:`from_config` builds the env from one.
-    - ``max_question_tokens`` (512): size of the question observation.
-    - ``terminal`` (``"rule"``): what ends an episode besides truncation: ``"rule"`` (an answer
-      marker or end of sequence), ``"model"`` (the rule, or the scoring model's "yes" to "is this
-      response complete?", see :mod:`azgym.terminal`) or a checker object.
-    - ``prompt`` (``"task"``): the solve prompt's system message: the task's own, ``"bare"`` (the
-      question alone, as a user would ask it) or the message text. Priors, PRE and the student's
-      training prompt use it.
+    - the settings of :class:`~azgym.config.EnvConfig` (each documented there, with its default):
+      ``task``, ``num_right`` / ``num_wrong`` (candidates per state), ``chunk_tokens`` (step cap),
+      ``max_steps`` (env var ``MAX_TREE_DEPTH``) and ``max_tokens`` (env var ``MAX_TOKENS``; an
+      explicit argument wins over the variable, which wins over the default), ``max_question_tokens``,
+      ``rewards`` (a preset name or a :class:`~azgym.rewards.RewardConfig`), ``answer`` (replaces the
+      preset's answer rule when given), ``terminal`` (``"rule"``, ``"model"``: see
+      :mod:`azgym.terminal`, or a checker object) and ``prompt`` (the solve prompt's system message,
+      see :mod:`azgym.prompts`; priors, PRE and the student's training prompt use it).
+      :meth:`from_config` builds the env from an ``EnvConfig``.
     - ``render_mode``: ``None`` or ``"ansi"``.
 
     ## Version History
@@ -165,7 +134,7 @@ class ReasoningEnv(gym.Env):
         self.max_steps = settings.max_steps
         self.max_tokens = settings.max_tokens
         self.max_question_tokens = max_question_tokens
-        self.reward_config = _reward_config(rewards, answer)
+        self.reward_config = rw.resolve_rewards(rewards, answer)
         self.problems = list(data) if _is_problem_list(data) else self.task.load_problems(data, split)
         if not self.problems:
             raise ValueError(f"no problems in {data!r} (split {split!r}); the environment needs at least one")
@@ -185,7 +154,7 @@ class ReasoningEnv(gym.Env):
                 proposer = TeacherProposer(lm, **options)
         self.proposer = proposer
         self.lm = proposer.lm
-        self.terminal = _terminal_checker(terminal, self.lm, self.task)
+        self.terminal = make_terminal_checker(terminal, self.lm, self.task)
         num_candidates = proposer.num_candidates
         high = self.lm.vocab_size - 1
         self.action_space = spaces.Discrete(num_candidates)
@@ -462,28 +431,6 @@ def _as_action(action, n: int) -> int:
     if not valid:
         raise InvalidAction(f"action must be an integer in [0, {n - 1}] (Discrete({n})), got {action!r}")
     return value
-
-
-def _reward_config(rewards: str | rw.RewardConfig, answer: str | None) -> rw.RewardConfig:
-    if isinstance(rewards, rw.RewardConfig):
-        config = rewards
-    elif rewards in rw.REWARD_PRESETS:
-        config = rw.REWARD_PRESETS[rewards]()
-    else:
-        raise ValueError(
-            f"unknown reward preset {rewards!r}; choose one of {sorted(rw.REWARD_PRESETS)} or pass a RewardConfig"
-        )
-    return config if answer is None else replace(config, answer=answer)
-
-
-def _terminal_checker(terminal, lm: LanguageModel, task) -> RuleTerminalChecker:
-    if isinstance(terminal, RuleTerminalChecker):
-        return terminal
-    if terminal == "rule":
-        return RuleTerminalChecker(task)
-    if terminal == "model":
-        return ModelTerminalChecker(lm, task)
-    raise ValueError(f"unknown terminal checker {terminal!r}; use 'rule', 'model' or a RuleTerminalChecker")
 
 
 def _is_problem_list(data) -> bool:

@@ -33,7 +33,7 @@ Outcome preset: HRE alone (w_hre = 1, everything else 0): the return is exactly 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 WIN = 1.0  # outcome of an episode that ends with the correct answer
 LOSS = -1.0  # outcome of an episode that ends any other way
@@ -75,6 +75,19 @@ def outcome_preset() -> RewardConfig:
 
 
 REWARD_PRESETS = {"seed": seed_preset, "outcome": outcome_preset}
+
+
+def resolve_rewards(rewards: str | RewardConfig, answer: str | None = None) -> RewardConfig:
+    """A preset by name or a ready config, with its answer rule replaced when ``answer`` is given."""
+    if isinstance(rewards, RewardConfig):
+        config = rewards
+    elif rewards in REWARD_PRESETS:
+        config = REWARD_PRESETS[rewards]()
+    else:
+        raise ValueError(
+            f"unknown reward preset {rewards!r}; choose one of {sorted(REWARD_PRESETS)} or pass a RewardConfig"
+        )
+    return config if answer is None else replace(config, answer=answer)
 
 
 def outcome(correct: bool) -> float:

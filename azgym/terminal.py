@@ -66,3 +66,14 @@ class ModelTerminalChecker(RuleTerminalChecker):
             while len(self._answers) > self.cache_size:
                 self._answers.popitem(last=False)
         return self._answers[key]
+
+
+def make_terminal_checker(terminal, lm: LanguageModel, task) -> RuleTerminalChecker:
+    """The checker ``terminal`` names (``"rule"`` / ``"model"``), or ``terminal`` itself if it is one."""
+    if isinstance(terminal, RuleTerminalChecker):
+        return terminal
+    if terminal == "rule":
+        return RuleTerminalChecker(task)
+    if terminal == "model":
+        return ModelTerminalChecker(lm, task)
+    raise ValueError(f"unknown terminal checker {terminal!r}; use 'rule', 'model' or a RuleTerminalChecker")

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.mcts import MCTS, Expansion, Step
+from agents.mcts import MCTS, Expansion, Step, kernels
 from agents.mcts.kernels import visit_policy
 from agents.mcts.synthetic import HashTreeModel
-from agents.mcts.tree import ROOT_INDEX
+from agents.mcts.tree import ROOT_INDEX, new_tree
 from reference_mcts import ReferenceSearch, count_nodes, max_depth, reroot, root_q, root_visits
 
 K = 8
@@ -129,6 +129,40 @@ def test_virtual_loss_spreads_one_round_over_distinct_leaves():
     result = MCTS(num_simulations=4, leaves_per_round=4, dirichlet_fraction=0).search(model, model.roots(2), rng())
     assert result.tree.num_nodes.tolist() == [5, 5]  # four different leaves expanded in the one round
     assert result.tree.node_virtual.sum() == 0  # and every virtual visit was taken back
+
+
+def test_kernels_called_one_by_one_build_the_drivers_tree():
+    """select_leaves and backup, called from Python with the NamedTuples, do what the driver's fused round does."""
+    model, b, width, rounds = HashTreeModel(seed=6), 4, 3, 10
+    engine = MCTS(num_simulations=width * rounds, leaves_per_round=width, dirichlet_fraction=0).search(
+        model, model.roots(b), rng()
+    )
+    tree = new_tree(b, width * rounds + 1, K)
+    states = np.zeros((b, width * rounds + 1), model.state_dtype)
+    states[:, ROOT_INDEX] = model.roots(b)
+    root = model.evaluate(states[:, ROOT_INDEX])
+    kernels.init_roots(tree, kernels.NewNodes(root.prior, root.valid, root.value, root.terminal))
+    params = kernels.Params(kernels.exploration_table(width * rounds + 5, 1.25, 19652.0), 0.0, 1.0, 1.0, 64)
+    leaves = kernels.new_leaves(b, width)
+    for _ in range(rounds):
+        m = kernels.select_leaves(tree, leaves, width, params)
+        rows = leaves.exp_tree[:m]
+        step = model.step(states[rows, leaves.exp_parent[:m]], leaves.exp_action[:m])
+        states[rows, leaves.exp_node[:m]] = step.states
+        new = step.expansion
+        kernels.backup(tree, leaves, width, kernels.NewNodes(new.prior, new.valid, new.value, new.terminal),
+                       step.reward, params)  # fmt: skip
+    for name, ours, drivers in zip(tree._fields, tree, engine.tree, strict=True):
+        np.testing.assert_array_equal(ours, drivers, err_msg=name)
+
+
+def test_swapped_kernel_arguments_do_not_compile():
+    from numba.core.errors import TypingError
+
+    tree, leaves = new_tree(1, 4, 2), kernels.new_leaves(1, 1)
+    params = kernels.Params(kernels.exploration_table(8, 1.0, -1.0), 0.0, 1.0, 1.0, 4)
+    with pytest.raises(TypingError):
+        kernels.select_leaves(leaves, tree, 1, params)
 
 
 def test_invalid_settings_are_named():

@@ -47,7 +47,7 @@ class LoopConfig:
     seed: int = option(0, "seeds problems, episodes, the search's noise and torch")
     budget_min: float = option(0.0, "stop, with a checkpoint, after the iteration that passes this many minutes "
                                "(0: no limit)")  # fmt: skip
-    progress: bool = option(True, "progress bars")
+    progress: bool = option(True, "show tqdm progress bars (--no-progress for logs only)")
 
     def __post_init__(self):
         at_least_one = ("iterations", "num_examples", "group_size", "train_steps", "groups_per_step", "eval_size",

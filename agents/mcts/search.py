@@ -165,8 +165,7 @@ class MCTS:
             states = np.empty((batch, sims + 1), dtype=getattr(model, "state_dtype", object))
             root = timer.evaluate(roots)
             prior = self._noisy(root.prior, root.valid, rng)
-            roots_rows = kernels.NewNodes(prior, root.valid, root.value.astype(np.float64), root.terminal)
-            kernels.init_roots(tree, roots_rows)
+            kernels.init_roots(tree, kernels.NewNodes(prior, root.valid, root.value.astype(np.float64), root.terminal))
             states[:, ROOT_INDEX] = roots
         self._run(timer, tree, states, sims)
         visits = tree.root_visits()
@@ -196,10 +195,11 @@ class MCTS:
         leaves = kernels.new_leaves(tree.batch_size, leaves_per_round)
         empty = _empty_expansion(tree.num_actions)
         nothing = kernels.NewNodes(empty.prior, empty.valid, empty.value, empty.terminal)
-        width = min(leaves_per_round, sims)
-        m = kernels.backup_and_select(tree, leaves, 0, nothing, empty.value, width, params)
-        done = 0
-        while width:
+        width, done = min(leaves_per_round, sims), 0
+        m = kernels.backup_and_select(
+            tree, leaves, params, backup_width=0, new=nothing, reward=empty.value, select_width=width
+        )
+        while width:  # one round: the model expands the M leaves selected, then back up and select again
             if m:
                 rows = leaves.exp_tree[:m]
                 step = model.step(states[rows, leaves.exp_parent[:m]], leaves.exp_action[:m])
@@ -210,7 +210,9 @@ class MCTS:
                 children, reward = nothing, empty.value
             done += width
             last, width = width, min(leaves_per_round, sims - done)
-            m = kernels.backup_and_select(tree, leaves, last, children, reward, width, params)
+            m = kernels.backup_and_select(
+                tree, leaves, params, backup_width=last, new=children, reward=reward, select_width=width
+            )
 
     def _noisy(self, prior: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Root priors mixed with Dirichlet(alpha) noise over the valid actions."""

@@ -33,7 +33,7 @@ class StudentConfig:
 
     model: str = option(DEFAULT_MODEL, "student (and teacher) model: a short name, local path or Hub id")
     lora: bool = option(True, "train LoRA adapters (--no-lora: every weight)")
-    lora_r: int = option(32, "LoRA rank")
+    lora_r: int = option(32, "rank r of the LoRA adapters")
     lora_alpha: int = option(32, "LoRA alpha (the adapter's scale is alpha / r)")
     lora_dropout: float = option(0.05, "dropout on the LoRA path")
     lora_targets: tuple[str, ...] = option(LORA_TARGETS, "module names that get adapters (attention and MLP projections)")

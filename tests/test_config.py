@@ -1,0 +1,140 @@
+"""One home per concept: the config and its generated CLI, env-var overrides, one prompt source, the layout."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.alphazero.config import ALIASES, PRESETS, RunConfig
+from agents.alphazero.selfplay import self_play
+from agents.mcts import MCTSAgent
+from agents.policy import PriorAgent
+from azgym.cli import ConfigParser, parse_config, to_dict
+from azgym.config import ENV_DEFAULTS, ConfigError, EnvConfig
+from azgym.env import ReasoningEnv
+from azgym.prompts import PROMPT_STYLES, solve_prompt_ids, system_prompt
+from azgym.tasks import arithmetic
+from helpers import ScriptedLM
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_config(argv, environ=None) -> RunConfig:
+    return parse_config(RunConfig, argv, environ=environ or {}, presets=PRESETS, default_preset="cpu", aliases=ALIASES)
+
+
+def test_every_flag_is_documented_and_every_field_has_a_flag():
+    parser = ConfigParser(RunConfig, presets=PRESETS, default_preset="cpu", aliases=ALIASES)
+    built = parser.build(PRESETS["cpu"]())
+    documented = {a.dest: a.help for a in built._actions if a.dest != "help"}
+    base = PRESETS["cpu"]()
+    fields = {f"{section}.{f.name}" for section in parser.sections for f in dataclasses.fields(getattr(base, section))}
+    assert fields <= set(documented)
+    for action in built._actions:
+        if action.dest in fields and action.option_strings[0] not in {alias.flag for alias in ALIASES}:
+            meaning = action.help.split(" (default: ")[0]
+            assert "(default: " in action.help and len(meaning.split()) >= 3, f"{action.dest}: {action.help!r}"
+        assert action.help, action.dest
+
+
+def test_precedence_preset_then_env_var_then_flag():
+    assert run_config([]).search.num_simulations == 4  # the cpu preset
+    assert run_config([], {"NUM_MCTS_ITERATIONS": "7"}).search.num_simulations == 7
+    assert run_config(["--simulations", "3"], {"NUM_MCTS_ITERATIONS": "7"}).search.num_simulations == 3
+    config = run_config(["--preset", "gpu"], {"MAX_TREE_DEPTH": "5", "MAX_TOKENS": "99"})
+    assert (config.env.task, config.env.max_steps, config.env.max_tokens) == ("gsm8k", 5, 99)
+    assert run_config(["--max-depth", "6"]).env.max_steps == 6  # the seed's flag name is an alias
+
+
+def test_loss_flag_and_the_seed_aliases_do_what_they_say():
+    assert run_config(["--loss", "apo"]).learner.loss == "apo"
+    assert run_config(["--use-legacy"]).learner.loss == "legacy"
+    assert run_config(["--loss", "apo", "--use-grpo"]).learner.loss == "grpo"
+    assert run_config(["--distill"]).learner.distill_coef == 0.5
+
+
+def test_bad_values_end_with_one_line_naming_the_flag(capsys):
+    cases = {
+        ("--learning-rate", "nan"): "--learning-rate: must be a finite number",
+        ("--simulations", "-3"): "--simulations: must be >= 1, got -3",
+        ("--num-right", "0", "--num-wrong", "0"): "--num-wrong: must be >= 0, with num_right + num_wrong >= 1",
+        ("--use-legacy", "--group-size", "1", "--eval-size", "0"): "--eval-size: must be >= 1",
+    }
+    for argv, message in cases.items():
+        with pytest.raises(SystemExit) as stop:
+            run_config(list(argv))
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_config([], {"MAX_TOKENS": "many"})
+    assert "environment variable MAX_TOKENS='many' must be an integer" in capsys.readouterr().err
+
+
+def test_config_json_holds_resolved_values_without_placeholders():
+    saved = to_dict(run_config([], {"NUM_MCTS_ITERATIONS": "2"}))
+    assert saved["search"]["num_simulations"] == 2  # what ran, not a 0 meaning "look it up"
+    assert (saved["env"]["max_steps"], saved["env"]["max_tokens"], saved["env"]["task"]) == (4, 64, "arithmetic")
+    assert saved == to_dict(RunConfig(**{k: type(getattr(RunConfig(), k))(**v) for k, v in saved.items()}))
+
+
+def test_sections_validate_on_construction():
+    with pytest.raises(ConfigError, match="max_steps: must be >= 1"):
+        EnvConfig(max_steps=0)
+    with pytest.raises(ConfigError, match="task: must be one of arithmetic, gsm8k"):
+        EnvConfig(task="chess")
+    assert ReasoningEnv.__init__.__kwdefaults__["num_right"] == ENV_DEFAULTS.num_right
+
+
+def test_evaluate_searches_with_the_env_var_simulation_count():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses look their module up while the script is defined
+    spec.loader.exec_module(script)
+    config = parse_config(script.EvaluateConfig, ["--mode", "mcts"], environ={"NUM_MCTS_ITERATIONS": "2"},
+                          presets=script.PRESETS, default_preset="cpu")  # fmt: skip
+    assert config.search.num_simulations == 2 and config.search.dirichlet_fraction == 0.0
+    problem = arithmetic.make_problems("add1", 1, seed=0)[0]
+    lm = ScriptedLM({"": [(f"#### {problem.gold}\n", False), ("#### 99\n", False)]})
+    env = ReasoningEnv.from_config(config.env, model=lm, data=[problem])
+    env.reset(seed=0)
+    result = MCTSAgent(config=config.search, seed=0).search(env, [env.get_state()])
+    assert result.num_simulations == 2 and result.visits.sum() == 2
+
+
+@pytest.mark.parametrize("style", [*PROMPT_STYLES, "Answer briefly."])
+def test_training_search_and_evaluation_prompts_are_one_prompt(tiny_lm, style):
+    problems = arithmetic.make_problems("add1", 2, seed=0)
+    env = ReasoningEnv(problems, model=tiny_lm, task="arithmetic", chunk_tokens=2, max_steps=1, prompt=style)
+    episodes, _ = self_play(env, PriorAgent(), [0, 1], 1, np.random.default_rng(0), iteration=0, weights_version=0,
+                            progress=False)  # fmt: skip
+    for episode, problem in zip(episodes, problems, strict=True):
+        evaluation = solve_prompt_ids(tiny_lm, system_prompt("arithmetic", style), problem.question)
+        assert episode.prompt_ids == env.solve_prompt(problem) == evaluation
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_search_core_imports_nothing_from_azgym_and_modules_stay_small():
+    for name in ("tree", "kernels", "search"):
+        assert not {m for m in _imports(REPO / "agents" / "mcts" / f"{name}.py") if m.split(".")[0] == "azgym"}
+    for package in ("azgym", "agents", "scripts"):
+        for path in (REPO / package).rglob("*.py"):
+            assert len(path.read_text().splitlines()) <= 450, f"{path} has grown past ~400 lines: split it"
+    for path in (REPO / "azgym").rglob("*.py"):
+        assert not {m for m in _imports(path) if m.split(".")[0] == "agents"}, f"{path} imports agents"
