@@ -136,4 +136,3 @@ class EnvConfig:
 
 
 ENV_DEFAULTS = EnvConfig()
-

@@ -435,4 +435,3 @@ def _as_action(action, n: int) -> int:
 
 def _is_problem_list(data) -> bool:
     return isinstance(data, (list, tuple)) and all(isinstance(p, Problem) for p in data)
-

@@ -94,8 +94,17 @@ def gpu_preset() -> RunConfig:
         search=replace(cpu.search, num_simulations=32, leaves_per_round=4),
         student=replace(cpu.student, device="cuda"),
         learner=replace(cpu.learner, micro_batch_size=16),
-        loop=replace(cpu.loop, iterations=50, num_examples=16, group_size=8, train_steps=8, groups_per_step=8,
-                     eval_size=200, eval_max_tokens=256, save_every=5),  # fmt: skip
+        loop=replace(
+            cpu.loop,
+            iterations=50,
+            num_examples=16,
+            group_size=8,
+            train_steps=8,
+            groups_per_step=8,
+            eval_size=200,
+            eval_max_tokens=256,
+            save_every=5,
+        ),  # fmt: skip
     )
 
 
@@ -105,5 +114,7 @@ PRESETS = {"cpu": cpu_preset, "gpu": gpu_preset}
 ALIASES = (
     Alias("--use-grpo", "learner.loss", "grpo", "the GRPO loss (same as --loss grpo)"),
     Alias("--use-legacy", "learner.loss", "legacy", "reward-weighted supervised learning (same as --loss legacy)"),
-    Alias("--distill", "learner.distill_coef", 0.5, "add the MCTS visit-distillation loss (same as --distill-coef 0.5)"),
+    Alias(
+        "--distill", "learner.distill_coef", 0.5, "add the MCTS visit-distillation loss (same as --distill-coef 0.5)"
+    ),
 )

@@ -140,7 +140,6 @@ class MCTS:
     def __init__(self, config: SearchConfig | None = None, **settings):
         self.config = SearchConfig(**settings) if config is None else replace(config, **settings)
 
-
     def search(
         self,
         model: SearchModel,
@@ -277,4 +276,3 @@ def _object_array(items) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = list(items)
     return out
-

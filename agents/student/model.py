@@ -36,7 +36,9 @@ class StudentConfig:
     lora_r: int = option(32, "rank r of the LoRA adapters")
     lora_alpha: int = option(32, "LoRA alpha (the adapter's scale is alpha / r)")
     lora_dropout: float = option(0.05, "dropout on the LoRA path")
-    lora_targets: tuple[str, ...] = option(LORA_TARGETS, "module names that get adapters (attention and MLP projections)")
+    lora_targets: tuple[str, ...] = option(
+        LORA_TARGETS, "module names that get adapters (attention and MLP projections)"
+    )
     load_in_4bit: bool = option(False, "NF4 base weights through bitsandbytes (needs LoRA)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     dtype: str = option("auto", "weights' dtype; auto: bfloat16 on a GPU that supports it, else float32",

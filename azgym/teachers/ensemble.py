@@ -36,6 +36,7 @@ from azgym.prompts import RIGHT, WRONG, few_shot_prompt, solve_prompt_ids, teach
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Candidate:
     """One proposed next step."""
