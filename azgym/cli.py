@@ -74,7 +74,7 @@ class ConfigParser:
         parser = argparse.ArgumentParser(description=self.description_of(), allow_abbrev=False)
         if self.presets:
             parser.add_argument("--preset", choices=sorted(self.presets), default=self.default_preset,
-                                help=f"starting values of every setting below (default: {self.default_preset})")  # fmt: skip
+                                help=f"starting values of every setting (default: {self.default_preset})")  # fmt: skip
         taken = {"--preset", "-h", "--help"}
         for section in self.sections:
             values = getattr(base, section)

@@ -118,7 +118,8 @@ class EnvConfig:
     rewards: str = option("seed", "reward preset: seed (HRE + PRE + shaping) or outcome (+1 correct, -1 otherwise)",
                           choices=_reward_presets())  # fmt: skip
     answer: str = option("strict", "what counts as the answer: strict (the '#### ' marker) or flexible "
-                         "(the last number; truncated episodes graded too)", choices=("strict", "flexible"))  # fmt: skip
+                         "(the last number; truncated episodes graded too)",
+                         choices=("strict", "flexible"))  # fmt: skip
     prompt: str = option("task", "solve prompt's system message: task (the task's own), bare (the question alone) "
                          "or the message text")  # fmt: skip
 

@@ -49,9 +49,8 @@ def test_epsilon_spreads_mass_over_valid_candidates_only():
 def test_embedding_similarity_uses_the_students_hidden_states(tiny_lm, gsm8k_problems):
     env = ReasoningEnv(gsm8k_problems[:1], model=tiny_lm, num_right=2, num_wrong=1, chunk_tokens=6, max_tokens=24)
     env.reset(seed=0)
-    policy = (
-        SimilarityAgent(tiny_lm, epsilon=0.0, similarity="embedding", seed=0).policy(env, [env.get_state()]).probs[0]
-    )
+    agent = SimilarityAgent(tiny_lm, epsilon=0.0, similarity="embedding", seed=0)
+    policy = agent.policy(env, [env.get_state()]).probs[0]
     assert np.isclose(policy.sum(), 1.0) and policy.max() == 1.0
     vectors = tiny_lm.embed(["2 + 3 = 5", "2 + 3 = 5", "cats"])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0) and np.isclose(vectors[0] @ vectors[1], 1.0, atol=1e-5)

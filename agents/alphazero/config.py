@@ -63,10 +63,11 @@ class LoopConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The AlphaZero loop: self-play with MCTS -> on-disk replay -> GRPO + value training -> evaluation -> checkpoint."""
+    """The AlphaZero loop: self-play with MCTS -> replay -> GRPO + value training -> evaluation -> checkpoint."""
 
     env: EnvConfig = field(default_factory=lambda: EnvConfig(
-        task="arithmetic", num_right=2, num_wrong=1, chunk_tokens=16, max_steps=4, max_tokens=64, rewards="outcome"))  # fmt: skip
+        task="arithmetic", num_right=2, num_wrong=1, chunk_tokens=16, max_steps=4, max_tokens=64,
+        rewards="outcome"))  # fmt: skip
     search: SearchConfig = field(default_factory=lambda: SearchConfig(num_simulations=4))
     student: StudentConfig = field(default_factory=StudentConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)

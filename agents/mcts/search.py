@@ -62,8 +62,9 @@ class SearchConfig:
             "virtual_loss": (self.virtual_loss >= 0, ">= 0"),
             "max_search_depth": (self.max_search_depth >= 1, ">= 1"),
         }
-        problems = [(f.name, f"must be a finite number, got {getattr(self, f.name)}") for f in fields(self)
-                    if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]  # fmt: skip
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        problems = [(name, f"must be a finite number, got {value}") for name, value in values.items()
+                    if isinstance(value, float) and not math.isfinite(value)]  # fmt: skip
         bad = {name for name, _ in problems}
         problems += [(name, f"must be {rule}, got {getattr(self, name)!r}") for name, (holds, rule) in rules.items()
                      if not holds and name not in bad]  # fmt: skip

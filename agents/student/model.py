@@ -47,7 +47,8 @@ class StudentConfig:
 
     def __post_init__(self):
         raise_problems(self, check_fields(self, {
-            "load_in_4bit": (self.lora or not self.load_in_4bit, "off without LoRA (4-bit trains adapters on frozen weights)"),
+            "load_in_4bit": (self.lora or not self.load_in_4bit,
+                             "off without LoRA (4-bit trains adapters on frozen weights)"),
             "lora_r": (not self.lora or self.lora_r >= 1, ">= 1"),
             "lora_alpha": (not self.lora or self.lora_alpha > 0, "> 0"),
             "lora_dropout": (not self.lora or 0 <= self.lora_dropout < 1, "in [0, 1)"),
