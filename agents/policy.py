@@ -2,8 +2,8 @@
 
 An agent is anything with ``policy(env, states) -> Policy``: for B states of a
 :class:`~azgym.env.ReasoningEnv`, a distribution over the K action slots of each (zero on empty
-slots) and whatever search statistics it gathered. Self-play, evaluation and ``act`` only ever
-call this, so a new agent needs no branch anywhere else.
+slots) and whatever search statistics it gathered. Self-play only ever calls this, so a new agent
+needs no branch anywhere else.
 
 A value function is a callable ``value_fn(env, states) -> np.ndarray`` ([M] float64 in [-1, 1], the
 value scale of :mod:`azgym.rewards`), called once per search round on every new leaf together.
@@ -51,12 +51,6 @@ def sample_action(policy_row: np.ndarray, rng: np.random.Generator) -> int:
     if not total > 0:
         raise RuntimeError("the agent found no valid action in a live state: the proposer returned no candidates")
     return int(rng.choice(len(policy_row), p=policy_row / total))
-
-
-def act(agent: Agent, env, rng: np.random.Generator) -> int:
-    """An action for ``env``'s current state, drawn from the agent's policy."""
-    base = base_env(env)
-    return sample_action(agent.policy(base, [base.get_state()]).probs[0], rng)
 
 
 def prior_probs(env: ReasoningEnv, states: Sequence[EnvState]) -> np.ndarray:
