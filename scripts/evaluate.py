@@ -31,8 +31,8 @@ from azgym.config import EnvConfig, check_fields, option, raise_problems
 from azgym.env import ReasoningEnv
 from azgym.tasks import get_task, load_problems
 
-METRICS = ("accuracy", "format_accuracy", "flexible_accuracy", "correct", "wrong_answer", "format_failure",
-           "tokens_per_problem")  # fmt: skip
+METRICS = ("accuracy", "accuracy_low", "accuracy_high", "format_accuracy", "flexible_accuracy", "correct",
+           "wrong_answer", "format_failure", "tokens_per_problem")  # fmt: skip
 
 
 @dataclass(frozen=True)

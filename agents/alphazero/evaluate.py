@@ -7,6 +7,7 @@ wrong answer / format failure, and response tokens per problem.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -87,12 +88,31 @@ def evaluate(
     return {"mode": mode, "num_problems": len(records), **summarize(records), "records": records}
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for z = 1.96): honest at 0 and 1 and small n.
+
+    >>> [round(x, 3) for x in wilson_interval(0, 32)]
+    [0.0, 0.107]
+    >>> [round(x, 3) for x in wilson_interval(100, 200)]
+    [0.431, 0.569]
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summarize(records: list[dict]) -> dict[str, float]:
     n = max(len(records), 1)
     correct = sum(r["correct"] for r in records)
     formatted = sum(r["format_ok"] for r in records)
+    low, high = wilson_interval(correct, len(records))
     return {
         "accuracy": correct / n,
+        "accuracy_low": low,  # 95% Wilson interval of the accuracy
+        "accuracy_high": high,
         "format_accuracy": formatted / n,
         "flexible_accuracy": sum(r.get("flexible_correct", False) for r in records) / n,  # last number, no marker
         "correct": correct / n,

@@ -175,12 +175,13 @@ class Run:
         loop = self.config.loop
         result = evaluate(self.lm, self.eval_problems, self.task, max_tokens=loop.eval_max_tokens,
                           progress=loop.progress, prompt=self.config.env.prompt)  # fmt: skip
-        for key in ("accuracy", "format_accuracy", "flexible_accuracy", "wrong_answer", "format_failure",
-                    "tokens_per_problem"):  # fmt: skip
+        for key in ("accuracy", "accuracy_low", "accuracy_high", "format_accuracy", "flexible_accuracy",
+                    "wrong_answer", "format_failure", "tokens_per_problem"):  # fmt: skip
             self.writer.add_scalar(f"eval/{key}", result[key], step)
         (self.dir / f"eval-{tag}.json").write_text(json.dumps(result, indent=1))
-        logger.info("eval %s: accuracy %.3f, format %.3f on %d problems", tag, result["accuracy"],
-                    result["format_accuracy"], result["num_problems"])  # fmt: skip
+        logger.info("eval %s: accuracy %.3f (95%% CI %.3f-%.3f), format %.3f on %d problems", tag,
+                    result["accuracy"], result["accuracy_low"], result["accuracy_high"], result["format_accuracy"],
+                    result["num_problems"])  # fmt: skip
         return result
 
 
