@@ -54,6 +54,10 @@ def _converter(kind: Any) -> tuple[Callable[[str], Any] | None, str]:
     raise TypeError(f"no command-line conversion for a setting of type {kind!r}")
 
 
+def _first_line(cls: type) -> str:
+    return (cls.__doc__ or "").strip().splitlines()[0] if (cls.__doc__ or "").strip() else ""
+
+
 def _shown(value: Any) -> str:
     return ",".join(value) if isinstance(value, tuple) else repr(value) if value == "" else str(value)
 
@@ -71,15 +75,14 @@ class ConfigParser:
         self.flags: dict[str, str] = {}  # "section.field" -> its flag
 
     def build(self, base: Any) -> argparse.ArgumentParser:
-        parser = argparse.ArgumentParser(description=self.description_of(), allow_abbrev=False)
+        parser = argparse.ArgumentParser(description=_first_line(self.config_cls), allow_abbrev=False)
         if self.presets:
             parser.add_argument("--preset", choices=sorted(self.presets), default=self.default_preset,
                                 help=f"starting values of every setting (default: {self.default_preset})")  # fmt: skip
         taken = {"--preset", "-h", "--help"}
         for section in self.sections:
             values = getattr(base, section)
-            doc = (type(values).__doc__ or "").strip().splitlines()[0] if type(values).__doc__ else ""
-            group = parser.add_argument_group(section, doc)
+            group = parser.add_argument_group(section, _first_line(type(values)))
             for f in dataclasses.fields(values):
                 meta = f.metadata
                 flag = meta.get("flag") or f"--{f.name.replace('_', '-')}"
@@ -107,9 +110,6 @@ class ConfigParser:
             parser.add_argument(alias.flag, dest=alias.target, action="store_const", const=alias.value,
                                 default=argparse.SUPPRESS, help=alias.help)  # fmt: skip
         return parser
-
-    def description_of(self) -> str:
-        return (self.config_cls.__doc__ or "").strip().splitlines()[0] if self.config_cls.__doc__ else ""
 
     def parse(self, argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Any:
         environ = dict(os.environ if environ is None else environ)

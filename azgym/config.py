@@ -78,15 +78,6 @@ def env_override(variable: str, default: int, environ: dict[str, str] | None = N
         raise ConfigError([(variable, f"environment variable {variable}={raw!r} must be an integer")]) from None
 
 
-def overridden(section: str, name: str, environ: dict[str, str] | None = None) -> str | None:
-    """The environment variable that overrides ``section.name`` and is set, if any."""
-    env = os.environ if environ is None else environ
-    for variable, target in ENV_OVERRIDES.items():
-        if target == (section, name) and variable in env:
-            return variable
-    return None
-
-
 def _task_names() -> tuple[str, ...]:
     from azgym.tasks import TASKS
 
