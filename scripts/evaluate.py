@@ -2,6 +2,7 @@
 
     python scripts/evaluate.py --task arithmetic --data add2 --size 200
     python scripts/evaluate.py --checkpoint runs/selfplay/checkpoints/step-000008 --compare-base
+    python scripts/evaluate.py --checkpoint runs/selfplay --which best   # the run's best held-out checkpoint
     python scripts/evaluate.py --adapter OUT_DIR          # a peft LoRA adapter (e.g. the TRL baseline's)
     NUM_MCTS_ITERATIONS=2 python scripts/evaluate.py --mode mcts --size 4
 
@@ -25,13 +26,14 @@ from agents.alphazero.config import PRESETS as RUN_PRESETS
 from agents.alphazero.evaluate import MODES, evaluate
 from agents.mcts import MCTSAgent, SearchConfig
 from agents.student import LMValueFunction, Student, StudentConfig
-from agents.training.checkpoint import load_student
+from agents.training.checkpoint import CHECKPOINT_CHOICES, CheckpointError, load_student, resolve_checkpoint
 from azgym.cli import parse_config
 from azgym.config import EnvConfig, check_fields, option, raise_problems
 from azgym.env import ReasoningEnv
 from azgym.tasks import get_task, load_problems
 
-METRICS = ("accuracy", "accuracy_low", "accuracy_high", "format_accuracy", "flexible_accuracy", "correct",
+METRICS = ("accuracy", "accuracy_low", "accuracy_high", "strict_accuracy", "flexible_accuracy", "format_accuracy",
+           "correct",
            "wrong_answer", "format_failure", "tokens_per_problem")  # fmt: skip
 
 
@@ -41,7 +43,10 @@ class EvalOptions:
 
     split: str = option("test", "split of the task's data")
     size: int = option(200, "held-out problems (the first N of the split)")
-    checkpoint: str = option("", "a step-N directory written by selfplay.py")
+    checkpoint: str = option("", "a checkpoint written by selfplay.py: a step-N or best directory, or a run "
+                             "directory / checkpoints folder (then --which picks)")  # fmt: skip
+    which: str = option("newest", "with a run directory: its newest checkpoint or its best (by held-out accuracy "
+                        "during the run)", choices=CHECKPOINT_CHOICES)  # fmt: skip
     adapter: str = option("", "a peft LoRA adapter directory on --model")
     compare_base: bool = option(False, "evaluate the base model too, side by side")
     mode: str = option("greedy", "greedy, majority (maj@k), best_of_n (value-reranked) or mcts", choices=MODES)
@@ -99,7 +104,7 @@ def run(config: EvaluateConfig, student: Student, problems) -> dict:
     with torch.no_grad():
         return evaluate(lm, problems, get_task(config.env.task), mode=options.mode, k=options.k,
                         max_tokens=config.env.max_tokens, seed=options.seed, prompt=config.env.prompt,
-                        **kwargs)  # fmt: skip
+                        answer=config.env.answer, **kwargs)  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -108,6 +113,13 @@ def main(argv=None) -> None:
     if options.adapter and not (Path(options.adapter) / "adapter_model.safetensors").is_file():
         raise SystemExit(f"evaluate.py: error: --adapter {options.adapter}: no adapter_model.safetensors there; "
                          "pass a directory saved by peft's save_pretrained")  # fmt: skip
+    if options.checkpoint:
+        try:
+            config = replace(config, evaluation=replace(options, checkpoint=str(
+                resolve_checkpoint(options.checkpoint, options.which))))  # fmt: skip
+        except CheckpointError as err:
+            raise SystemExit(f"evaluate.py: error: --checkpoint {options.checkpoint}: {err}") from None
+        options = config.evaluation
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problems = load_problems(config.env.task, config.env.data, options.split)[: options.size]
     results = {}
@@ -118,7 +130,8 @@ def main(argv=None) -> None:
     out = Path(options.out or f"eval-{options.mode}.json")
     out.write_text(json.dumps(results, indent=1))
     names = list(results)
-    print(f"{config.env.task} {options.split}, {len(problems)} problems, mode {options.mode}")
+    print(f"{config.env.task} {options.split}, {len(problems)} problems, mode {options.mode}, answer "
+          f"{config.env.answer}" + (f", checkpoint {options.checkpoint}" if options.checkpoint else ""))  # fmt: skip
     if options.mode == "mcts":
         print(f"search: {config.search.num_simulations} simulations per move")
     print(f"{'metric':20s}" + "".join(f"{n:>12s}" for n in names))

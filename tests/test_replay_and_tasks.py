@@ -7,11 +7,12 @@ import logging
 import numpy as np
 import pytest
 
-from agents.alphazero.evaluate import _majority, summarize
+from agents.alphazero.evaluate import _majority, _record, summarize
 from agents.alphazero.selfplay import to_distill, to_samples
 from agents.training.replay import Episode, ReplayBuffer, StepRecord
 from azgym.lm.base import Generation
 from azgym.tasks import DataError, arithmetic
+from azgym.tasks.base import Problem
 
 
 def episode(problem="p0", iteration=0, correct=True, format_ok=True):
@@ -82,14 +83,15 @@ def test_arithmetic_bad_specs():
 
 
 def test_summary_split_and_majority_vote():
-    records = [
-        {"correct": True, "format_ok": True, "tokens": 10},
-        {"correct": False, "format_ok": True, "tokens": 20},
-        {"correct": False, "format_ok": False, "tokens": 30},
-        {"correct": False, "format_ok": False, "tokens": 40},
-    ]
+    records = [_record(Problem("a", "?", "7"), text, tokens, arithmetic, "strict")
+               for text, tokens in (("#### 7", 10), ("#### 8", 20), ("it is 7", 30), ("no idea", 40))]  # fmt: skip
     s = summarize(records)
     assert (s["accuracy"], s["wrong_answer"], s["format_failure"], s["format_accuracy"]) == (0.25, 0.25, 0.5, 0.5)
+    assert (s["strict_accuracy"], s["flexible_accuracy"]) == (0.25, 0.5)
     assert s["tokens_per_problem"] == 25
+    # under the last-number rule "it is 7" is correct and only "no idea" has no answer
+    s = summarize([dict(r, **_record(Problem("a", "?", "7"), r["response"], r["tokens"], arithmetic, "flexible"))
+                   for r in records])  # fmt: skip
+    assert (s["accuracy"], s["wrong_answer"], s["format_failure"], s["format_accuracy"]) == (0.5, 0.25, 0.25, 0.5)
     samples = [Generation(t, (), (), "eos") for t in ("#### 3", "#### 4", "so 4\n#### 4.0", "no answer")]
     assert _majority(samples, arithmetic).text == "#### 4"

@@ -38,8 +38,10 @@ class LoopConfig:
     value_target: str = option("outcome", "value-head target: outcome (+1 solved, -1 not) or q (the MCTS Q of "
                                "the move taken)", choices=("outcome", "q"))  # fmt: skip
     capacity_iterations: int = option(4, "replay shards (iterations) kept on disk")
-    eval_every: int = option(1, "evaluate every N iterations (0: never); the base model is evaluated first")
-    eval_size: int = option(16, "held-out problems per evaluation (greedy)")
+    eval_every: int = option(1, "evaluate every N iterations and after the last (0: never)")
+    eval_base: bool = option(True, "evaluate the base model before the first iteration (--no-eval-base to skip)")
+    eval_size: int = option(200, "held-out problems per evaluation (greedy; 200 keeps the 95% interval under "
+                            "+-7 points)")  # fmt: skip
     eval_max_tokens: int = option(64, "response tokens per problem at evaluation")
     save_every: int = option(1, "checkpoint every N iterations (the last one always)")
     checkpoint_dir: str = option("", "checkpoint folder ('' = <runs-dir>/<run-name>/checkpoints)")

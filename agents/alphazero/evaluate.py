@@ -19,6 +19,7 @@ from azgym.prompts import solve_prompt_ids, system_prompt
 from azgym.tasks.base import Problem
 
 MODES = ("greedy", "majority", "best_of_n", "mcts")
+ANSWERS = ("strict", "flexible")
 
 
 def evaluate(
@@ -37,14 +38,19 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     prompt: str = "task",
+    answer: str = "strict",
 ) -> dict:
     """Grade ``lm`` on ``problems``; returns metrics and one record per problem.
 
     ``majority`` samples ``k`` responses and votes on the parsed answers; ``best_of_n`` samples ``k``
     and keeps the one ``value_fn(prompt_ids_list) -> values`` rates highest; ``mcts`` plays ``env``
     (built on the same problems) with ``agent``. ``prompt`` picks the solve prompt's system message:
-    ``"task"`` (the task's), ``"bare"`` (the question alone) or the message text.
+    ``"task"`` (the task's), ``"bare"`` (the question alone) or the message text. ``answer`` is what
+    counts as the answer for ``accuracy``: ``"strict"`` (after the '#### ' marker) or ``"flexible"``
+    (the last number, the reward of ``--answer flexible``); both accuracies are always reported.
     """
+    if answer not in ANSWERS:
+        raise ValueError(f"unknown answer rule {answer!r}; choose one of {', '.join(ANSWERS)}")
     if mode not in MODES:
         raise ValueError(f"unknown evaluation mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "best_of_n" and value_fn is None:
@@ -61,7 +67,7 @@ def evaluate(
             while not (state.terminated or state.truncated):
                 env.step(agent.act(env))
                 state = env.get_state()
-            records.append(_record(problem, env.lm.decode(state.response_ids), len(state.response_ids), task))
+            records.append(_record(problem, env.lm.decode(state.response_ids), len(state.response_ids), task, answer))
             bar.update(1)
     else:
         for start in range(0, len(problems), batch_size):
@@ -70,19 +76,19 @@ def evaluate(
             if mode == "greedy":
                 outs = lm.generate(prompts, max_tokens=max_tokens, temperature=0.0)
                 records.extend(
-                    _record(p, o[0].text, len(o[0].token_ids), task) for p, o in zip(chunk, outs, strict=True)
+                    _record(p, o[0].text, len(o[0].token_ids), task, answer) for p, o in zip(chunk, outs, strict=True)
                 )
             else:
                 seeds = [seed * 100_003 + start + i for i in range(len(chunk))]
                 outs = lm.generate(prompts, n=k, max_tokens=max_tokens, temperature=temperature, seed=seeds)
                 for p, prompt, samples in zip(chunk, prompts, outs, strict=True):
                     if mode == "majority":
-                        chosen = _majority(samples, task)
+                        chosen = _majority(samples, task, strict=answer == "strict")
                     else:
                         values = value_fn([prompt + list(s.token_ids) for s in samples])
                         chosen = samples[int(np.argmax(values))]
                     tokens = sum(len(s.token_ids) for s in samples)
-                    records.append(_record(p, chosen.text, tokens, task))
+                    records.append(_record(p, chosen.text, tokens, task, answer))
             bar.update(len(chunk))
     bar.close()
     return {"mode": mode, "num_problems": len(records), **summarize(records), "records": records}
@@ -105,39 +111,45 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def summarize(records: list[dict]) -> dict[str, float]:
+    """Accuracy (under the records' answer rule) with its 95% Wilson interval, the strict and last-number
+    accuracies, format accuracy (a '#### ' marker), the split correct / wrong answer / no answer, tokens."""
     n = max(len(records), 1)
     correct = sum(r["correct"] for r in records)
-    formatted = sum(r["format_ok"] for r in records)
+    answered = sum(r["parsed"] is not None for r in records)
     low, high = wilson_interval(correct, len(records))
     return {
         "accuracy": correct / n,
         "accuracy_low": low,  # 95% Wilson interval of the accuracy
         "accuracy_high": high,
-        "format_accuracy": formatted / n,
-        "flexible_accuracy": sum(r.get("flexible_correct", False) for r in records) / n,  # last number, no marker
+        "strict_accuracy": sum(r["strict_correct"] for r in records) / n,  # the answer after '#### '
+        "flexible_accuracy": sum(r["flexible_correct"] for r in records) / n,  # the last number
+        "format_accuracy": sum(r["format_ok"] for r in records) / n,
         "correct": correct / n,
-        "wrong_answer": (formatted - correct) / n,  # a correct answer always carries its marker
-        "format_failure": (len(records) - formatted) / n,
+        "wrong_answer": (answered - correct) / n,
+        "format_failure": (len(records) - answered) / n,  # no answer found under the rule
         "tokens_per_problem": sum(r["tokens"] for r in records) / n,
     }
 
 
-def _record(problem: Problem, text: str, tokens: int, task) -> dict:
+def _record(problem: Problem, text: str, tokens: int, task, answer: str = "strict") -> dict:
     g = task.grade(text, problem.gold)
+    strict = answer == "strict"
     return {
         "problem_id": problem.id,
         "gold": problem.gold,
-        "parsed": g.parsed,
-        "correct": g.correct,
-        "format_ok": g.format_ok,
+        "answer_rule": answer,
+        "parsed": g.parsed if strict else g.flexible_parsed,
+        "correct": g.correct if strict else g.flexible_correct,
+        "strict_correct": g.correct,
         "flexible_correct": g.flexible_correct,
+        "format_ok": g.format_ok,
         "tokens": tokens,
         "response": text,
     }
 
 
-def _majority(samples, task):
-    answers = [task.extract_answer(s.text) for s in samples]
+def _majority(samples, task, strict: bool = True):
+    answers = [task.extract_answer(s.text, strict=strict) for s in samples]
     votes = Counter(a for a in answers if a is not None)
     if not votes:
         return samples[0]

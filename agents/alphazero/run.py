@@ -75,6 +75,9 @@ class Run:
         self.replay = ReplayBuffer(self.dir / "replay", capacity_iterations=loop.capacity_iterations)
         self.rng = np.random.default_rng(loop.seed)
         self.start_iteration = 0
+        self.base_result: dict | None = None
+        self.best_accuracy = -1.0  # of the in-run evaluations of trained weights (the base's is not kept)
+        self.started = time.perf_counter()
         if loop.resume:
             self._resume()
         (self.dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
@@ -88,26 +91,35 @@ class Run:
             return
         extra = load_checkpoint(path, self.learner)
         self.start_iteration = int(extra["iteration"]) + 1
+        self.best_accuracy = float(extra.get("best_accuracy", -1.0))
         self.rng.bit_generator.state = extra["loop_rng"]
         if extra.get("agent_rng") and hasattr(self.agent, "rng"):
             self.agent.rng.bit_generator.state = extra["agent_rng"]
         self.env.load_state_dict(extra.get("teachers", {}))
         logger.info("resumed from %s: continuing at iteration %d", path, self.start_iteration)
 
-    def run(self) -> None:
+    def run(self) -> dict | None:
+        """Iterate until ``loop.iterations`` or the time budget; return the last evaluation (None if none ran)."""
         loop = self.config.loop
-        if self.start_iteration == 0 and loop.eval_every:
-            self.evaluate(0, tag="base")
-        started = time.perf_counter()
+        if self.start_iteration == 0 and loop.eval_every and loop.eval_base:
+            self.base_result = self.evaluate(0, tag="base")
+        self.started = time.perf_counter()
+        last = None
         for iteration in range(self.start_iteration, loop.iterations):
-            if loop.budget_min and time.perf_counter() - started >= 60 * loop.budget_min:
-                logger.info("time budget of %.1f min reached after iteration %d", loop.budget_min, iteration - 1)
+            last, final = self.iteration(iteration, final=iteration + 1 == loop.iterations)
+            if final:
                 break
-            self.iteration(iteration, final=iteration + 1 == loop.iterations)
         self.writer.close()
         logger.info("run finished: %s (tensorboard --logdir %s)", self.dir, loop.runs_dir)
+        return last
 
-    def iteration(self, iteration: int, final: bool = False) -> None:
+    def over_budget(self) -> bool:
+        budget = self.config.loop.budget_min
+        return bool(budget) and time.perf_counter() - self.started >= 60 * budget
+
+    def iteration(self, iteration: int, final: bool = False) -> tuple[dict | None, bool]:
+        """Self-play, training, evaluation and checkpoint; returns the evaluation (or None) and whether the
+        run ends here (the last iteration, or the time budget passed). The last iteration always evaluates."""
         loop, writer = self.config.loop, self.writer
         if iteration in self.replay.shards:
             episodes = self.replay.shards[iteration]
@@ -136,15 +148,25 @@ class Run:
         writer.add_scalar("perf/train_seconds", time.perf_counter() - start, iteration)
         logger.info("iteration %d: %d learner steps (step %d -> %d), loss %.4f", iteration, len(history),
                     global_step, self.learner.step_count, history[-1]["loss"])  # fmt: skip
-        if loop.eval_every and (iteration + 1) % loop.eval_every == 0:
-            self.evaluate(iteration + 1, tag=f"iter-{iteration:04d}")
+        if self.over_budget():
+            logger.info("time budget of %.1f min reached after iteration %d", loop.budget_min, iteration)
+            final = True
+        result = None
+        if loop.eval_every and ((iteration + 1) % loop.eval_every == 0 or final):
+            result = self.evaluate(iteration + 1, tag=f"iter-{iteration:04d}")
+        agent_rng = getattr(self.agent, "rng", None)
+        extra = {"iteration": iteration, "loop_rng": self.rng.bit_generator.state,
+                 "agent_rng": agent_rng.bit_generator.state if agent_rng is not None else None,
+                 "teachers": self.env.state_dict(), "best_accuracy": self.best_accuracy}  # fmt: skip
+        if result is not None and result["accuracy"] > self.best_accuracy:
+            self.best_accuracy = extra["best_accuracy"] = result["accuracy"]
+            extra["eval"] = {k: result[k] for k in ("accuracy", "accuracy_low", "accuracy_high", "num_problems")}
+            best = save_checkpoint(self.checkpoints, self.learner, extra=extra, name="best")
+            logger.info("best held-out accuracy so far (%.3f): %s", result["accuracy"], best)
         if (iteration + 1) % loop.save_every == 0 or final or loop.budget_min:
-            agent_rng = getattr(self.agent, "rng", None)
-            extra = {"iteration": iteration, "loop_rng": self.rng.bit_generator.state,
-                     "agent_rng": agent_rng.bit_generator.state if agent_rng is not None else None,
-                     "teachers": self.env.state_dict()}  # fmt: skip
             logger.info("checkpoint %s", save_checkpoint(self.checkpoints, self.learner, extra=extra))
         writer.flush()
+        return result, final
 
     def _log_self_play(self, iteration: int, episodes, stats) -> None:
         w = self.writer
@@ -174,8 +196,10 @@ class Run:
     def evaluate(self, step: int, tag: str) -> dict:
         loop = self.config.loop
         result = evaluate(self.lm, self.eval_problems, self.task, max_tokens=loop.eval_max_tokens,
-                          progress=loop.progress, prompt=self.config.env.prompt)  # fmt: skip
-        for key in ("accuracy", "accuracy_low", "accuracy_high", "format_accuracy", "flexible_accuracy",
+                          progress=loop.progress, prompt=self.config.env.prompt,
+                          answer=self.config.env.answer)  # fmt: skip
+        for key in ("accuracy", "accuracy_low", "accuracy_high", "strict_accuracy", "format_accuracy",
+                    "flexible_accuracy",
                     "wrong_answer", "format_failure", "tokens_per_problem"):  # fmt: skip
             self.writer.add_scalar(f"eval/{key}", result[key], step)
         (self.dir / f"eval-{tag}.json").write_text(json.dumps(result, indent=1))

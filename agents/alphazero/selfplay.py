@@ -120,6 +120,7 @@ def self_play(
                 iteration=iteration,
                 weights_version=weights_version,
                 steps=steps[i],
+                truncated=bool(state.truncated),
             )
         )
     return episodes, stats
@@ -151,6 +152,7 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
                 group=f"{e.iteration}:{e.problem_id}",
                 value_positions=tuple(positions),
                 value_targets=tuple(targets),
+                truncated=e.truncated,
             )
         )
     return samples

@@ -1,10 +1,11 @@
 """Checkpoints of a learner: trainable weights, optimizer, scheduler, counters and RNG states.
 
-A checkpoint is a directory ``<root>/step-000123/`` holding ``trainable.safetensors`` (LoRA
-adapters or all weights, and the value head), ``trainer.pt`` (optimizer, scheduler, step count,
-RNG states, the caller's extra state) and ``meta.json`` (the student and learner configs). It is
-written under a temporary name and renamed into place, ``meta.json`` last, so a crash mid-write
-never leaves a directory that :func:`latest_checkpoint` would pick.
+A checkpoint is a directory ``<root>/step-000123/`` (or ``<root>/best/``) holding
+``trainable.safetensors`` (LoRA adapters or all weights, and the value head), ``trainer.pt``
+(optimizer, scheduler, step count, the learner's remembered old-policy log-probs, RNG states, the
+caller's extra state) and ``meta.json`` (the student and learner configs). It is written under a
+temporary name and renamed into place, ``meta.json`` last, so a crash mid-write never leaves a
+directory that :func:`latest_checkpoint` would pick.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the current student."""
 
 
-def save_checkpoint(root: str | Path, learner: Learner, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``root/step-<N>`` for the learner's current step and return its path."""
+def save_checkpoint(
+    root: str | Path, learner: Learner, extra: dict[str, Any] | None = None, *, name: str | None = None
+) -> Path:
+    """Write ``root/step-<N>`` for the learner's current step (or ``root/<name>``, e.g. ``best``) and return it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{learner.step_count:06d}"
+    final = root / (name or f"step-{learner.step_count:06d}")
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -52,6 +55,7 @@ def save_checkpoint(root: str | Path, learner: Learner, extra: dict[str, Any] | 
             "optimizer": learner.optimizer.state_dict(),
             "scheduler": learner.scheduler.state_dict(),
             "step": learner.step_count,
+            "old_logprobs": learner.old_logprobs_state(),
             "rng": _rng_state(),
             "extra": extra or {},
         },
@@ -93,6 +97,7 @@ def load_checkpoint(path: str | Path, learner: Learner) -> dict[str, Any]:
     learner.optimizer.load_state_dict(trainer["optimizer"])
     learner.scheduler.load_state_dict(trainer["scheduler"])
     learner.step_count = int(trainer["step"])
+    learner.load_old_logprobs_state(trainer.get("old_logprobs", {}))
     _set_rng_state(trainer["rng"])
     learner.student.refresh_reference()
     return trainer.get("extra", {})
@@ -126,6 +131,28 @@ def latest_checkpoint(root: str | Path) -> Path | None:
         if match and (child / "meta.json").is_file():
             steps.append((int(match.group(1)), child))
     return max(steps)[1] if steps else None
+
+
+CHECKPOINT_CHOICES = ("newest", "best")
+
+
+def resolve_checkpoint(path: str | Path, which: str = "newest") -> Path:
+    """A checkpoint directory from what a user passes: a checkpoint itself (``step-N`` or ``best``), a
+    checkpoints folder, or a run directory (``runs/NAME``); ``which`` picks the newest or the best one.
+    """
+    path = Path(path)
+    if which not in CHECKPOINT_CHOICES:
+        raise CheckpointError(f"which must be one of {', '.join(CHECKPOINT_CHOICES)}, got {which!r}")
+    if (path / "meta.json").is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = root / "best" if which == "best" else latest_checkpoint(root)
+    if found is None or not (found / "meta.json").is_file():
+        raise CheckpointError(
+            f"no {which} checkpoint under {path}: pass a step-N or best directory, a checkpoints folder or a run "
+            f"directory{' (a best checkpoint is kept once the run has evaluated)' if which == 'best' else ''}"
+        )
+    return found
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class Sample:
     value_targets: tuple[float, ...] = ()  # their targets in [-1, 1] (final outcome or MCTS Q)
     old_logprobs: tuple[float, ...] | None = None  # per completion token at sampling time; None: on-policy
     ref_logprobs: tuple[float, ...] | None = None  # per completion token under the reference; None: computed
+    truncated: bool = False  # the episode ran out of steps or tokens before it ended on its own
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,19 @@ class DistillSample:
     visit_probs: tuple[float, ...]
 
 
-def _grpo(fwd, old, ref, samples, advantages, rewards, config):
-    return losses.grpo_loss(fwd.logprobs, old, ref, advantages, fwd.mask, clip_eps=config.clip_eps,
-                            kl_coef=config.kl_coef, aggregation=config.aggregation)  # fmt: skip
+def _grpo(fwd, mask, old, ref, advantages, rewards, config, scale):
+    return losses.grpo_loss(fwd.logprobs, old, ref, advantages, mask, clip_eps=config.clip_eps,
+                            clip_eps_high=config.clip_eps_high, kl_coef=config.kl_coef,
+                            aggregation=config.aggregation, **scale)  # fmt: skip
 
 
-def _legacy(fwd, old, ref, samples, advantages, rewards, config):
-    return losses.legacy_loss(fwd.logprobs, rewards, fwd.mask, aggregation=config.aggregation), {}
+def _legacy(fwd, mask, old, ref, advantages, rewards, config, scale):
+    return losses.legacy_loss(fwd.logprobs, rewards, mask, aggregation=config.aggregation, **scale), {}
 
 
-def _apo(fwd, old, ref, samples, advantages, rewards, config):
-    return losses.apo_loss(fwd.logprobs, ref, rewards, fwd.mask, beta=config.apo_beta, aggregation=config.aggregation)
+def _apo(fwd, mask, old, ref, advantages, rewards, config, scale):
+    return losses.apo_loss(fwd.logprobs, ref, rewards, mask, beta=config.apo_beta, aggregation=config.aggregation,
+                           **scale)  # fmt: skip
 
 
 POLICY_LOSSES: dict[str, Callable] = {"grpo": _grpo, "legacy": _legacy, "apo": _apo}
@@ -70,12 +73,18 @@ class LearnerConfig:
     warmup_steps: int = option(0, "learner steps of linear learning-rate warm-up")
     micro_batch_size: int = option(8, "sequences per forward pass; a step accumulates over its micro-batches")
     max_grad_norm: float = option(1.0, "global gradient-norm clip")
-    clip_eps: float = option(0.2, "PPO ratio clip epsilon")
+    clip_eps: float = option(0.2, "PPO ratio clip epsilon (the lower bound: ratios below 1 - clip_eps are clipped)")
+    clip_eps_high: float | None = option(None, "upper ratio clip 1 + clip_eps_high (DAPO's clip-higher, e.g. "
+                                         "0.28); none: clip_eps, symmetric")  # fmt: skip
     kl_coef: float = option(0.01, "GRPO KL penalty weight (0 skips the reference pass)")
     adv_clip: float = option(3.0, "advantages are clipped to [-adv_clip, adv_clip]")
     normalize_std: bool = option(True, "divide group advantages by the group's std")
-    aggregation: str = option("token", "loss average: token (every token of the batch) or sequence (each "
-                              "sequence's mean, then the batch)", choices=("token", "sequence"))  # fmt: skip
+    aggregation: str = option("token", "loss average over a step: token (DAPO: every token weighs the same), "
+                              "sequence (GRPO: each sequence's mean, then the batch) or constant (Dr. GRPO: token "
+                              "sum / (sequences x max_completion_tokens))", choices=losses.AGGREGATIONS)  # fmt: skip
+    max_completion_tokens: int = option(64, "the constant of aggregation 'constant' (the response budget)")
+    drop_truncated: bool = option(False, "leave truncated responses out of the policy loss (they still count in "
+                                  "their group's advantages and train the value head)")  # fmt: skip
     apo_beta: float = option(0.1, "A*PO KL weight beta")
     value_coef: float = option(0.5, "weight of the value-head loss")
     distill_coef: float = option(0.0, "weight of the MCTS visit-distillation loss (0: off)")
@@ -89,6 +98,8 @@ class LearnerConfig:
             **{name: (getattr(self, name) >= 0, ">= 0") for name in ("kl_coef", "value_coef", "distill_coef",
                                                                        "weight_decay", "apo_beta", "warmup_steps")},
             "micro_batch_size": (self.micro_batch_size >= 1, ">= 1"),
+            "max_completion_tokens": (self.max_completion_tokens >= 1, ">= 1"),
+            "clip_eps_high": (self.clip_eps_high is None or self.clip_eps_high > 0, "> 0 or none"),
             "update_ref_every": (self.update_ref_every >= 1, ">= 1"),
         }))  # fmt: skip
 
@@ -108,8 +119,9 @@ class Learner:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.step_count = 0
-        self.reference_cache_size = 65536  # samples whose reference log-probs are remembered
+        self.reference_cache_size = 65536  # samples whose reference (and old) log-probs are remembered
         self._ref_cache: dict[tuple, tuple[float, ...]] = {}
+        self._old_cache: dict[tuple, tuple[float, ...]] = {}
         self._ref_version = student.reference_version
 
     def step(self, samples: Sequence[Sample], distill: Sequence[DistillSample] = ()) -> dict[str, float]:
@@ -133,10 +145,16 @@ class Learner:
         )
         totals: dict[str, float] = {}
         total = len(samples)
+        trained = [s for s in samples if not (config.drop_truncated and s.truncated)]
+        scale = {  # the step's sequences and tokens: micro-batches add up to the loss of the whole batch
+            "num_sequences": len(trained),
+            "num_tokens": sum(len(s.completion_ids) for s in trained),
+            "max_tokens": config.max_completion_tokens,
+        }
         for start in range(0, total, config.micro_batch_size):
             part = slice(start, start + config.micro_batch_size)
             weight = len(samples[part]) / total
-            metrics = self._micro_step(samples[part], advantages[part], rewards[part], weight)
+            metrics = self._micro_step(samples[part], advantages[part], rewards[part], weight, scale)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v * weight
         if distill and config.distill_coef > 0:
@@ -159,17 +177,24 @@ class Learner:
             self.student.refresh_reference()
         totals["grad_norm"] = float(grad_norm)
         totals["advantage_abs"] = float(advantages.abs().mean()) if samples else 0.0
+        totals["trained_fraction"] = len(trained) / max(total, 1)
         return totals
 
-    def _micro_step(self, samples, advantages, rewards, weight) -> dict[str, float]:
+    def _micro_step(self, samples, advantages, rewards, weight, scale) -> dict[str, float]:
+        """Forward and backward one micro-batch; the policy loss is its share of the step's (``scale``),
+        the value loss its mean weighted by the micro-batch's share of the samples (``weight``)."""
         config, student = self.config, self.student
         sequences = [(s.prompt_ids, s.completion_ids) for s in samples]
         fwd, ids, mask = student.forward_batch(sequences, [s.value_positions for s in samples])
-        old = _fill(fwd.logprobs.detach().clone(), samples, "old_logprobs")
+        old = self._old(samples, fwd.logprobs)
         ref = self._reference(samples, ids, mask, old) if _NEEDS_REFERENCE[config.loss](config) else None
         device = fwd.logprobs.device
-        policy, parts = POLICY_LOSSES[config.loss](fwd, old, ref, samples, advantages.to(device),
-                                                   rewards.to(device), config)  # fmt: skip
+        policy_mask = fwd.mask
+        if config.drop_truncated:
+            keep = torch.tensor([not s.truncated for s in samples], dtype=fwd.mask.dtype, device=device)
+            policy_mask = fwd.mask * keep[:, None]
+        policy, parts = POLICY_LOSSES[config.loss](fwd, policy_mask, old, ref, advantages.to(device),
+                                                   rewards.to(device), config, scale)  # fmt: skip
         targets = torch.zeros_like(fwd.values)
         for i, s in enumerate(samples):
             if len(s.value_targets) != len(s.value_positions):
@@ -179,14 +204,41 @@ class Learner:
             targets[i, : len(s.value_targets)] = torch.tensor(s.value_targets, dtype=targets.dtype)
         has_values = bool(fwd.value_mask.sum() > 0)
         v_loss = losses.value_loss(fwd.values, targets, fwd.value_mask) if has_values else fwd.values.sum() * 0
-        loss = policy + config.value_coef * v_loss
-        (loss * weight).backward()
-        metrics = {"loss": float(loss.detach()), "entropy": float(fwd.entropy)}
-        metrics.update({k: float(v) for k, v in parts.items()})
+        (policy + config.value_coef * v_loss * weight).backward()
+        # per-micro-batch metrics are averaged with ``weight`` by the caller: scale the policy share back
+        loss = policy.detach() / weight + config.value_coef * v_loss.detach()
+        metrics = {"loss": float(loss), "entropy": float(fwd.entropy)}
+        metrics.update({k: float(v) / weight if k == "policy" else float(v) for k, v in parts.items()})
         if has_values:
             error = ((fwd.values.detach() - targets).abs() * fwd.value_mask).sum() / fwd.value_mask.sum()
             metrics.update({"value_loss": float(v_loss.detach()), "value_error": float(error)})
         return metrics
+
+    def old_logprobs_state(self) -> dict[tuple, tuple[float, ...]]:
+        """The remembered old-policy log-probs (saved with checkpoints so that a resumed run steps alike)."""
+        return dict(self._old_cache)
+
+    def load_old_logprobs_state(self, state: dict[tuple, tuple[float, ...]]) -> None:
+        self._old_cache = dict(state)
+
+    def _old(self, samples, logprobs: torch.Tensor) -> torch.Tensor:
+        """PPO's old policy: the log-probs stored with a sample, else those of the first step that trained on
+        it (remembered), so that a replayed sample's ratio measures how far the student moved since, and
+        the clip bounds it. A sample seen for the first time has ratio 1."""
+        old = logprobs.detach().clone()
+        for i, s in enumerate(samples):
+            start, key = len(s.prompt_ids) - 1, (s.prompt_ids, s.completion_ids)
+            values = s.old_logprobs if s.old_logprobs is not None else self._old_cache.get(key)
+            if values is None:
+                self._old_cache[key] = tuple(old[i, start : start + len(s.completion_ids)].tolist())
+                continue
+            if len(values) != len(s.completion_ids):
+                raise ValueError(f"sample {i}: {len(values)} old_logprobs for {len(s.completion_ids)} completion "
+                                 "tokens")  # fmt: skip
+            old[i, start : start + len(values)] = torch.tensor(values, dtype=old.dtype)
+        while len(self._old_cache) > self.reference_cache_size:
+            self._old_cache.pop(next(iter(self._old_cache)))
+        return old
 
     def _reference(self, samples, ids, mask, like: torch.Tensor) -> torch.Tensor:
         """Reference log-probs: stored with the samples, remembered from an earlier step, or computed.

@@ -55,53 +55,95 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, aggregation: str = "to
     raise ValueError(f"aggregation must be 'token' or 'sequence', got {aggregation!r}")
 
 
+AGGREGATIONS = ("sequence", "token", "constant")
+
+
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, aggregation: str, *, num_sequences: int | None = None,
+    num_tokens: float | None = None, max_tokens: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """This batch's share of a loss averaged over a whole step (which may span several micro-batches).
+
+    With ``l_it`` the per-token loss, ``N`` the step's sequences and ``M`` its masked tokens:
+
+    - ``"sequence"`` (GRPO): ``sum_i mean_t l_it / N``, each sequence weighs the same whatever its length;
+    - ``"token"`` (DAPO): ``sum_it l_it / M``, each token weighs the same;
+    - ``"constant"`` (Dr. GRPO): ``sum_it l_it / (N * max_tokens)``, no length normalisation at all.
+
+    ``num_sequences`` / ``num_tokens`` default to this batch's own, so on a whole batch "token" and
+    "sequence" equal :func:`masked_mean`. Summing the shares of all micro-batches gives the step's loss.
+
+    >>> l, m = torch.tensor([[1.0, 3.0], [2.0, 0.0]]), torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    >>> [float(aggregate(l, m, a, max_tokens=4)) for a in AGGREGATIONS]
+    [2.0, 2.0, 0.75]
+    """
+    summed = (values * mask).sum(-1)
+    n = num_sequences if num_sequences is not None else values.shape[0]
+    if aggregation == "sequence":
+        return (summed / mask.sum(-1).clamp(min=1)).sum() / max(n, 1)
+    if aggregation == "token":
+        tokens = num_tokens if num_tokens is not None else mask.sum()
+        return summed.sum() / max(float(tokens), 1.0)
+    if aggregation == "constant":
+        if max_tokens is None or max_tokens < 1:
+            raise ValueError("aggregation 'constant' (Dr. GRPO) needs max_tokens >= 1, the completion budget")
+        return summed.sum() / (max(n, 1) * max_tokens)
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+
+
 def grpo_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
-    advantages: torch.Tensor, mask: torch.Tensor, *, clip_eps: float = 0.2, kl_coef: float = 0.01,
-    aggregation: str = "token",
+    advantages: torch.Tensor, mask: torch.Tensor, *, clip_eps: float = 0.2, clip_eps_high: float | None = None,
+    kl_coef: float = 0.01, aggregation: str = "token", num_sequences: int | None = None,
+    num_tokens: float | None = None, max_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
     """GRPO: the PPO clipped objective with group advantages, plus a KL penalty to the reference.
 
     Per token: ``rho = exp(logp - logp_old)``,
-    ``l = -min(rho * A, clip(rho, 1 - eps, 1 + eps) * A) + kl_coef * k3(logp, logp_ref)``,
-    aggregated by :func:`masked_mean`. ``advantages`` is [B] (one per sequence).
-    Metrics: policy loss, KL, the fraction of tokens whose ratio was clipped.
+    ``l = -min(rho * A, clip(rho, 1 - eps, 1 + eps_high) * A) + kl_coef * k3(logp, logp_ref)``
+    (``eps_high = clip_eps_high``, DAPO's clip-higher, or ``clip_eps`` when None), aggregated by
+    :func:`aggregate` (``sequence`` GRPO, ``token`` DAPO, ``constant`` Dr. GRPO). ``advantages``
+    is [B] (one per sequence). Metrics: policy loss, KL, the fraction of tokens whose ratio was clipped.
     """
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     ratio = torch.exp(logprobs - old_logprobs)
     adv = advantages[:, None]
     unclipped = ratio * adv
-    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
+    clipped = ratio.clamp(1 - clip_eps, 1 + eps_high) * adv
     policy = -torch.minimum(unclipped, clipped)
     kl = kl_k3(logprobs, ref_logprobs) if ref_logprobs is not None else torch.zeros_like(logprobs)
-    loss = masked_mean(policy + kl_coef * kl, mask, aggregation)
+    scale = {"num_sequences": num_sequences, "num_tokens": num_tokens, "max_tokens": max_tokens}
+    loss = aggregate(policy + kl_coef * kl, mask, aggregation, **scale)
     with torch.no_grad():
-        clip_fraction = masked_mean(((ratio - 1).abs() > clip_eps).float(), mask, "token")
+        outside = (ratio < 1 - clip_eps) | (ratio > 1 + eps_high)
         metrics = {
-            "policy": masked_mean(policy, mask, aggregation),
+            "policy": aggregate(policy, mask, aggregation, **scale),
             "kl": masked_mean(kl, mask, "token"),
-            "clip_fraction": clip_fraction,
+            "clip_fraction": masked_mean(outside.float(), mask, "token"),
         }
     return loss, metrics
 
 
 def legacy_loss(
-    logprobs: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, *, aggregation: str = "sequence"
+    logprobs: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, *, aggregation: str = "sequence", **scale
 ) -> torch.Tensor:
     """Reward-weighted supervised learning (the seed system's ``--use-legacy``): ``-r * mean log pi``.
+
+    ``aggregation`` and ``scale`` (num_sequences, num_tokens, max_tokens) as in :func:`aggregate`.
 
     >>> legacy_loss(torch.tensor([[-1.0, -3.0]]), torch.tensor([2.0]), torch.ones(1, 2))
     tensor(4.)
     """
-    return masked_mean(-rewards[:, None] * logprobs, mask, aggregation)
+    return aggregate(-rewards[:, None] * logprobs, mask, aggregation, **scale)
 
 
 def apo_loss(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, *,
-    beta: float = 0.1, aggregation: str = "sequence",
+    beta: float = 0.1, aggregation: str = "sequence", **scale,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
-    """A*PO-style: ``-r * log pi + beta * KL(pi || ref)`` per token (k3 estimator)."""
+    """A*PO-style: ``-r * log pi + beta * KL(pi || ref)`` per token (k3 estimator), aggregated by :func:`aggregate`."""
     kl = kl_k3(logprobs, ref_logprobs)
-    loss = masked_mean(-rewards[:, None] * logprobs + beta * kl, mask, aggregation)
+    loss = aggregate(-rewards[:, None] * logprobs + beta * kl, mask, aggregation, **scale)
     return loss, {"kl": masked_mean(kl.detach(), mask, "token")}
 
 

@@ -52,6 +52,7 @@ class Episode:
     iteration: int
     weights_version: int  # learner step whose weights played it
     steps: list[StepRecord] = field(default_factory=list)
+    truncated: bool = False  # ran out of steps or tokens before it ended on its own (older shards: False)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
