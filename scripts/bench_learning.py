@@ -1,167 +1,443 @@
-"""Learning per CPU-minute: the azgym loop against plain TRL GRPO + LoRA, same problems, same budget.
+"""Learning per CPU-minute, over seeds: the azgym loop against plain TRL GRPO + LoRA, same problems, same budget.
 
     pip install -e ".[bench]"          # trl and matplotlib
-    python scripts/bench_learning.py --budget-min 25 --out-dir runs/bench-learning
+    python scripts/bench_learning.py --budget-min 10 --seeds 0,1,2 --out-dir runs/bench-learning
+    python scripts/bench_learning.py --learners trl --seeds 0        # one piece of a long benchmark
+    python scripts/bench_learning.py --report-only --publish         # table, docs/bench_learning.{json,png}
 
-1. Builds train problems and 200 held-out problems from AZLLM-Arithmetic-v0 (``--level``, default
-   ``add2``: 2-digit addition, where SmolLM2-135M is weakest without being at zero).
-2. Runs ``../shared/anchors/trl_grpo_baseline.py`` (plain TRL GRPO + LoRA) on the train problems
-   for ``--budget-min`` minutes.
-3. Runs ``scripts/selfplay.py`` (the azgym loop) for the same wall-clock budget; with ``--ablation``
-   also a ``--simulations 1`` run (no search, plain sampling from the priors).
-4. Evaluates base, baseline and azgym with the project's own evaluator (same grader, greedy
-   decoding, same prompt), writes ``results.json`` and ``curves.png``, and prints the gain ratio
-   ``(azgym - base) / (baseline - base)`` last. The baseline's reward is "the last number is the
-   answer", so azgym runs with ``--answer flexible`` (the same reward) and the ratio is taken on
-   last-number accuracy; strict ('#### ') accuracy is printed beside it.
+Every learner trains on the same 2,000 ``--level`` problems (AZLLM-Arithmetic-v0, default ``add2``)
+for ``--budget-min`` wall-clock minutes per seed, then the project's evaluator grades it on the same
+200 held-out problems (greedy, the bare question as the prompt, the last number as the answer: the
+anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``--learners``):
+
+- ``trl``: ``../shared/anchors/trl_grpo_baseline.py`` as documented (lr 2e-4), with its ``--seed``;
+- ``trl_azgym_lr``: the same script at azgym's learning rate (its config patched, nothing else);
+- ``azgym``: ``scripts/selfplay.py`` with its defaults (the cpu preset: MCTS) and ``--seed``;
+- ``azgym_simulations_1``: the same loop with ``--simulations 1`` (no search; the ablation).
+
+Each (learner, seed) writes ``<out-dir>/<learner>/seed-<s>.json`` when it has finished and been
+evaluated; a result on disk is never run again, so an interrupted benchmark resumes where it stopped
+and a long one can be split over several invocations. A run directory without its result (the run was
+cut off) is started afresh: a time budget cannot be resumed. Every invocation ends with the report
+over all results on disk: per learner the mean +- std over seeds of the final and best accuracy, a
+collapse flag (final < half of best), learner steps and generated tokens; the baseline is the better
+TRL learner by mean final accuracy; the gain ratio ``(azgym - base) / (baseline - base)`` on means is
+printed last. ``--publish`` also writes ``docs/bench_learning.json`` and ``docs/bench_learning_curves.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from azgym.prompts import PROMPT_STYLES, solve_messages, system_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHOR = REPO.parent / "shared" / "anchors" / "trl_grpo_baseline.py"
+ANCHOR_LR = 2e-4  # the anchor's documented learning rate
+LEARNERS = ("trl", "trl_azgym_lr", "azgym", "azgym_simulations_1")
+DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
+
+logger = logging.getLogger("bench_learning")
 
 
-def write_train_file(problems, path: Path, system_prompt: str | None) -> None:
-    with path.open("w") as f:
-        for p in problems:
-            prompt = solve_messages(system_prompt, p.question)
-            f.write(json.dumps({"prompt": prompt, "answer": p.gold}) + "\n")
+def parse_list(text: str, kind: Callable, what: str) -> list:
+    try:
+        items = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"bench_learning.py: error: {what}: expected a comma list, got {text!r}") from None
+    if not items:
+        raise SystemExit(f"bench_learning.py: error: {what}: empty list")
+    return items
 
 
-def run(cmd: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with log.open("w") as f:
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} ... failed with exit code {code}; see {log}")
-    return time.perf_counter() - start
+def pending(out: Path, learners: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int]]:
+    """The (learner, seed) pairs whose result is not on disk yet, in the order they will run."""
+    return [(name, seed) for name in learners for seed in seeds if not result_path(out, name, seed).is_file()]
 
 
-def evaluate_student(student, problems, task, max_tokens: int, prompt: str) -> dict:
-    from agents.alphazero.evaluate import evaluate
-
-    result = evaluate(student.backend(), problems, task, max_tokens=max_tokens, prompt=prompt)
-    return {k: v for k, v in result.items() if k != "records"}
+def result_path(out: Path, learner: str, seed: int) -> Path:
+    return out / learner / f"seed-{seed}.json"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-min", type=float, default=25.0, help="wall-clock minutes for each learner")
-    parser.add_argument("--level", default="add2")
-    parser.add_argument("--train-size", type=int, default=2000)
-    parser.add_argument("--eval-size", type=int, default=200)
-    parser.add_argument("--max-tokens", type=int, default=48, help="response tokens at evaluation")
-    parser.add_argument("--ablation", action="store_true", help="also run azgym with --simulations 1")
-    parser.add_argument(
-        "--prompt",
-        default="bare",
-        choices=PROMPT_STYLES,
-        help="solve prompt for both learners and the evaluation: bare ('What is a + b?' alone, as "
-        "the baseline was measured) or the task's system prompt",
-    )
-    parser.add_argument("--out-dir", default="runs/bench-learning")
-    parser.add_argument("--selfplay-args", default="", help="extra flags for scripts/selfplay.py")
-    args = parser.parse_args()
+def run_all(out: Path, learners, seeds, train_one: Callable[[str, int, Path], dict]) -> list[tuple[str, int]]:
+    """Run every pending (learner, seed) with ``train_one(learner, seed, run_dir) -> result`` and write each
+    result as soon as it exists (via a temporary file, so a cut-off write is not taken for a result)."""
+    todo = pending(out, learners, seeds)
+    done = [(n, s) for n in learners for s in seeds if (n, s) not in todo]
+    for name, seed in done:
+        logger.info("%s seed %d: result on disk, not run again (%s)", name, seed, result_path(out, name, seed))
+    for name, seed in todo:
+        run_dir = out / name / f"seed-{seed}"
+        if run_dir.exists():
+            logger.info("%s seed %d: %s has no result (cut off): starting it afresh", name, seed, run_dir)
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        result = dict(train_one(name, seed, run_dir), learner=name, seed=seed)
+        path = result_path(out, name, seed)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.rename(path)
+        logger.info("%s seed %d: final %.3f, best %.3f -> %s", name, seed, result["final"], result["best"], path)
+    return todo
 
+
+# ---------------------------------------------------------------- training one (learner, seed)
+
+
+class Trainer:
+    """Trains and evaluates one (learner, seed) in ``run_dir``; holds what all runs share."""
+
+    def __init__(self, args, out: Path):
+        self.args, self.out = args, out
+        self.train_file = out / "train.jsonl"
+        self._problems = None
+
+    def __call__(self, name: str, seed: int, run_dir: Path) -> dict:
+        args = self.args
+        log = run_dir / "train.log"
+        start = time.perf_counter()
+        if name.startswith("trl"):
+            lr = ANCHOR_LR if name == "trl" else azgym_learning_rate()
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--run-anchor", "--lr", str(lr),
+                   "--snapshot-min", str(args.budget_min / args.eval_points), "--",
+                   "--model-dir", model_dir(), "--train", str(self.train_file), "--budget-min", str(args.budget_min),
+                   "--out-dir", str(run_dir), "--seed", str(seed)]  # fmt: skip
+        else:
+            extra = ["--simulations", "1"] if name == ABLATION else []
+            cmd = [sys.executable, str(REPO / "scripts" / "selfplay.py"), "--runs-dir", str(run_dir.parent),
+                   "--run-name", run_dir.name, "--task", "arithmetic", "--data", f"{args.level}:{args.train_size}",
+                   "--iterations", "100000", "--budget-min", str(args.budget_min), "--eval-every", "0",
+                   "--save-every", "1", "--seed", str(seed), "--no-progress", *extra,
+                   *args.selfplay_args.split()]  # fmt: skip
+        with log.open("w") as f:
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
+        if code != 0:
+            raise SystemExit(f"bench_learning.py: {name} seed {seed} failed (exit code {code}); see {log}")
+        wall = time.perf_counter() - start
+        points = trl_points(run_dir) if name.startswith("trl") else azgym_points(run_dir, args)
+        curve = []
+        for point in points:
+            result = self.evaluate(point.pop("load"))
+            curve.append({**point, **result})
+        if not name.startswith("trl"):
+            prune_checkpoints(run_dir, keep={p["path"] for p in curve})
+        final, best = curve[-1]["accuracy"], max(p["accuracy"] for p in curve)
+        return {
+            "final": final,
+            "best": best,
+            "learner_steps": curve[-1]["learner_steps"],
+            "generated_tokens": curve[-1]["generated_tokens"],
+            "wall_s": wall,
+            "budget_min": args.budget_min,
+            "curve": curve,
+        }
+
+    def evaluate(self, load: Callable) -> dict:
+        from agents.alphazero.evaluate import evaluate
+        from azgym.tasks import arithmetic
+
+        if self._problems is None:
+            self._problems = arithmetic.load_problems(self.args.level, "test")[: self.args.eval_size]
+        student = load()
+        result = evaluate(student.backend(), self._problems, arithmetic, max_tokens=self.args.max_tokens,
+                          prompt="bare", answer="flexible", progress=False)  # fmt: skip
+        return {k: result[k] for k in ("accuracy", "accuracy_low", "accuracy_high", "format_accuracy",
+                                       "tokens_per_problem")}  # fmt: skip
+
+
+def azgym_learning_rate() -> float:
+    from agents.alphazero.config import cpu_preset
+
+    return cpu_preset().learner.learning_rate
+
+
+def model_dir() -> str:
+    from azgym.lm.registry import DEFAULT_MODEL, resolve_model
+
+    return resolve_model(DEFAULT_MODEL)
+
+
+def azgym_points(run_dir: Path, args) -> list[dict]:
+    """The checkpoints nearest each evaluation time, the last one always."""
     import torch
 
-    from agents.student import Student, StudentConfig
-    from agents.training.checkpoint import latest_checkpoint, load_student
-    from azgym.lm.registry import DEFAULT_MODEL, resolve_model
-    from azgym.tasks import arithmetic
+    from agents.training.checkpoint import load_student
 
-    out = Path(args.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    train = arithmetic.load_problems(f"{args.level}:{args.train_size}", "train")
-    held_out = arithmetic.load_problems(args.level, "test")[: args.eval_size]
-    write_train_file(train, out / "train.jsonl", system_prompt("arithmetic", args.prompt))
+    found = []
+    for path in sorted((run_dir / "checkpoints").glob("step-*")):
+        extra = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)["extra"]
+        meta = json.loads((path / "meta.json").read_text())
+        found.append({"path": str(path), "minutes": extra["elapsed_s"] / 60, "learner_steps": meta["step"],
+                      "generated_tokens": extra["generated_tokens"]})  # fmt: skip
+    if not found:
+        raise SystemExit(f"bench_learning.py: no checkpoint under {run_dir}; see {run_dir}/train.log")
+    chosen = []
+    for i in range(1, args.eval_points):
+        target = args.budget_min * i / args.eval_points
+        near = min(found[:-1] or found, key=lambda p: abs(p["minutes"] - target))
+        if near not in chosen:
+            chosen.append(near)
+    if found[-1] not in chosen:
+        chosen.append(found[-1])
+    return [dict(p, load=lambda path=p["path"]: load_student(path)) for p in chosen]
 
-    timings = {}
-    baseline_dir = out / "baseline"
-    timings["baseline"] = run([sys.executable, str(ANCHOR), "--model-dir", resolve_model(DEFAULT_MODEL), "--train",
-                               str(out / "train.jsonl"), "--budget-min", str(args.budget_min), "--out-dir",
-                               str(baseline_dir)], out / "baseline.log")  # fmt: skip
-    runs = {"azgym": []}
-    if args.ablation:
-        runs["azgym_simulations_1"] = ["--simulations", "1"]
-    for name, extra in runs.items():
-        timings[name] = run([sys.executable, str(REPO / "scripts" / "selfplay.py"), "--runs-dir", str(out),
-                             "--run-name", name, "--task", "arithmetic", "--data", f"{args.level}:{args.train_size}",
-                             "--iterations", "100000", "--budget-min", str(args.budget_min), "--eval-size", "32",
-                             "--eval-max-tokens", str(args.max_tokens), "--answer", "flexible", "--prompt", args.prompt,
-                             "--no-progress",
-                             *extra,
-                             *args.selfplay_args.split()], out / f"{name}.log")  # fmt: skip
 
-    results = {"level": args.level, "budget_min": args.budget_min, "prompt": args.prompt, "wall_s": timings}
-    torch.manual_seed(0)
-    results["base"] = evaluate_student(
-        Student.from_config(StudentConfig()), held_out, arithmetic, args.max_tokens, args.prompt
-    )
+def trl_points(run_dir: Path) -> list[dict]:
+    """The anchor's snapshots (written by :func:`run_anchor`) and its final adapter."""
+    snapshots = sorted((run_dir / "snapshots").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    points = [json.loads((p / "point.json").read_text()) | {"path": str(p)} for p in snapshots]
+    final = json.loads((run_dir / "final_point.json").read_text()) | {"path": str(run_dir)}
+    points = [p for p in points if p["learner_steps"] < final["learner_steps"]] + [final]
+    return [dict(p, load=lambda path=p["path"]: load_adapter(path)) for p in points]
+
+
+def load_adapter(path: str):
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    baseline = Student.from_config(StudentConfig())
-    set_peft_model_state_dict(baseline.model, load_file(str(baseline_dir / "adapter_model.safetensors")))
-    results["baseline"] = evaluate_student(baseline, held_out, arithmetic, args.max_tokens, args.prompt)
-    for name in runs:
-        results[name] = evaluate_student(load_student(latest_checkpoint(out / name / "checkpoints")), held_out,
-                                         arithmetic, args.max_tokens, args.prompt)  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(out, runs)
+    from agents.student import Student, StudentConfig
 
-    base = results["base"]["flexible_accuracy"]
-    print(f"level {args.level}, {len(held_out)} held-out problems, greedy, prompt {args.prompt}; "
-          f"budget {args.budget_min} min each")  # fmt: skip
-    for name in ("base", "baseline", *runs):
-        r = results[name]
-        print(f"  {name:22s} accuracy {r['accuracy']:.3f}  format {r['format_accuracy']:.3f}  "
-              f"last-number {r['flexible_accuracy']:.3f}")  # fmt: skip
-    gain = {name: results[name]["flexible_accuracy"] - base for name in ("baseline", *runs)}
-    print("gains over the base model: " + ", ".join(f"{name} {g:+.3f}" for name, g in gain.items()))
-    if gain["baseline"] > 0:
-        print(f"gain ratio azgym/baseline (last-number accuracy): {gain['azgym'] / gain['baseline']:.2f}")
-    else:  # a ratio against a baseline that did not improve means nothing
-        print(f"gain ratio azgym/baseline (last-number accuracy): undefined, the baseline's gain is "
-              f"{gain['baseline']:+.3f}")  # fmt: skip
+    student = Student.from_config(StudentConfig())
+    set_peft_model_state_dict(student.model, load_file(str(Path(path) / "adapter_model.safetensors")))
+    return student
 
 
-def plot(out: Path, runs: dict) -> None:
-    """Learning curves: azgym's eval accuracy per iteration and the baseline's training reward, by wall time."""
-    try:
-        import matplotlib
+def prune_checkpoints(run_dir: Path, keep: set[str]) -> None:
+    """Delete the checkpoints that were not evaluated (each is ~0.1 GB)."""
+    for path in (run_dir / "checkpoints").glob("step-*"):
+        if str(path) not in keep:
+            shutil.rmtree(path)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+
+def run_anchor(argv: list[str]) -> None:
+    """Run the TRL anchor script unchanged except for its learning rate, saving adapter snapshots every
+    ``--snapshot-min`` minutes and counting the completion tokens it generates."""
+    parser = argparse.ArgumentParser(prog="bench_learning.py --run-anchor")
+    parser.add_argument("--lr", type=float, required=True)
+    parser.add_argument("--snapshot-min", type=float, required=True)
+    ours, anchor_args = parser.parse_known_args(argv)
+    anchor_args = [a for a in anchor_args if a != "--"]
+    out_dir = Path(anchor_args[anchor_args.index("--out-dir") + 1])
+    import runpy
+
+    import trl
+    from transformers import TrainerCallback
+
+    start = time.time()
+    counts = {"generated_tokens": 0}
+
+    class Snapshots(TrainerCallback):
+        def __init__(self):
+            self.next = ours.snapshot_min * 60
+
+        def on_step_end(self, args, state, control, model=None, **_):
+            if time.time() - start >= self.next:
+                self.next += ours.snapshot_min * 60
+                path = out_dir / "snapshots" / f"step-{state.global_step}"
+                model.save_pretrained(path)
+                point = {"minutes": (time.time() - start) / 60, "learner_steps": state.global_step, **counts}
+                (path / "point.json").write_text(json.dumps(point))
+
+    class Config(trl.GRPOConfig):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "learning_rate": ours.lr})
+
+    class Trainer(trl.GRPOTrainer):
+        def __init__(self, *args, callbacks=None, **kwargs):
+            super().__init__(*args, callbacks=[*(callbacks or []), Snapshots()], **kwargs)
+
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            counts["generated_tokens"] += int(output["completion_mask"].sum())
+            return output
+
+    trl.GRPOConfig, trl.GRPOTrainer = Config, Trainer
+    sys.argv = [str(ANCHOR), *anchor_args]
+    runpy.run_path(str(ANCHOR), run_name="__main__")
+    stats = json.loads((out_dir / "baseline_stats.json").read_text())
+    final = {"minutes": (time.time() - start) / 60, "learner_steps": stats["steps"], **counts}
+    (out_dir / "final_point.json").write_text(json.dumps(final))
+
+
+# ---------------------------------------------------------------- the report
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value).
+
+    >>> mean_std([0.2, 0.4, 0.6])
+    (0.4, 0.2)
+    """
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return round(mean, 12), round(math.sqrt(var), 12)
+
+
+def collect(out: Path) -> dict[str, dict]:
+    """Every result on disk, per learner: seeds and the per-seed lists of the JSON report."""
+    learners = {}
+    for name in LEARNERS:
+        results = sorted((json.loads(p.read_text()) for p in (out / name).glob("seed-*.json")), key=lambda r: r["seed"])
+        if results:
+            learners[name] = {key: [r[key] for r in results] for key in ("seed", "final", "best", "learner_steps",
+                                                                          "generated_tokens", "wall_s")}  # fmt: skip
+            learners[name]["seeds"] = learners[name].pop("seed")
+            learners[name]["curves"] = [r["curve"] for r in results]
+    return learners
+
+
+def report(out: Path, base: dict, budget_min: float, commit: str) -> dict:
+    learners = collect(out)
+    for entry in learners.values():
+        entry["collapsed"] = [f < b / 2 for f, b in zip(entry["final"], entry["best"], strict=True)]
+    trl = [n for n in BASELINES if n in learners]
+    baseline = max(trl, key=lambda n: mean_std(learners[n]["final"])[0]) if trl else None
+    return {
+        "commit": commit,
+        "task": base["level"],
+        "budget_min": budget_min,
+        "eval": "200 held-out problems, greedy, bare prompt, last number as the answer",
+        "base": base["accuracy"],
+        "default": DEFAULT,
+        "ablation": ABLATION,
+        "baseline": baseline,
+        "learners": learners,
+    }
+
+
+def print_report(summary: dict) -> None:
+    base = summary["base"]
+    print(f"{summary['task']}, {summary['budget_min']:g} min per learner and seed; {summary['eval']}")
+    print(f"base model: {base:.3f}")
+    print(f"{'learner':22s} {'seeds':>5s} {'final':>15s} {'best':>15s} {'collapsed':>9s} {'steps':>7s} {'tokens':>9s}")
+    for name, e in summary["learners"].items():
+        final, best = mean_std(e["final"]), mean_std(e["best"])
+        steps, tokens = mean_std(e["learner_steps"])[0], mean_std(e["generated_tokens"])[0]
+        print(f"{name:22s} {len(e['seeds']):5d} {final[0]:8.3f}+-{final[1]:.3f} {best[0]:8.3f}+-{best[1]:.3f} "
+              f"{sum(e['collapsed']):4d}/{len(e['seeds']):<4d} {steps:7.0f} {tokens:9.0f}")  # fmt: skip
+    baseline, learners = summary["baseline"], summary["learners"]
+    if DEFAULT in learners and baseline:
+        gain = mean_std(learners[DEFAULT]["final"])[0] - base
+        base_gain = mean_std(learners[baseline]["final"])[0] - base
+        ratio = f"{gain / base_gain:.2f}" if base_gain > 0 else f"undefined (the baseline's gain is {base_gain:+.3f})"
+        print(f"gain ratio {DEFAULT}/{baseline} on mean final accuracy (over the base {base:.3f}): {ratio}")
+    else:
+        print("gain ratio: not yet (needs azgym and a TRL learner on disk)")
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Every seed's held-out accuracy against minutes, one colour per learner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4))
-    stats = json.loads((out / "baseline" / "baseline_stats.json").read_text())
-    per_step = stats["s_per_step"] / 60
-    curve = stats["reward_curve"]
-    ax.plot([s * per_step for s, _ in curve], [r for _, r in curve], label="TRL GRPO (train reward)")
-    for name in runs:
-        evals = sorted((out / name).glob("eval-*.json"), key=lambda p: p.stat().st_mtime)
-        if evals:
-            t0 = evals[0].stat().st_mtime
-            xs = [(p.stat().st_mtime - t0) / 60 for p in evals]
-            ys = [json.loads(p.read_text())["flexible_accuracy"] for p in evals]
-            ax.plot(xs, ys, marker="o", label=f"{name} (held-out greedy accuracy)")
-    ax.set_xlabel("minutes")
-    ax.set_ylabel("accuracy / reward")
-    ax.legend()
+    COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # noqa: N806
+    for colour, (name, entry) in zip(COLOURS, summary["learners"].items(), strict=False):
+        for i, (seed, curve) in enumerate(zip(entry["seeds"], entry["curves"], strict=True)):
+            xs = [0.0] + [p["minutes"] for p in curve]
+            ys = [summary["base"]] + [p["accuracy"] for p in curve]
+            ax.plot(xs, ys, marker="o", color=colour, alpha=0.8, label=name if i == 0 else None)
+            ax.annotate(str(seed), (xs[-1], ys[-1]), fontsize=7, color=colour)
+    ax.set_xlabel("minutes of training")
+    ax.set_ylabel("held-out accuracy (200, greedy)")
+    ax.set_title(f"{summary['task']}: every seed of every learner (base at 0 min)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def base_accuracy(out: Path, args) -> dict:
+    """The base model on the held-out problems, computed once per output folder."""
+    path = out / "base.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from agents.student import Student, StudentConfig
+
+    trainer = Trainer(args, out)
+    result = dict(trainer.evaluate(lambda: Student.from_config(StudentConfig())), level=args.level)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--run-anchor"]:
+        return run_anchor(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-min", type=float, default=10.0, help="wall-clock training minutes per run")
+    parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds, each run for every learner")
+    parser.add_argument("--learners", default=",".join(LEARNERS), help=f"comma list of: {', '.join(LEARNERS)}")
+    parser.add_argument("--level", default="add2", help="arithmetic level of the problems")
+    parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--eval-size", type=int, default=200)
+    parser.add_argument("--eval-points", type=int, default=3, help="evaluations per run, spread over the budget")
+    parser.add_argument("--max-tokens", type=int, default=64, help="response tokens at evaluation")
+    parser.add_argument("--out-dir", default="runs/bench-learning")
+    parser.add_argument("--selfplay-args", default="", help="extra flags for scripts/selfplay.py")
+    parser.add_argument("--report-only", action="store_true", help="print the report of the results on disk")
+    parser.add_argument("--publish", action="store_true", help="write docs/bench_learning.json and its PNG")
+    args = parser.parse_args(argv)
+    seeds = parse_list(args.seeds, int, "--seeds")
+    learners = parse_list(args.learners, str, "--learners")
+    unknown = [n for n in learners if n not in LEARNERS]
+    if unknown:
+        raise SystemExit(f"bench_learning.py: error: --learners: unknown {', '.join(unknown)}; choose from "
+                         f"{', '.join(LEARNERS)}")  # fmt: skip
+    if args.budget_min <= 0 or args.eval_points < 1 or args.eval_size < 1:
+        raise SystemExit("bench_learning.py: error: --budget-min, --eval-points and --eval-size must be positive")
+    if any(n.startswith("trl") for n in learners) and not ANCHOR.is_file() and not args.report_only:
+        raise SystemExit(f"bench_learning.py: error: the TRL anchor {ANCHOR} is missing; run without trl learners")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = Path(args.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: getattr(args, k) for k in ("budget_min", "level", "train_size", "eval_size", "eval_points",
+                                              "max_tokens", "selfplay_args")}  # fmt: skip
+    saved = out / "settings.json"
+    if saved.is_file() and json.loads(saved.read_text()) != settings:
+        raise SystemExit(f"bench_learning.py: error: {out} holds results made with other settings "
+                         f"({saved}); use the same flags or another --out-dir")  # fmt: skip
+    saved.write_text(json.dumps(settings, indent=1))
+    if not args.report_only:
+        write_train_file(out / "train.jsonl", args.level, args.train_size)
+        base_accuracy(out, args)
+        run_all(out, learners, seeds, Trainer(args, out))
+    if not (out / "base.json").is_file():
+        raise SystemExit(f"bench_learning.py: error: no results in {out} yet; run without --report-only first")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    summary = report(out, base_accuracy(out, args), args.budget_min, commit.stdout.strip())
+    (out / "bench_learning.json").write_text(json.dumps(summary, indent=1))
+    if summary["learners"]:
+        plot(summary, out / "bench_learning_curves.png")
+    if args.publish:
+        (REPO / "docs" / "bench_learning.json").write_text(json.dumps(summary, indent=1))
+        shutil.copy(out / "bench_learning_curves.png", REPO / "docs" / "bench_learning_curves.png")
+    print_report(summary)
+
+
+def write_train_file(path: Path, level: str, size: int) -> None:
+    from azgym.prompts import solve_messages, system_prompt
+    from azgym.tasks import arithmetic
+
+    if path.is_file():
+        return
+    with path.open("w") as f:
+        for p in arithmetic.load_problems(f"{level}:{size}", "train"):
+            f.write(
+                json.dumps(
+                    {"prompt": solve_messages(system_prompt("arithmetic", "bare"), p.question), "answer": p.gold}
+                )
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -182,3 +183,29 @@ def test_four_bit_base_with_lora(tokenizer, tmp_path):
     before = student.trainable_state()
     Learner(student).step(SAMPLES)
     assert any(not torch.equal(before[n], p) for n, p in student.trainable_state().items() if "lora_B" in n)
+
+
+def test_drop_truncated_leaves_them_out_of_the_policy_loss_only(tokenizer):
+    """A truncated sample's policy gradient is dropped: with every sample truncated the LoRA adapters get no
+    policy gradient, while the value head still trains; without drop_truncated they do."""
+    truncated = [replace(s, truncated=True) for s in SAMPLES]
+    for drop, adapters_move in ((True, False), (False, True)):
+        student = make_student(tokenizer)
+        config = LearnerConfig(drop_truncated=drop, kl_coef=0.0, value_coef=0.0)
+        metrics = Learner(student, config).step(truncated)
+        assert metrics["trained_fraction"] == (0.0 if drop else 1.0)
+        assert metrics["policy"] == 0.0 if drop else metrics["policy"] != 0.0
+        assert (metrics["grad_norm"] > 0) == adapters_move, (drop, metrics)
+
+
+def test_replayed_samples_are_clipped_against_the_policy_that_first_trained_on_them(tokenizer):
+    """The first step on a sample remembers its log-probs as PPO's old policy: ratio 1, nothing clipped. After
+    big steps on it the ratio leaves [1 - eps, 1 + eps] and the clip fraction rises."""
+    learner = Learner(make_student(tokenizer), LearnerConfig(learning_rate=5e-2, kl_coef=0.0, clip_eps=0.01))
+    first = learner.step(SAMPLES)
+    assert first["clip_fraction"] == 0.0
+    for _ in range(3):
+        later = learner.step(SAMPLES)
+    assert later["clip_fraction"] > 0.0
+    key = (SAMPLES[0].prompt_ids, SAMPLES[0].completion_ids)
+    assert len(learner.old_logprobs_state()[key]) == len(SAMPLES[0].completion_ids)

@@ -101,3 +101,65 @@ def test_visit_distillation_is_minimal_at_the_visit_distribution():
     for other in ([0.25, 0.5, 0.25, 1.0], [0.9, 0.05, 0.05, 1.0]):
         worse = losses.visit_distillation_loss(torch.log(torch.tensor([other])), visits, valid)
         assert worse.item() > loss.item()
+
+
+@pytest.mark.parametrize(
+    ("log_ratio", "advantage", "expected"),
+    [
+        (math.log(1.25), 1.0, -1.25),  # inside the clip-higher bound 1.28: unclipped
+        (math.log(1.5), 1.0, -1.28),  # above it: clipped at 1 + 0.28
+        (math.log(0.5), -1.0, 0.8),  # the lower bound stays 1 - 0.2
+    ],
+)
+def test_clip_higher_moves_only_the_upper_bound(log_ratio, advantage, expected):
+    old = torch.tensor([[-1.0]])
+    loss, metrics = losses.grpo_loss(old + log_ratio, old, None, torch.tensor([advantage]), torch.ones(1, 1),
+                                     kl_coef=0.0, clip_eps=0.2, clip_eps_high=0.28)  # fmt: skip
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert metrics["clip_fraction"].item() == (0.0 if log_ratio == math.log(1.25) else 1.0)
+
+
+# per-token losses of two sequences, 3 tokens and 1 token long: l = [[1, 2, 3], [8, pad, pad]]
+TOKEN_LOSS = torch.tensor([[1.0, 2.0, 3.0], [8.0, 5.0, 5.0]])
+TOKEN_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "expected"),
+    [
+        ("sequence", (2.0 + 8.0) / 2),  # GRPO: mean per sequence, then over sequences
+        ("token", (1 + 2 + 3 + 8) / 4),  # DAPO: every token weighs the same
+        ("constant", (1 + 2 + 3 + 8) / (2 * 10)),  # Dr. GRPO: sum / (sequences x max_tokens=10)
+    ],
+)
+def test_aggregations_hand_computed(aggregation, expected):
+    assert losses.aggregate(TOKEN_LOSS, TOKEN_MASK, aggregation, max_tokens=10).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("aggregation", losses.AGGREGATIONS)
+def test_micro_batch_shares_add_up_to_the_whole_batch(aggregation):
+    scale = {"num_sequences": 2, "num_tokens": 4.0, "max_tokens": 10}
+    whole = losses.aggregate(TOKEN_LOSS, TOKEN_MASK, aggregation, max_tokens=10)
+    parts = sum(losses.aggregate(TOKEN_LOSS[i : i + 1], TOKEN_MASK[i : i + 1], aggregation, **scale) for i in (0, 1))
+    assert parts.item() == pytest.approx(whole.item())
+
+
+def test_dr_grpo_needs_its_constant():
+    with pytest.raises(ValueError, match="max_tokens"):
+        losses.aggregate(TOKEN_LOSS, TOKEN_MASK, "constant")
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        losses.aggregate(TOKEN_LOSS, TOKEN_MASK, "batch")
+
+
+def test_grpo_loss_with_dr_grpo_advantages_and_token_aggregation():
+    """Dr. GRPO / DAPO end to end: advantages without the std, the clipped objective at ratio 1 (-A per
+    token), pooled over tokens. Group rewards [1, -1, -1, -1]: mean -0.5, advantages [1.5, -0.5, -0.5, -0.5]."""
+    adv = losses.group_advantages(torch.tensor([1.0, -1.0, -1.0, -1.0]), torch.zeros(4, dtype=torch.long),
+                                  normalize_std=False)  # fmt: skip
+    torch.testing.assert_close(adv, torch.tensor([1.5, -0.5, -0.5, -0.5]))
+    logp = torch.full((4, 2), -1.0)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # the winner is 2 tokens long
+    loss, _ = losses.grpo_loss(logp, logp, None, adv, mask, kl_coef=0.0, aggregation="token")
+    assert loss.item() == pytest.approx((-1.5 * 2 + 0.5 * 3) / 5)
+    loss, _ = losses.grpo_loss(logp, logp, None, adv, mask, kl_coef=0.0, aggregation="sequence")
+    assert loss.item() == pytest.approx((-1.5 + 0.5 * 3) / 4)

@@ -69,10 +69,11 @@ class RunConfig:
 
     env: EnvConfig = field(default_factory=lambda: EnvConfig(
         task="arithmetic", num_right=2, num_wrong=1, chunk_tokens=16, max_steps=4, max_tokens=64,
-        rewards="outcome"))  # fmt: skip
+        rewards="outcome", answer="flexible", prompt="bare"))  # fmt: skip
     search: SearchConfig = field(default_factory=lambda: SearchConfig(num_simulations=4))
     student: StudentConfig = field(default_factory=StudentConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(
+        normalize_std=False, clip_eps_high=0.28, max_completion_tokens=64))  # fmt: skip
     loop: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self):

@@ -77,6 +77,7 @@ class Run:
         self.start_iteration = 0
         self.base_result: dict | None = None
         self.best_accuracy = -1.0  # of the in-run evaluations of trained weights (the base's is not kept)
+        self.generated_tokens = 0  # by self-play, all candidates counted
         self.started = time.perf_counter()
         if loop.resume:
             self._resume()
@@ -92,6 +93,7 @@ class Run:
         extra = load_checkpoint(path, self.learner)
         self.start_iteration = int(extra["iteration"]) + 1
         self.best_accuracy = float(extra.get("best_accuracy", -1.0))
+        self.generated_tokens = int(extra.get("generated_tokens", 0))
         self.rng.bit_generator.state = extra["loop_rng"]
         if extra.get("agent_rng") and hasattr(self.agent, "rng"):
             self.agent.rng.bit_generator.state = extra["agent_rng"]
@@ -132,6 +134,7 @@ class Run:
                                         iteration=iteration, weights_version=self.learner.step_count,
                                         progress=loop.progress)  # fmt: skip
             self.replay.add(iteration, episodes)
+            self.generated_tokens += stats.generated_tokens
             self._log_self_play(iteration, episodes, stats)
         global_step = self.learner.step_count
 
@@ -157,13 +160,14 @@ class Run:
         agent_rng = getattr(self.agent, "rng", None)
         extra = {"iteration": iteration, "loop_rng": self.rng.bit_generator.state,
                  "agent_rng": agent_rng.bit_generator.state if agent_rng is not None else None,
-                 "teachers": self.env.state_dict(), "best_accuracy": self.best_accuracy}  # fmt: skip
+                 "teachers": self.env.state_dict(), "best_accuracy": self.best_accuracy,
+                 "elapsed_s": time.perf_counter() - self.started, "generated_tokens": self.generated_tokens}  # fmt: skip
         if result is not None and result["accuracy"] > self.best_accuracy:
             self.best_accuracy = extra["best_accuracy"] = result["accuracy"]
             extra["eval"] = {k: result[k] for k in ("accuracy", "accuracy_low", "accuracy_high", "num_problems")}
             best = save_checkpoint(self.checkpoints, self.learner, extra=extra, name="best")
             logger.info("best held-out accuracy so far (%.3f): %s", result["accuracy"], best)
-        if (iteration + 1) % loop.save_every == 0 or final or loop.budget_min:
+        if (iteration + 1) % loop.save_every == 0 or final:
             logger.info("checkpoint %s", save_checkpoint(self.checkpoints, self.learner, extra=extra))
         writer.flush()
         return result, final
@@ -190,8 +194,8 @@ class Run:
             w.add_histogram("mcts/root_values", np.array(stats.root_values), iteration)
         w.add_histogram("mcts/visit_entropy", np.array(stats.visit_entropies), iteration)
         w.add_text("trajectories/sample", _trajectory_text(self.lm, episodes[0]), iteration)
-        logger.info("iteration %d: self-play %d episodes in %.0f s, accuracy %.2f, return %.3f", iteration,
-                    len(episodes), stats.seconds, np.mean([e.correct for e in episodes]), returns.mean())  # fmt: skip
+        logger.info("iteration %d: self-play %d episodes in %.0f s, solved %.2f, return %.3f", iteration,
+                    len(episodes), stats.seconds, np.mean([e.solved for e in episodes]), returns.mean())  # fmt: skip
 
     def evaluate(self, step: int, tag: str) -> dict:
         loop = self.config.loop

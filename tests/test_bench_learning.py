@@ -1,0 +1,81 @@
+"""scripts/bench_learning.py's bookkeeping: resumption per (learner, seed), and the multi-seed report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_learning", REPO / "scripts" / "bench_learning.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def fake_result(final, best, steps=10, tokens=1000):
+    return {"final": final, "best": best, "learner_steps": steps, "generated_tokens": tokens, "wall_s": 600.0,
+            "curve": [{"minutes": 5.0, "accuracy": best}, {"minutes": 10.0, "accuracy": final}]}  # fmt: skip
+
+
+def test_a_result_on_disk_is_not_run_again_and_a_cut_off_run_starts_afresh(tmp_path):
+    calls = []
+
+    def train_one(name, seed, run_dir):
+        calls.append((name, seed))
+        assert not any(run_dir.iterdir()), "a cut-off run's files must be gone before it starts again"
+        (run_dir / "log").write_text("trained")
+        return fake_result(0.5, 0.6)
+
+    (tmp_path / "azgym").mkdir()
+    (tmp_path / "azgym" / "seed-0.json").write_text(json.dumps(dict(fake_result(0.1, 0.2), learner="azgym", seed=0)))
+    stale = tmp_path / "azgym" / "seed-1"  # cut off: a run directory without its result
+    stale.mkdir()
+    (stale / "half-written").write_text("x")
+    (tmp_path / "trl").mkdir()
+    (tmp_path / "trl" / "seed-0.json.tmp").write_text("{")  # a cut-off write is not a result
+
+    assert bench.pending(tmp_path, ["azgym", "trl"], [0, 1]) == [("azgym", 1), ("trl", 0), ("trl", 1)]
+    ran = bench.run_all(tmp_path, ["azgym", "trl"], [0, 1], train_one)
+    assert calls == ran == [("azgym", 1), ("trl", 0), ("trl", 1)]
+    assert json.loads((tmp_path / "azgym" / "seed-0.json").read_text())["final"] == 0.1  # untouched
+    assert not (stale / "half-written").exists()
+    assert json.loads((tmp_path / "trl" / "seed-1.json").read_text())["seed"] == 1
+
+    calls.clear()
+    assert bench.run_all(tmp_path, ["azgym", "trl"], [0, 1], train_one) == [] and calls == []
+
+
+def test_report_means_spread_collapse_and_the_better_baseline(tmp_path, capsys):
+    results = {
+        "azgym": [(0.30, 0.32), (0.40, 0.41), (0.20, 0.45)],  # seed 2: 0.20 < 0.45 / 2 -> collapsed
+        "trl": [(0.10, 0.30), (0.12, 0.20), (0.14, 0.15)],
+        "trl_azgym_lr": [(0.20, 0.20), (0.22, 0.22), (0.18, 0.25)],
+    }
+    for name, pairs in results.items():
+        (tmp_path / name).mkdir()
+        for seed, (final, best) in enumerate(pairs):
+            path = tmp_path / name / f"seed-{seed}.json"
+            path.write_text(json.dumps(dict(fake_result(final, best), learner=name, seed=seed)))
+    summary = bench.report(tmp_path, {"level": "add2", "accuracy": 0.10}, 10.0, "abc123")
+    azgym = summary["learners"]["azgym"]
+    assert azgym["seeds"] == [0, 1, 2] and azgym["final"] == [0.30, 0.40, 0.20]
+    assert azgym["collapsed"] == [False, False, True]
+    assert summary["baseline"] == "trl_azgym_lr"  # mean final 0.20 beats trl's 0.12
+    assert bench.mean_std(azgym["final"]) == pytest.approx((0.30, 0.10))
+    bench.print_report(summary)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    # (0.30 - 0.10) / (0.20 - 0.10) = 2.00, printed last
+    assert last.startswith("gain ratio azgym/trl_azgym_lr") and last.endswith("2.00")
+    json.dumps(summary)  # the docs/bench_learning.json shape is plain JSON
+
+
+def test_bad_flags_fail_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match="unknown nope"):
+        bench.main(["--learners", "azgym,nope", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--seeds"):
+        bench.main(["--seeds", "x", "--out-dir", str(tmp_path)])
+    (tmp_path / "settings.json").write_text(json.dumps({"budget_min": 99}))
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.main(["--report-only", "--out-dir", str(tmp_path)])
