@@ -161,7 +161,8 @@ class Run:
         extra = {"iteration": iteration, "loop_rng": self.rng.bit_generator.state,
                  "agent_rng": agent_rng.bit_generator.state if agent_rng is not None else None,
                  "teachers": self.env.state_dict(), "best_accuracy": self.best_accuracy,
-                 "elapsed_s": time.perf_counter() - self.started, "generated_tokens": self.generated_tokens}  # fmt: skip
+                 "elapsed_s": time.perf_counter() - self.started,
+                 "generated_tokens": self.generated_tokens}  # fmt: skip
         if result is not None and result["accuracy"] > self.best_accuracy:
             self.best_accuracy = extra["best_accuracy"] = result["accuracy"]
             extra["eval"] = {k: result[k] for k in ("accuracy", "accuracy_low", "accuracy_high", "num_problems")}
