@@ -205,7 +205,10 @@ def load_adapter(path: str):
     from agents.student import Student, StudentConfig
 
     student = Student.from_config(StudentConfig())
-    set_peft_model_state_dict(student.model, load_file(str(Path(path) / "adapter_model.safetensors")))
+    loaded = set_peft_model_state_dict(student.model, load_file(str(Path(path) / "adapter_model.safetensors")))
+    if loaded.unexpected_keys:
+        raise SystemExit(f"bench_learning.py: the adapter in {path} does not fit the student (unexpected keys "
+                         f"{loaded.unexpected_keys[:3]}); the anchor's LoRA settings changed?")  # fmt: skip
     return student
 
 
@@ -288,12 +291,13 @@ def collect(out: Path) -> dict[str, dict]:
         if results:
             learners[name] = {key: [r[key] for r in results] for key in ("seed", "final", "best", "learner_steps",
                                                                           "generated_tokens", "wall_s")}  # fmt: skip
+            learners[name]["minutes"] = [r["curve"][-1]["minutes"] for r in results]  # of training, to the last point
             learners[name]["seeds"] = learners[name].pop("seed")
             learners[name]["curves"] = [r["curve"] for r in results]
     return learners
 
 
-def report(out: Path, base: dict, budget_min: float, commit: str) -> dict:
+def report(out: Path, base: dict, budget_min: float, commit: str, eval_size: int = 200) -> dict:
     learners = collect(out)
     for entry in learners.values():
         entry["collapsed"] = [f < b / 2 for f, b in zip(entry["final"], entry["best"], strict=True)]
@@ -303,7 +307,8 @@ def report(out: Path, base: dict, budget_min: float, commit: str) -> dict:
         "commit": commit,
         "task": base["level"],
         "budget_min": budget_min,
-        "eval": "200 held-out problems, greedy, bare prompt, last number as the answer",
+        "eval": f"{eval_size} held-out problems, greedy, bare prompt, last number as the answer; best = the "
+        "highest of a run's evaluated points (on the same problems, so optimistic)",
         "base": base["accuracy"],
         "default": DEFAULT,
         "ablation": ABLATION,
@@ -316,12 +321,14 @@ def print_report(summary: dict) -> None:
     base = summary["base"]
     print(f"{summary['task']}, {summary['budget_min']:g} min per learner and seed; {summary['eval']}")
     print(f"base model: {base:.3f}")
-    print(f"{'learner':22s} {'seeds':>5s} {'final':>15s} {'best':>15s} {'collapsed':>9s} {'steps':>7s} {'tokens':>9s}")
+    print(f"{'learner':22s} {'seeds':>5s} {'final':>15s} {'best':>15s} {'collapsed':>9s} {'minutes':>7s} "
+          f"{'steps':>7s} {'tokens':>9s}")  # fmt: skip
     for name, e in summary["learners"].items():
         final, best = mean_std(e["final"]), mean_std(e["best"])
         steps, tokens = mean_std(e["learner_steps"])[0], mean_std(e["generated_tokens"])[0]
         print(f"{name:22s} {len(e['seeds']):5d} {final[0]:8.3f}+-{final[1]:.3f} {best[0]:8.3f}+-{best[1]:.3f} "
-              f"{sum(e['collapsed']):4d}/{len(e['seeds']):<4d} {steps:7.0f} {tokens:9.0f}")  # fmt: skip
+              f"{sum(e['collapsed']):4d}/{len(e['seeds']):<4d} {mean_std(e['minutes'])[0]:7.1f} {steps:7.0f} "
+              f"{tokens:9.0f}")  # fmt: skip
     baseline, learners = summary["baseline"], summary["learners"]
     if DEFAULT in learners and baseline:
         gain = mean_std(learners[DEFAULT]["final"])[0] - base
@@ -348,7 +355,7 @@ def plot(summary: dict, path: Path) -> None:
             ax.plot(xs, ys, marker="o", color=colour, alpha=0.8, label=name if i == 0 else None)
             ax.annotate(str(seed), (xs[-1], ys[-1]), fontsize=7, color=colour)
     ax.set_xlabel("minutes of training")
-    ax.set_ylabel("held-out accuracy (200, greedy)")
+    ax.set_ylabel("held-out accuracy (greedy)")
     ax.set_title(f"{summary['task']}: every seed of every learner (base at 0 min)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -403,7 +410,9 @@ def main(argv=None) -> None:
     settings = {k: getattr(args, k) for k in ("budget_min", "level", "train_size", "eval_size", "eval_points",
                                               "max_tokens", "selfplay_args")}  # fmt: skip
     saved = out / "settings.json"
-    if saved.is_file() and json.loads(saved.read_text()) != settings:
+    if saved.is_file() and args.report_only:  # report what is there, whatever flags made it
+        settings = json.loads(saved.read_text())
+    elif saved.is_file() and json.loads(saved.read_text()) != settings:
         raise SystemExit(f"bench_learning.py: error: {out} holds results made with other settings "
                          f"({saved}); use the same flags or another --out-dir")  # fmt: skip
     saved.write_text(json.dumps(settings, indent=1))
@@ -414,7 +423,8 @@ def main(argv=None) -> None:
     if not (out / "base.json").is_file():
         raise SystemExit(f"bench_learning.py: error: no results in {out} yet; run without --report-only first")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    summary = report(out, base_accuracy(out, args), args.budget_min, commit.stdout.strip())
+    summary = report(out, base_accuracy(out, args), settings["budget_min"], commit.stdout.strip(),
+                     settings["eval_size"])  # fmt: skip
     (out / "bench_learning.json").write_text(json.dumps(summary, indent=1))
     if summary["learners"]:
         plot(summary, out / "bench_learning_curves.png")

@@ -17,10 +17,13 @@ leaves a resumable run.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 
 from agents.alphazero.config import ALIASES, PRESETS, RunConfig
+from agents.alphazero.evaluate import before_after_table
 from agents.alphazero.run import Run, RunExistsError
 from azgym.cli import parse_config
 
@@ -34,14 +37,32 @@ def main(argv=None) -> int:
         run = Run(config)
     except RunExistsError as err:
         sys.exit(f"selfplay.py: error: {err}")
+    started = time.perf_counter()
     try:
-        run.run()
+        final = run.run()
     except KeyboardInterrupt:
         run.writer.close()
         logger.warning("interrupted; finished iterations are saved. Continue with: python scripts/selfplay.py "
                        "--run-name %s --resume", config.loop.run_name)  # fmt: skip
         return 130
+    report(run, final, time.perf_counter() - started)
     return 0
+
+
+def report(run: Run, final: dict | None, seconds: float) -> None:
+    """The run's last words: held-out accuracy before and after (with 95% intervals), and where to look."""
+    config, base_file = run.config, run.dir / "eval-base.json"
+    base = run.base_result or (json.loads(base_file.read_text()) if base_file.is_file() else None)
+    rows = {name: r for name, r in (("base", base), (f"after {run.learner.step_count} steps", final)) if r}
+    answer = "the last number" if config.env.answer == "flexible" else "after '#### '"
+    print(f"\nrun {run.dir} finished in {seconds / 60:.1f} min")
+    if rows:
+        n = next(iter(rows.values()))["num_problems"]
+        print(f"held-out: {n} {config.env.task} test problems, greedy, answer = {answer}")
+        print(before_after_table(rows))
+    if (run.checkpoints / "best").is_dir():
+        print(f"best checkpoint: {run.checkpoints / 'best'} (held-out accuracy {run.best_accuracy:.3f})")
+    print(f"TensorBoard: tensorboard --logdir {config.loop.runs_dir}")
 
 
 if __name__ == "__main__":

@@ -78,4 +78,4 @@ def test_bad_flags_fail_before_any_work(tmp_path):
         bench.main(["--seeds", "x", "--out-dir", str(tmp_path)])
     (tmp_path / "settings.json").write_text(json.dumps({"budget_min": 99}))
     with pytest.raises(SystemExit, match="other settings"):
-        bench.main(["--report-only", "--out-dir", str(tmp_path)])
+        bench.main(["--learners", "azgym", "--out-dir", str(tmp_path)])

@@ -207,5 +207,5 @@ def test_replayed_samples_are_clipped_against_the_policy_that_first_trained_on_t
     for _ in range(3):
         later = learner.step(SAMPLES)
     assert later["clip_fraction"] > 0.0
-    key = (SAMPLES[0].prompt_ids, SAMPLES[0].completion_ids)
+    key = (SAMPLES[0].group, SAMPLES[0].prompt_ids, SAMPLES[0].completion_ids)
     assert len(learner.old_logprobs_state()[key]) == len(SAMPLES[0].completion_ids)

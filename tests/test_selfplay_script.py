@@ -45,6 +45,8 @@ def scalar_tags(run_dir: Path) -> set[str]:
 
 
 def test_one_iteration_then_resume(tiny_dir, tmp_path):
+    import torch
+
     first = selfplay(["--model", str(tiny_dir), "--run-name", "smoke", *TINY], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "smoke"
@@ -57,6 +59,10 @@ def test_one_iteration_then_resume(tiny_dir, tmp_path):
     assert config["student"]["model"] == str(tiny_dir)
     assert (config["search"]["num_simulations"], config["env"]["max_steps"], config["env"]["max_tokens"]) == (2, 2, 8)
     assert json.loads((run / "eval-base.json").read_text())["num_problems"] == 2
+    # keep-best: the first trained evaluation is the best so far; the run ends with its before/after table
+    best = torch.load(run / "checkpoints" / "best" / "trainer.pt", weights_only=False)["extra"]
+    assert best["best_accuracy"] == json.loads((run / "eval-iter-0000.json").read_text())["accuracy"]
+    assert "accuracy (95% CI)" in first.stdout and "after 1 steps" in first.stdout and "tensorboard" in first.stdout
 
     longer = list(TINY)
     longer[longer.index("--iterations") + 1] = "2"
@@ -68,6 +74,16 @@ def test_one_iteration_then_resume(tiny_dir, tmp_path):
 
     clash = selfplay(["--model", str(tiny_dir), "--run-name", "smoke", *TINY], tmp_path)
     assert clash.returncode != 0 and "--resume" in clash.stderr
+
+    for which, step in (("best", None), ("newest", "step-000002")):
+        cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--checkpoint", str(run), "--which", which,
+               "--size", "2", "--max-tokens", "4", "--out", str(tmp_path / f"{which}.json")]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"checkpoint {run / 'checkpoints' / (step or 'best')}" in result.stdout
+    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--checkpoint", str(tmp_path),
+                              "--which", "best"], capture_output=True, text=True, timeout=300, cwd=REPO)  # fmt: skip
+    assert missing.returncode != 0 and "no best checkpoint under" in missing.stderr.strip().splitlines()[-1]
 
 
 def test_sigkill_during_training_loses_no_finished_iteration(tiny_dir, tmp_path):

@@ -72,8 +72,7 @@ class RunConfig:
         rewards="outcome", answer="flexible", prompt="bare"))  # fmt: skip
     search: SearchConfig = field(default_factory=lambda: SearchConfig(num_simulations=4))
     student: StudentConfig = field(default_factory=StudentConfig)
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(
-        normalize_std=False, clip_eps_high=0.28, max_completion_tokens=64))  # fmt: skip
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(normalize_std=False, clip_eps_high=0.28))
     loop: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self):

@@ -31,7 +31,7 @@ def evaluate(
     k: int = 4,
     max_tokens: int = 256,
     temperature: float = 0.7,
-    batch_size: int = 16,
+    batch_size: int = 32,
     value_fn=None,
     env=None,
     agent=None,
@@ -129,6 +129,22 @@ def summarize(records: list[dict]) -> dict[str, float]:
         "format_failure": (len(records) - answered) / n,  # no answer found under the rule
         "tokens_per_problem": sum(r["tokens"] for r in records) / n,
     }
+
+
+def before_after_table(rows: dict[str, dict]) -> str:
+    """A plain-text table of evaluation results, one row per name (e.g. base, after), for a run's last words.
+
+    >>> r = {"accuracy": 0.5, "accuracy_low": 0.43, "accuracy_high": 0.57, "format_accuracy": 0.0,
+    ...      "tokens_per_problem": 21.04}
+    >>> print(before_after_table({"after": r}))
+                    accuracy (95% CI)    format    tokens/problem
+    after           0.500 (0.430-0.570)   0.000              21.0
+    """
+    lines = [f"{'':15s} {'accuracy (95% CI)':20s} {'format':>6s}    tokens/problem"]
+    for name, r in rows.items():
+        interval = f"{r['accuracy']:.3f} ({r['accuracy_low']:.3f}-{r['accuracy_high']:.3f})"
+        lines.append(f"{name:15s} {interval:20s} {r['format_accuracy']:6.3f} {r['tokens_per_problem']:17.1f}")
+    return "\n".join(lines)
 
 
 def _record(problem: Problem, text: str, tokens: int, task, answer: str = "strict") -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,10 @@ class Run:
         self.lm = self.student.backend(name=config.student.model)  # the student proposes as this teacher
         self.env = ReasoningEnv.from_config(config.env, model=self.lm, split="train", device=config.student.device)
         self.agent = make_agent(config, self.student, self.lm)
-        self.learner = Learner(self.student, config.learner)
+        learner = config.learner
+        if not learner.max_completion_tokens:  # Dr. GRPO's constant: the response budget and its end token
+            learner = replace(learner, max_completion_tokens=config.env.max_tokens + 1)
+        self.learner = Learner(self.student, learner)
         self.replay = ReplayBuffer(self.dir / "replay", capacity_iterations=loop.capacity_iterations)
         self.rng = np.random.default_rng(loop.seed)
         self.start_iteration = 0
@@ -79,6 +83,7 @@ class Run:
         self.best_accuracy = -1.0  # of the in-run evaluations of trained weights (the base's is not kept)
         self.generated_tokens = 0  # by self-play, all candidates counted
         self.started = time.perf_counter()
+        self.elapsed_before = 0.0
         if loop.resume:
             self._resume()
         (self.dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
@@ -93,7 +98,12 @@ class Run:
         extra = load_checkpoint(path, self.learner)
         self.start_iteration = int(extra["iteration"]) + 1
         self.best_accuracy = float(extra.get("best_accuracy", -1.0))
+        best = self.checkpoints / "best" / "trainer.pt"
+        if best.is_file():  # saved after the newest step-N when save_every > 1
+            kept = torch.load(best, map_location="cpu", weights_only=False).get("extra", {})
+            self.best_accuracy = max(self.best_accuracy, float(kept.get("best_accuracy", -1.0)))
         self.generated_tokens = int(extra.get("generated_tokens", 0))
+        self.elapsed_before = float(extra.get("elapsed_s", 0.0))  # the budget counts the time before the stop
         self.rng.bit_generator.state = extra["loop_rng"]
         if extra.get("agent_rng") and hasattr(self.agent, "rng"):
             self.agent.rng.bit_generator.state = extra["agent_rng"]
@@ -105,7 +115,7 @@ class Run:
         loop = self.config.loop
         if self.start_iteration == 0 and loop.eval_every and loop.eval_base:
             self.base_result = self.evaluate(0, tag="base")
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() - self.elapsed_before
         last = None
         for iteration in range(self.start_iteration, loop.iterations):
             last, final = self.iteration(iteration, final=iteration + 1 == loop.iterations)

@@ -82,7 +82,8 @@ class LearnerConfig:
     aggregation: str = option("token", "loss average over a step: token (DAPO: every token weighs the same), "
                               "sequence (GRPO: each sequence's mean, then the batch) or constant (Dr. GRPO: token "
                               "sum / (sequences x max_completion_tokens))", choices=losses.AGGREGATIONS)  # fmt: skip
-    max_completion_tokens: int = option(64, "the constant of aggregation 'constant' (the response budget)")
+    max_completion_tokens: int = option(0, "the constant of aggregation 'constant' (the response budget in "
+                                        "tokens); 0: a run sets it to the env's max_tokens + 1")  # fmt: skip
     drop_truncated: bool = option(False, "leave truncated responses out of the policy loss (they still count in "
                                   "their group's advantages and train the value head)")  # fmt: skip
     apo_beta: float = option(0.1, "A*PO KL weight beta")
@@ -98,7 +99,9 @@ class LearnerConfig:
             **{name: (getattr(self, name) >= 0, ">= 0") for name in ("kl_coef", "value_coef", "distill_coef",
                                                                        "weight_decay", "apo_beta", "warmup_steps")},
             "micro_batch_size": (self.micro_batch_size >= 1, ">= 1"),
-            "max_completion_tokens": (self.max_completion_tokens >= 1, ">= 1"),
+            "max_completion_tokens": (self.max_completion_tokens >= 1 or (
+                self.max_completion_tokens == 0 and self.aggregation != "constant"), ">= 1 with aggregation "
+                "constant, else >= 0"),
             "clip_eps_high": (self.clip_eps_high is None or self.clip_eps_high > 0, "> 0 or none"),
             "update_ref_every": (self.update_ref_every >= 1, ">= 1"),
         }))  # fmt: skip
@@ -223,11 +226,12 @@ class Learner:
 
     def _old(self, samples, logprobs: torch.Tensor) -> torch.Tensor:
         """PPO's old policy: the log-probs stored with a sample, else those of the first step that trained on
-        it (remembered), so that a replayed sample's ratio measures how far the student moved since, and
-        the clip bounds it. A sample seen for the first time has ratio 1."""
+        it (remembered per group, i.e. per iteration and problem, so that the same text played again later
+        starts afresh), so that a replayed sample's ratio measures how far the student moved since, and the
+        clip bounds it. A sample seen for the first time has ratio 1."""
         old = logprobs.detach().clone()
         for i, s in enumerate(samples):
-            start, key = len(s.prompt_ids) - 1, (s.prompt_ids, s.completion_ids)
+            start, key = len(s.prompt_ids) - 1, (s.group, s.prompt_ids, s.completion_ids)
             values = s.old_logprobs if s.old_logprobs is not None else self._old_cache.get(key)
             if values is None:
                 self._old_cache[key] = tuple(old[i, start : start + len(s.completion_ids)].tolist())
