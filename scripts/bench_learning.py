@@ -165,7 +165,8 @@ def model_dir() -> str:
 
 
 def azgym_points(run_dir: Path, args) -> list[dict]:
-    """The checkpoints nearest each evaluation time, the last one always."""
+    """The checkpoints nearest each evaluation time; the final one is the last within the budget (an iteration
+    can end well past it, while the anchor stops within one ~12 s step), so azgym never gets more time."""
     import torch
 
     from agents.training.checkpoint import load_student
@@ -178,14 +179,15 @@ def azgym_points(run_dir: Path, args) -> list[dict]:
                       "generated_tokens": extra["generated_tokens"]})  # fmt: skip
     if not found:
         raise SystemExit(f"bench_learning.py: no checkpoint under {run_dir}; see {run_dir}/train.log")
-    chosen = []
+    within = [p for p in found if p["minutes"] <= args.budget_min * 1.02] or found[:1]
+    final, chosen = within[-1], []
     for i in range(1, args.eval_points):
         target = args.budget_min * i / args.eval_points
-        near = min(found[:-1] or found, key=lambda p: abs(p["minutes"] - target))
+        near = min(within[:-1] or within, key=lambda p: abs(p["minutes"] - target))
         if near not in chosen:
             chosen.append(near)
-    if found[-1] not in chosen:
-        chosen.append(found[-1])
+    if final not in chosen:
+        chosen.append(final)
     return [dict(p, load=lambda path=p["path"]: load_student(path)) for p in chosen]
 
 
