@@ -38,8 +38,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from run_trl_anchor import ANCHOR
+
 REPO = Path(__file__).resolve().parents[1]
-ANCHOR = REPO.parent / "shared" / "anchors" / "trl_grpo_baseline.py"
 ANCHOR_LR = 2e-4  # the anchor's documented learning rate
 LEARNERS = ("trl", "trl_azgym_lr", "azgym", "azgym_simulations_1")
 DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
@@ -105,7 +106,7 @@ class Trainer:
         start = time.perf_counter()
         if name.startswith("trl"):
             lr = ANCHOR_LR if name == "trl" else azgym_learning_rate()
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--run-anchor", "--lr", str(lr),
+            cmd = [sys.executable, str(REPO / "scripts" / "run_trl_anchor.py"), "--lr", str(lr),
                    "--snapshot-min", str(args.budget_min / args.eval_points), "--",
                    "--model-dir", model_dir(), "--train", str(self.train_file), "--budget-min", str(args.budget_min),
                    "--out-dir", str(run_dir), "--seed", str(seed)]  # fmt: skip
@@ -192,7 +193,7 @@ def azgym_points(run_dir: Path, args) -> list[dict]:
 
 
 def trl_points(run_dir: Path) -> list[dict]:
-    """The anchor's snapshots (written by :func:`run_anchor`) and its final adapter."""
+    """The anchor's snapshots (written by ``scripts/run_trl_anchor.py``) and its final adapter."""
     snapshots = sorted((run_dir / "snapshots").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     points = [json.loads((p / "point.json").read_text()) | {"path": str(p)} for p in snapshots]
     final = json.loads((run_dir / "final_point.json").read_text()) | {"path": str(run_dir)}
@@ -219,56 +220,6 @@ def prune_checkpoints(run_dir: Path, keep: set[str]) -> None:
     for path in (run_dir / "checkpoints").glob("step-*"):
         if str(path) not in keep:
             shutil.rmtree(path)
-
-
-def run_anchor(argv: list[str]) -> None:
-    """Run the TRL anchor script unchanged except for its learning rate, saving adapter snapshots every
-    ``--snapshot-min`` minutes and counting the completion tokens it generates."""
-    parser = argparse.ArgumentParser(prog="bench_learning.py --run-anchor")
-    parser.add_argument("--lr", type=float, required=True)
-    parser.add_argument("--snapshot-min", type=float, required=True)
-    ours, anchor_args = parser.parse_known_args(argv)
-    anchor_args = [a for a in anchor_args if a != "--"]
-    out_dir = Path(anchor_args[anchor_args.index("--out-dir") + 1])
-    import runpy
-
-    import trl
-    from transformers import TrainerCallback
-
-    start = time.time()
-    counts = {"generated_tokens": 0}
-
-    class Snapshots(TrainerCallback):
-        def __init__(self):
-            self.next = ours.snapshot_min * 60
-
-        def on_step_end(self, args, state, control, model=None, **_):
-            if time.time() - start >= self.next:
-                self.next += ours.snapshot_min * 60
-                path = out_dir / "snapshots" / f"step-{state.global_step}"
-                model.save_pretrained(path)
-                point = {"minutes": (time.time() - start) / 60, "learner_steps": state.global_step, **counts}
-                (path / "point.json").write_text(json.dumps(point))
-
-    class Config(trl.GRPOConfig):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "learning_rate": ours.lr})
-
-    class Trainer(trl.GRPOTrainer):
-        def __init__(self, *args, callbacks=None, **kwargs):
-            super().__init__(*args, callbacks=[*(callbacks or []), Snapshots()], **kwargs)
-
-        def _generate_and_score_completions(self, inputs):
-            output = super()._generate_and_score_completions(inputs)
-            counts["generated_tokens"] += int(output["completion_mask"].sum())
-            return output
-
-    trl.GRPOConfig, trl.GRPOTrainer = Config, Trainer
-    sys.argv = [str(ANCHOR), *anchor_args]
-    runpy.run_path(str(ANCHOR), run_name="__main__")
-    stats = json.loads((out_dir / "baseline_stats.json").read_text())
-    final = {"minutes": (time.time() - start) / 60, "learner_steps": stats["steps"], **counts}
-    (out_dir / "final_point.json").write_text(json.dumps(final))
 
 
 # ---------------------------------------------------------------- the report
@@ -379,9 +330,6 @@ def base_accuracy(out: Path, args) -> dict:
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--run-anchor"]:
-        return run_anchor(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-min", type=float, default=10.0, help="wall-clock training minutes per run")
     parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds, each run for every learner")
@@ -444,12 +392,8 @@ def write_train_file(path: Path, level: str, size: int) -> None:
         return
     with path.open("w") as f:
         for p in arithmetic.load_problems(f"{level}:{size}", "train"):
-            f.write(
-                json.dumps(
-                    {"prompt": solve_messages(system_prompt("arithmetic", "bare"), p.question), "answer": p.gold}
-                )
-                + "\n"
-            )
+            prompt = solve_messages(system_prompt("arithmetic", "bare"), p.question)
+            f.write(json.dumps({"prompt": prompt, "answer": p.gold}) + "\n")
 
 
 if __name__ == "__main__":

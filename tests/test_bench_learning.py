@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # as when the script runs: it imports its sibling run_trl_anchor
 spec = importlib.util.spec_from_file_location("bench_learning", REPO / "scripts" / "bench_learning.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)

@@ -27,7 +27,7 @@ class LoopConfig:
     run_name: str = option("selfplay", "the run directory is <runs-dir>/<run-name>")
     runs_dir: str = option("runs", "folder of all runs (tensorboard --logdir runs)")
     resume: bool = option(False, "continue <runs-dir>/<run-name> from its newest checkpoint")
-    iterations: int = option(2, "AlphaZero iterations: self-play, then training, then evaluation")
+    iterations: int = option(6, "AlphaZero iterations: self-play, then training, then evaluation")
     num_examples: int = option(2, "problems per iteration")
     group_size: int = option(4, "episodes per problem (the GRPO group); all are searched in lockstep")
     agent: str = option("mcts", "who plays self-play: mcts, or similarity (the seed's epsilon-greedy pick of the "
@@ -38,7 +38,7 @@ class LoopConfig:
     value_target: str = option("outcome", "value-head target: outcome (+1 solved, -1 not) or q (the MCTS Q of "
                                "the move taken)", choices=("outcome", "q"))  # fmt: skip
     capacity_iterations: int = option(4, "replay shards (iterations) kept on disk")
-    eval_every: int = option(1, "evaluate every N iterations and after the last (0: never)")
+    eval_every: int = option(3, "evaluate every N iterations and after the last (0: never)")
     eval_base: bool = option(True, "evaluate the base model before the first iteration (--no-eval-base to skip)")
     eval_size: int = option(200, "held-out problems per evaluation (greedy; 200 keeps the 95% interval under "
                             "+-7 points)")  # fmt: skip
@@ -72,7 +72,7 @@ class RunConfig:
         rewards="outcome", answer="flexible", prompt="bare"))  # fmt: skip
     search: SearchConfig = field(default_factory=lambda: SearchConfig(num_simulations=4))
     student: StudentConfig = field(default_factory=StudentConfig)
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(normalize_std=False, clip_eps_high=0.28))
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self):

@@ -68,17 +68,17 @@ class LearnerConfig:
 
     loss: str = option("grpo", "policy loss: grpo (group advantages, clipped ratio, KL), legacy (reward-weighted "
                        "SL) or apo (A*PO-style -r log pi + beta KL)", choices=tuple(POLICY_LOSSES))  # fmt: skip
-    learning_rate: float = option(2e-4, "AdamW learning rate (LoRA-sized)")
+    learning_rate: float = option(5e-5, "AdamW learning rate (LoRA-sized; picked by the add2 sweep in BENCHMARKS.md)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_steps: int = option(0, "learner steps of linear learning-rate warm-up")
     micro_batch_size: int = option(8, "sequences per forward pass; a step accumulates over its micro-batches")
     max_grad_norm: float = option(1.0, "global gradient-norm clip")
     clip_eps: float = option(0.2, "PPO ratio clip epsilon (the lower bound: ratios below 1 - clip_eps are clipped)")
-    clip_eps_high: float | None = option(None, "upper ratio clip 1 + clip_eps_high (DAPO's clip-higher, e.g. "
+    clip_eps_high: float | None = option(0.28, "upper ratio clip 1 + clip_eps_high (DAPO's clip-higher; "
                                          "0.28); none: clip_eps, symmetric")  # fmt: skip
     kl_coef: float = option(0.01, "GRPO KL penalty weight (0 skips the reference pass)")
     adv_clip: float = option(3.0, "advantages are clipped to [-adv_clip, adv_clip]")
-    normalize_std: bool = option(True, "divide group advantages by the group's std")
+    normalize_std: bool = option(False, "divide group advantages by the group's std (GRPO; off: Dr. GRPO)")
     aggregation: str = option("token", "loss average over a step: token (DAPO: every token weighs the same), "
                               "sequence (GRPO: each sequence's mean, then the batch) or constant (Dr. GRPO: token "
                               "sum / (sequences x max_completion_tokens))", choices=losses.AGGREGATIONS)  # fmt: skip
