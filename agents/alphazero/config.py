@@ -84,7 +84,8 @@ class RunConfig:
 
 
 def cpu_preset() -> RunConfig:
-    """A 2-core laptop: 2-digit addition, 2 + 1 candidates of <= 16 tokens, 4 simulations, minutes per run."""
+    """A 2-core laptop: 2-digit addition (the bare question, the last number as the answer), 2 + 1 candidates
+    of <= 16 tokens, 4 simulations, 6 iterations: ~9 minutes that visibly learn."""
     return RunConfig()
 
 
@@ -93,7 +94,8 @@ def gpu_preset() -> RunConfig:
     cpu = cpu_preset()
     return replace(
         cpu,
-        env=replace(cpu.env, task="gsm8k", num_right=5, num_wrong=5, chunk_tokens=48, max_steps=12, max_tokens=256),
+        env=replace(cpu.env, task="gsm8k", num_right=5, num_wrong=5, chunk_tokens=48, max_steps=12, max_tokens=256,
+                    answer="strict", prompt="task"),  # fmt: skip
         search=replace(cpu.search, num_simulations=32, leaves_per_round=4),
         student=replace(cpu.student, device="cuda"),
         learner=replace(cpu.learner, micro_batch_size=16),
