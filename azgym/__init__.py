@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _ENVIRONMENTS = [
     dict(id="AZLLM-GSM8K-v0", entry_point="azgym.env:ReasoningEnv", kwargs={"task": "gsm8k"}),
     dict(id="AZLLM-Arithmetic-v0", entry_point="azgym.env:ReasoningEnv", kwargs={"task": "arithmetic"}),
+    dict(id="AZLLM-Countdown-v0", entry_point="azgym.env:ReasoningEnv", kwargs={"task": "countdown"}),
 ]
 
 for _spec in _ENVIRONMENTS:

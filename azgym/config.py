@@ -94,8 +94,9 @@ def _reward_presets() -> tuple[str, ...]:
 class EnvConfig:
     """The environment: which problems, how candidates are proposed, how episodes end and pay."""
 
-    task: str = option("gsm8k", "the problems and their grader: gsm8k or arithmetic", choices=_task_names())
-    data: str = option("", "task data: a GSM8K file, folder or Hub id; an arithmetic level (add2); '' = the task's own")
+    task: str = option("gsm8k", "the problems and their grader: gsm8k, arithmetic or countdown", choices=_task_names())
+    data: str = option("", "task data: a GSM8K file, folder or Hub id; an arithmetic level (add2); a countdown "
+                       "level (3, 4); '' = the task's own")  # fmt: skip
     teachers: str = option("", "proposing teachers: '' (the scoring model alone), a tier (local) or model names")
     terminal: str = option("rule", "what ends an episode: rule (answer marker, end of sequence) or model "
                            "(also the model's 'is it complete?')", choices=("rule", "model"))  # fmt: skip

@@ -60,16 +60,17 @@ class ReasoningEnv(gym.Env):
     ``options={"problem_id": "..."}``), an empty response.
 
     ## Episode End
-    Terminated when a step states a final answer (``#### <number>`` or ``\\boxed{}``) or the teacher
-    ends its response (end of sequence), or, with ``terminal="model"``, when the scoring model judges
-    the response complete; ``info["grade"]`` then holds the grade. Truncated after
-    ``max_steps`` steps or ``max_tokens`` response tokens (graded too: HRE is -1 unless the answer,
-    read as ``answer`` says, is right).
+    Terminated when a step states a final answer (``#### <number>`` or ``\\boxed{}``; Countdown:
+    ``</answer>``) or the teacher ends its response (end of sequence), or, with ``terminal="model"``,
+    when the scoring model judges the response complete; ``info["grade"]`` then holds the grade.
+    Truncated after ``max_steps`` steps or ``max_tokens`` response tokens (graded too: HRE is -1
+    unless the answer, read as ``answer`` says, is right).
 
     ## Arguments
     - ``data``: for GSM8K a ``.jsonl``/``.parquet`` path, a folder holding ``<split>.jsonl`` or a Hub
       id (default ``openai/gsm8k``); for arithmetic a level spec (default ``"add2"``, see
-      :mod:`azgym.tasks.arithmetic`); or a list of :class:`~azgym.tasks.Problem`.
+      :mod:`azgym.tasks.arithmetic`); for countdown a level spec (default ``"3"``, see
+      :mod:`azgym.tasks.countdown`); or a list of :class:`~azgym.tasks.Problem`.
     - ``split``: ``"train"`` or ``"test"``.
     - ``model``: a :class:`~azgym.lm.LanguageModel`, or a model name (default
       ``smollm2-135m-instruct``), path or Hub id that the registry loads (one shared copy per
@@ -92,8 +93,8 @@ class ReasoningEnv(gym.Env):
     - ``render_mode``: ``None`` or ``"ansi"``.
 
     ## Version History
-    - v0: initial release (``AZLLM-GSM8K-v0``, ``AZLLM-Arithmetic-v0``); before the first tagged
-      release HRE moved to the value scale (a wrong or truncated end pays -1, was 0).
+    - v0: initial release (``AZLLM-GSM8K-v0``, ``AZLLM-Arithmetic-v0``, ``AZLLM-Countdown-v0``); before the
+      first tagged release HRE moved to the value scale (a wrong or truncated end pays -1, was 0).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}

@@ -21,6 +21,11 @@ TASK_SYSTEM_PROMPTS: dict[str, str] = {
         "End with a final line of the form '#### <number>'."
     ),
     "arithmetic": "Compute the answer with a short calculation, then write a final line of the form '#### <number>'.",
+    "countdown": (
+        "Combine the given numbers with + - * / and parentheses, using each number exactly once, to reach "
+        "the target. Reason briefly step by step, then give the equation alone on a final line as "
+        "<answer>expression</answer>, for example <answer>(25 - 7) * 3</answer>."
+    ),
 }
 
 # the teachers' instructions (chat models): continue correctly, or with one plausible mistake

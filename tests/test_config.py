@@ -85,7 +85,7 @@ def test_config_json_holds_resolved_values_without_placeholders():
 def test_sections_validate_on_construction():
     with pytest.raises(ConfigError, match="max_steps: must be >= 1"):
         EnvConfig(max_steps=0)
-    with pytest.raises(ConfigError, match="task: must be one of arithmetic, gsm8k"):
+    with pytest.raises(ConfigError, match="task: must be one of arithmetic, countdown, gsm8k"):
         EnvConfig(task="chess")
     assert ReasoningEnv.__init__.__kwdefaults__["num_right"] == ENV_DEFAULTS.num_right
 

@@ -1,9 +1,9 @@
 """Problem sources and graders (pure functions, no model code), and the task registry."""
 
-from azgym.tasks import arithmetic, gsm8k
+from azgym.tasks import arithmetic, countdown, gsm8k
 from azgym.tasks.base import DataError, Problem, Task
 
-TASKS: dict[str, Task] = {"gsm8k": gsm8k, "arithmetic": arithmetic}
+TASKS: dict[str, Task] = {"gsm8k": gsm8k, "arithmetic": arithmetic, "countdown": countdown}
 
 
 def get_task(name: str) -> Task:
@@ -19,4 +19,4 @@ def load_problems(task: str, data: str = "", split: str = "train") -> list[Probl
     return source.load_problems(data or source.DEFAULT_DATA, split)
 
 
-__all__ = ["TASKS", "DataError", "Problem", "Task", "arithmetic", "get_task", "gsm8k", "load_problems"]
+__all__ = ["TASKS", "DataError", "Problem", "Task", "arithmetic", "countdown", "get_task", "gsm8k", "load_problems"]
