@@ -102,7 +102,7 @@ class Trainer:
 
     def __call__(self, name: str, seed: int, run_dir: Path) -> dict:
         args = self.args
-        log = run_dir / "train.log"
+        log = run_dir.with_suffix(".log")  # beside the run: selfplay.py wants an empty run directory
         start = time.perf_counter()
         if name.startswith("trl"):
             lr = ANCHOR_LR if name == "trl" else azgym_learning_rate()
