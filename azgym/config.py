@@ -84,6 +84,13 @@ def _task_names() -> tuple[str, ...]:
     return tuple(sorted(TASKS))
 
 
+def _partial_credit(task: str) -> bool:
+    from azgym.tasks import get_task
+    from azgym.tasks.base import has_partial_credit
+
+    return has_partial_credit(get_task(task))
+
+
 def _reward_presets() -> tuple[str, ...]:
     from azgym.rewards import REWARD_PRESETS
 
@@ -107,7 +114,8 @@ class EnvConfig:
                             aliases=("--max-depth",))  # fmt: skip
     max_tokens: int = option(256, "response tokens per episode before it is truncated")
     max_question_tokens: int = option(512, "size of the question observation in tokens")
-    rewards: str = option("seed", "reward preset: seed (HRE + PRE + shaping) or outcome (+1 correct, -1 otherwise)",
+    rewards: str = option("seed", "reward preset: seed (HRE + PRE + shaping), outcome (+1 correct, -1 otherwise) "
+                          "or partial (the task's partial credit c in [0, 1] as -1 + 2c; countdown only)",
                           choices=_reward_presets())  # fmt: skip
     answer: str = option("strict", "what counts as the answer: strict (the '#### ' marker) or flexible "
                          "(the last number; truncated episodes graded too)",
@@ -125,6 +133,9 @@ class EnvConfig:
             "max_tokens": (self.max_tokens >= 1, ">= 1"),
             "max_question_tokens": (self.max_question_tokens >= 1, ">= 1"),
             "prompt": (bool(self.prompt.strip()), "'task', 'bare' or a non-empty message"),
+            "rewards": (self.rewards != "partial" or self.task not in _task_names() or _partial_credit(self.task),
+                        f"a preset task {self.task} supports (partial needs a task with partial credit: "
+                        f"{', '.join(n for n in _task_names() if _partial_credit(n))})"),
         }))  # fmt: skip
 
 

@@ -14,13 +14,13 @@ from gymnasium import spaces
 from gymnasium.error import InvalidAction, ResetNeeded
 
 from azgym import rewards as rw
-from azgym.config import ENV_DEFAULTS, EnvConfig, env_override
+from azgym.config import ENV_DEFAULTS, ConfigError, EnvConfig, env_override
 from azgym.lm.base import LanguageModel
 from azgym.lm.registry import DEFAULT_MODEL, shared_backend
 from azgym.prompts import system_prompt
 from azgym.state import EnvState, Transition
 from azgym.tasks import get_task
-from azgym.tasks.base import Problem
+from azgym.tasks.base import Problem, has_partial_credit
 from azgym.teachers import Candidate, ProposalRequest, TeacherEnsemble, TeacherProposer, load_teachers
 from azgym.terminal import RuleTerminalChecker, make_terminal_checker
 
@@ -52,7 +52,8 @@ class ReasoningEnv(gym.Env):
     ## Rewards
     See :mod:`azgym.rewards`. HRE is the outcome on the value scale: +1 for a correct final answer,
     -1 for any other end (wrong, unmarked, truncated), 0 before the end. The seed preset (default):
-    0.4·HRE + 0.6·γ^t·PRE − 0.01 ± direction bonus per step; the outcome preset: HRE alone.
+    0.4·HRE + 0.6·γ^t·PRE − 0.01 ± direction bonus per step; the outcome preset: HRE alone; the
+    partial preset (tasks with partial credit, Countdown): HRE = −1 + 2·credit at the end.
     ``info["reward_terms"]`` holds every term of the last step.
 
     ## Starting State
@@ -136,6 +137,9 @@ class ReasoningEnv(gym.Env):
         self.max_tokens = settings.max_tokens
         self.max_question_tokens = max_question_tokens
         self.reward_config = rw.resolve_rewards(rewards, answer)
+        if self.reward_config.credit == "partial" and not has_partial_credit(self.task):
+            raise ConfigError([("rewards", f"partial credit needs a task that defines it (countdown); task {task!r} "
+                                "has none: use the outcome or seed preset")], "ReasoningEnv")  # fmt: skip
         self.problems = list(data) if _is_problem_list(data) else self.task.load_problems(data, split)
         if not self.problems:
             raise ValueError(f"no problems in {data!r} (split {split!r}); the environment needs at least one")
@@ -265,19 +269,15 @@ class ReasoningEnv(gym.Env):
         problem = self.problems[state.problem_index]
         terminated = self.terminal.is_terminal(problem.question, response_ids, chosen)
         truncated = not terminated and (state.depth + 1 >= self.max_steps or len(response_ids) >= self.max_tokens)
-        grade = None
+        grade, credit = None, None
         if terminated or truncated:
-            grade = self.task.grade(self.lm.decode(response_ids), problem.gold)
-        terms = rw.step_reward(
-            self.reward_config,
-            depth=state.depth,
-            pre=chosen.logprob,
-            label=chosen.label,
-            ended=grade is not None,
-            correct=bool(
-                grade and (grade.correct if self.reward_config.answer == "strict" else grade.flexible_correct)
-            ),
-        )
+            response = self.lm.decode(response_ids)
+            grade = self.task.grade(response, problem.gold)
+        correct = self.solved(grade)
+        if grade is not None and self.reward_config.credit == "partial":  # an exact solution is worth WIN
+            credit = 1.0 if correct else float(self.task.partial_credit(response, problem.gold))
+        terms = rw.step_reward(self.reward_config, depth=state.depth, pre=chosen.logprob, label=chosen.label,
+                               ended=grade is not None, correct=correct, credit=credit)  # fmt: skip
         child = replace(
             state,
             response_ids=response_ids,
@@ -316,6 +316,10 @@ class ReasoningEnv(gym.Env):
         problem = state if isinstance(state, Problem) else self.problem(state)
         return self.proposer.solve_prompt(problem.question)
 
+    def solved(self, grade) -> bool:
+        """Whether a grade is a solution under the env's answer rule (exact, whatever the reward preset pays)."""
+        return bool(grade and (grade.correct if self.reward_config.answer == "strict" else grade.flexible_correct))
+
     def step_budget(self, state: EnvState) -> int:
         """Most tokens the next step of ``state`` may have (the step cap, within the response budget)."""
         return max(1, min(self.proposer.chunk_tokens, self.max_tokens - len(state.response_ids)))
@@ -332,6 +336,10 @@ class ReasoningEnv(gym.Env):
     def clear_cache(self) -> None:
         """Forget every cached proposal (call it after the proposing model's weights change)."""
         self.proposer.clear_cache()
+
+    def set_sampling_temperature(self, temperature: float | None) -> None:
+        """Generate every candidate at ``temperature`` (None: the proposer's own right / wrong temperatures)."""
+        self.proposer.set_temperature(temperature)
 
     @property
     def teacher_weights(self) -> dict[str, float]:

@@ -28,6 +28,12 @@ outcome along the path, and a search backs up their sum (so the seed preset's re
 
 Outcome preset: HRE alone (w_hre = 1, everything else 0): the return is exactly the outcome, +1 or
 -1, what AlphaZero-style value learning wants.
+
+Partial preset: the outcome preset with ``credit="partial"``: HRE at the end is the task's partial
+credit ``c`` in [0, 1] (``task.partial_credit(response, gold)``, Countdown's score) mapped onto the
+value scale, ``LOSS + (WIN - LOSS) * c`` (an exact solution +1, nothing right -1, credit 0.3 gives
+-0.4), instead of +1 / -1. Only tasks that define ``partial_credit`` take it (arithmetic and GSM8K do
+not). An episode still counts as *solved* only for an exact solution (the grade's ``correct``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from dataclasses import dataclass, fields, replace
 
 WIN = 1.0  # outcome of an episode that ends with the correct answer
 LOSS = -1.0  # outcome of an episode that ends any other way
+CREDITS = ("binary", "partial")  # how an ended episode's outcome is read (RewardConfig.credit)
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,16 @@ class RewardConfig:
     right_bonus: float = 0.1  # added for a step proposed as "right"
     wrong_penalty: float = 0.05  # subtracted for a step proposed as "wrong"
     answer: str = "strict"  # "strict": the '#### ' marker; "flexible": the last number of the response
+    credit: str = "binary"  # HRE at the end: "binary" (WIN or LOSS) or "partial" (the task's partial credit)
 
     def __post_init__(self):
         if self.answer not in ("strict", "flexible"):
             raise ValueError(f"RewardConfig.answer must be 'strict' or 'flexible', got {self.answer!r}")
+        if self.credit not in CREDITS:
+            raise ValueError(f"RewardConfig.credit must be 'binary' or 'partial', got {self.credit!r}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "answer":
+            if f.name in ("answer", "credit"):
                 continue
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"RewardConfig.{f.name} must be a finite number, got {value!r}")
@@ -74,7 +84,12 @@ def outcome_preset() -> RewardConfig:
     return RewardConfig(hre_weight=1.0, pre_weight=0.0, length_penalty=0.0, right_bonus=0.0, wrong_penalty=0.0)
 
 
-REWARD_PRESETS = {"seed": seed_preset, "outcome": outcome_preset}
+def partial_preset() -> RewardConfig:
+    """The outcome preset paying the task's partial credit: ``LOSS + (WIN - LOSS) * credit`` at the end."""
+    return replace(outcome_preset(), credit="partial")
+
+
+REWARD_PRESETS = {"seed": seed_preset, "outcome": outcome_preset, "partial": partial_preset}
 
 
 def resolve_rewards(rewards: str | RewardConfig, answer: str | None = None) -> RewardConfig:
@@ -99,13 +114,29 @@ def outcome(correct: bool) -> float:
     return WIN if correct else LOSS
 
 
-def hard_reward(ended: bool, correct: bool) -> float:
-    """HRE: the outcome for a step that ends the episode, 0.0 for one that does not.
+def partial_outcome(credit: float) -> float:
+    """A partial credit in [0, 1] on the value scale: ``LOSS + (WIN - LOSS) * credit``.
+
+    >>> partial_outcome(1.0), partial_outcome(0.0), round(partial_outcome(0.3), 6)
+    (1.0, -1.0, -0.4)
+    """
+    if not 0.0 <= credit <= 1.0:
+        raise ValueError(f"a partial credit must lie in [0, 1], got {credit!r}")
+    return LOSS + (WIN - LOSS) * credit
+
+
+def hard_reward(ended: bool, correct: bool, credit: float | None = None) -> float:
+    """HRE: the outcome for a step that ends the episode, 0.0 for one that does not. With a partial
+    ``credit`` the outcome is :func:`partial_outcome` of it rather than WIN or LOSS.
 
     >>> hard_reward(True, True), hard_reward(True, False), hard_reward(False, True)
     (1.0, -1.0, 0.0)
+    >>> hard_reward(True, False, credit=0.75)
+    0.5
     """
-    return outcome(correct) if ended else 0.0
+    if not ended:
+        return 0.0
+    return outcome(correct) if credit is None else partial_outcome(credit)
 
 
 def process_reward(token_logprobs) -> float:
@@ -142,12 +173,15 @@ def direction_bonus(label: str, config: RewardConfig) -> float:
 
 
 def step_reward(
-    config: RewardConfig, *, depth: int, pre: float, label: str, ended: bool, correct: bool
-) -> dict[str, float]:
+    config: RewardConfig, *, depth: int, pre: float, label: str, ended: bool, correct: bool,
+    credit: float | None = None,
+) -> dict[str, float]:  # fmt: skip
     """Every term of one step's reward, and their weighted sum under ``"total"``.
 
     ``depth`` is the 0-based index of this step in the episode; ``ended``: the step terminates or
-    truncates the episode; ``correct``: its final answer is right (under ``config.answer``).
+    truncates the episode; ``correct``: its final answer is right (under ``config.answer``);
+    ``credit``: the response's partial credit in [0, 1], the outcome when ``config.credit`` is
+    ``"partial"`` (required then, for a step that ends the episode).
 
     >>> terms = step_reward(seed_preset(), depth=0, pre=-1.0, label="right", ended=True, correct=True)
     >>> round(terms["total"], 6)  # 0.4*1 + 0.6*(-1) - 0.01 + 0.1
@@ -155,7 +189,9 @@ def step_reward(
     >>> step_reward(outcome_preset(), depth=3, pre=-2.0, label="wrong", ended=True, correct=False)["total"]
     -1.0
     """
-    hre = hard_reward(ended, correct)
+    if config.credit == "partial" and ended and credit is None:
+        raise ValueError("RewardConfig.credit is 'partial': an ending step needs its partial credit")
+    hre = hard_reward(ended, correct, credit if config.credit == "partial" else None)
     discounted_pre = config.pre_discount**depth * pre
     terms = {
         "hre": hre,

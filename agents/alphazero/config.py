@@ -5,8 +5,10 @@
 ``learner`` (:class:`~agents.training.learner.LearnerConfig`) + ``loop`` (:class:`LoopConfig`).
 Each field's default and meaning live in exactly one place, its section; ``scripts/selfplay.py``
 generates its flags from them (:mod:`azgym.cli`). Presets are plain functions returning a whole
-config: ``cpu`` (the default: a 2-core laptop, 2-digit addition, minutes) and ``gpu`` (GSM8K, the
-seed system's 5 + 5 candidates, bigger batches). ``config.json`` of a run holds the resolved values.
+config: ``cpu`` (the default: a 2-core laptop, 2-digit addition, minutes), ``gpu`` (GSM8K, the
+seed system's 5 + 5 candidates, bigger batches) and ``countdown`` (A*PO on Countdown with partial
+credit and a sampling-temperature schedule, a 2-core laptop). ``config.json`` of a run holds the
+resolved values.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class LoopConfig:
     budget_min: float = option(0.0, "stop, with a checkpoint, after the iteration that passes this many minutes "
                                "(0: no limit)")  # fmt: skip
     progress: bool = option(True, "show tqdm progress bars (--no-progress for logs only)")
+    temperature_start: float | None = option(None, "self-play sampling temperature of the candidates at the first "
+                                             "iteration, annealed linearly to --temperature-end at the last "
+                                             "(none: off, the proposer's own temperatures)")  # fmt: skip
+    temperature_end: float | None = option(None, "self-play sampling temperature at the last iteration (none: "
+                                           "off; set both or neither)")  # fmt: skip
 
     def __post_init__(self):
         at_least_one = ("iterations", "num_examples", "group_size", "train_steps", "groups_per_step", "eval_size",
@@ -60,7 +67,27 @@ class LoopConfig:
             "epsilon": (0 <= self.epsilon <= 1, "in [0, 1]"),
             "budget_min": (self.budget_min >= 0, ">= 0"),
             "run_name": (bool(self.run_name.strip()) and "/" not in self.run_name, "a non-empty name without '/'"),
+            **{name: ((self.temperature_start is None) == (self.temperature_end is None) and (
+                getattr(self, name) is None or getattr(self, name) > 0), "> 0, with temperature_start and "
+                "temperature_end both set or both none") for name in ("temperature_start", "temperature_end")},
         }))  # fmt: skip
+
+
+def sampling_temperature(loop: LoopConfig, iteration: int) -> float | None:
+    """The self-play sampling temperature of ``iteration`` (0-based): linear from ``temperature_start``
+    at the first iteration to ``temperature_end`` at the last (``loop.iterations - 1``); None when the
+    schedule is off. A pure function of the iteration index, so a resumed run samples alike; it spans
+    ``loop.iterations``, so a resume that changes ``--iterations`` re-spans it.
+
+    It is the candidates' generation temperature (both teacher prompts; see
+    :meth:`azgym.env.ReasoningEnv.set_sampling_temperature`): with one candidate per state and no
+    search it is the temperature of the policy's own rollout (A*PO). The move among candidates is
+    still drawn from the agent's policy as it is (MCTS: ``--search-temperature``).
+    """
+    if loop.temperature_start is None or loop.temperature_end is None:
+        return None
+    fraction = iteration / (loop.iterations - 1) if loop.iterations > 1 else 0.0
+    return loop.temperature_start + (loop.temperature_end - loop.temperature_start) * min(max(fraction, 0.0), 1.0)
 
 
 @dataclass(frozen=True)
@@ -80,6 +107,9 @@ class RunConfig:
         if self.learner.loss == "grpo" and self.loop.group_size < 2:
             problems.append(("loop.group_size", "must be >= 2 for GRPO (advantages are relative within a group); "
                              "raise it or use --loss legacy"))  # fmt: skip
+        if self.learner.loss == "apo" and self.learner.apo_normalize and self.loop.group_size < 2:
+            problems.append(("loop.group_size", "must be >= 2 for apo_normalize (advantages are relative within "
+                             "a group); raise it or use --no-apo-normalize"))  # fmt: skip
         raise_problems(self, problems)
 
 
@@ -92,10 +122,11 @@ def cpu_preset() -> RunConfig:
 def gpu_preset() -> RunConfig:
     """One GPU: GSM8K, the seed system's 5 + 5 candidates, 32 simulations, 16 problems x 8 episodes."""
     cpu = cpu_preset()
+    env = replace(cpu.env, task="gsm8k", num_right=5, num_wrong=5, chunk_tokens=48, max_steps=12, max_tokens=256,
+                  answer="strict", prompt="task")  # fmt: skip
     return replace(
         cpu,
-        env=replace(cpu.env, task="gsm8k", num_right=5, num_wrong=5, chunk_tokens=48, max_steps=12, max_tokens=256,
-                    answer="strict", prompt="task"),  # fmt: skip
+        env=env,
         search=replace(cpu.search, num_simulations=32, leaves_per_round=4),
         student=replace(cpu.student, device="cuda"),
         learner=replace(cpu.learner, micro_batch_size=16),
@@ -113,7 +144,26 @@ def gpu_preset() -> RunConfig:
     )
 
 
-PRESETS = {"cpu": cpu_preset, "gpu": gpu_preset}
+def countdown_preset() -> RunConfig:
+    """A*PO on Countdown (3 numbers) on a 2-core CPU: the seed's online rollout, about a minute an iteration.
+
+    Each of 4 problems gets 4 samples (the group); a sample is the student's own response, one
+    candidate per step and no search (``--simulations 1``: A*PO is an on-policy method, and an
+    untrained value head would only slow the rollout down), generated at a temperature annealed
+    1.0 -> 0.3 over the 6 iterations. The terminal reward is the partial credit (``-1 + 2c``, the
+    ``partial`` preset); the loss is A*PO's ``-A log pi + beta KL`` to the initial policy (the frozen
+    base under LoRA) with A the group-normalised advantage; no value loss (no search reads the value).
+    """
+    cpu = cpu_preset()
+    env = replace(cpu.env, task="countdown", data="3", num_right=1, num_wrong=0, chunk_tokens=32, max_steps=4,
+                  max_tokens=96, rewards="partial", answer="strict", prompt="task")  # fmt: skip
+    loop = replace(cpu.loop, num_examples=4, group_size=4, groups_per_step=4, eval_max_tokens=96,
+                   temperature_start=1.0, temperature_end=0.3)  # fmt: skip
+    learner = replace(cpu.learner, loss="apo", apo_normalize=True, normalize_std=True, value_coef=0.0)
+    return replace(cpu, env=env, search=replace(cpu.search, num_simulations=1), learner=learner, loop=loop)
+
+
+PRESETS = {"cpu": cpu_preset, "gpu": gpu_preset, "countdown": countdown_preset}
 
 # the seed system's flags, kept as aliases that do what they say
 ALIASES = (

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.alphazero.config import RunConfig
+from agents.alphazero.config import RunConfig, sampling_temperature
 from agents.alphazero.evaluate import evaluate
 from agents.alphazero.selfplay import self_play, train
 from agents.mcts import MCTSAgent
@@ -139,6 +139,10 @@ class Run:
                         iteration, len(episodes))  # fmt: skip
         else:
             self.env.clear_cache()  # the student changed: its old proposals are stale
+            temperature = sampling_temperature(loop, iteration)
+            if temperature is not None:  # the schedule's candidates' temperature (derived, so resume-safe)
+                self.env.set_sampling_temperature(temperature)
+                writer.add_scalar("charts/temperature", temperature, iteration)
             problems = self.rng.choice(len(self.env.problems), size=loop.num_examples, replace=False).tolist()
             episodes, stats = self_play(self.env, self.agent, problems, loop.group_size, self.rng,
                                         iteration=iteration, weights_version=self.learner.step_count,

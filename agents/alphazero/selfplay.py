@@ -96,8 +96,9 @@ def self_play(
             states[i] = step.state
             if step.grade is not None:
                 env.observe(step.state)
+                # solved: an exact solution, even when HRE pays partial credit
                 grades[i] = {"correct": step.grade.correct, "format_ok": step.grade.format_ok,
-                             "solved": step.terms["hre"] > 0}  # fmt: skip
+                             "solved": env.solved(step.grade)}  # fmt: skip
         stats.moves += 1
         done = [i for i in live if states[i].terminated or states[i].truncated]
         bar.update(len(done))

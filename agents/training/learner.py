@@ -54,7 +54,8 @@ def _legacy(fwd, mask, old, ref, advantages, rewards, config, scale):
 
 
 def _apo(fwd, mask, old, ref, advantages, rewards, config, scale):
-    return losses.apo_loss(fwd.logprobs, ref, rewards, mask, beta=config.apo_beta, aggregation=config.aggregation,
+    weights = advantages if config.apo_normalize else rewards  # A*PO's advantage normalisation, when asked
+    return losses.apo_loss(fwd.logprobs, ref, weights, mask, beta=config.apo_beta, aggregation=config.aggregation,
                            **scale)  # fmt: skip
 
 
@@ -78,7 +79,8 @@ class LearnerConfig:
                                          "0.28); none: clip_eps, symmetric")  # fmt: skip
     kl_coef: float = option(0.01, "GRPO KL penalty weight (0 skips the reference pass)")
     adv_clip: float = option(3.0, "advantages are clipped to [-adv_clip, adv_clip]")
-    normalize_std: bool = option(False, "divide group advantages by the group's std (GRPO; off: Dr. GRPO)")
+    normalize_std: bool = option(False, "divide group advantages by the group's std (GRPO, apo_normalize; off: Dr. "
+                                 "GRPO)")  # fmt: skip
     aggregation: str = option("token", "loss average over a step: token (DAPO: every token weighs the same), "
                               "sequence (GRPO: each sequence's mean, then the batch) or constant (Dr. GRPO: token "
                               "sum / (sequences x max_completion_tokens))", choices=losses.AGGREGATIONS)  # fmt: skip
@@ -87,6 +89,8 @@ class LearnerConfig:
     drop_truncated: bool = option(False, "leave truncated responses out of the policy loss (they still count in "
                                   "their group's advantages and train the value head)")  # fmt: skip
     apo_beta: float = option(0.1, "A*PO KL weight beta")
+    apo_normalize: bool = option(False, "A*PO weighs log pi by the group advantage (reward - group mean, / std "
+                                 "with --normalize-std, clipped to adv_clip) instead of the raw reward")  # fmt: skip
     value_coef: float = option(0.5, "weight of the value-head loss")
     distill_coef: float = option(0.0, "weight of the MCTS visit-distillation loss (0: off)")
     update_ref_every: int = option(50, "learner steps between KL-reference refreshes (full fine-tuning only)")

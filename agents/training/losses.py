@@ -141,7 +141,15 @@ def apo_loss(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, *,
     beta: float = 0.1, aggregation: str = "sequence", **scale,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
-    """A*PO-style: ``-r * log pi + beta * KL(pi || ref)`` per token (k3 estimator), aggregated by :func:`aggregate`."""
+    """A*PO-style: ``-r * log pi + beta * KL(pi || ref)`` per token (k3 estimator), aggregated by :func:`aggregate`.
+
+    ``rewards`` [B] weigh each sequence: the raw rewards, or (A*PO's advantage normalisation) the
+    group advantages of :func:`group_advantages`, which the learner passes with ``apo_normalize``.
+
+    >>> logp = torch.tensor([[-1.0, -3.0], [-2.0, -2.0]])
+    >>> float(apo_loss(logp, logp, torch.tensor([1.0, -1.0]), torch.ones(2, 2))[0])  # (2 + -2) / 2; KL 0
+    0.0
+    """
     kl = kl_k3(logprobs, ref_logprobs)
     loss = aggregate(-rewards[:, None] * logprobs + beta * kl, mask, aggregation, **scale)
     return loss, {"kl": masked_mean(kl.detach(), mask, "token")}

@@ -27,6 +27,10 @@ class Task(Protocol):
     ``NAME`` keys the task in :data:`azgym.tasks.TASKS` and its solve prompt in
     :data:`azgym.prompts.TASK_SYSTEM_PROMPTS`; ``DEFAULT_DATA`` is what ``load_problems`` reads when
     no data is given.
+
+    Optional: ``partial_credit(response, gold) -> float`` in [0, 1] (1.0 exactly when ``grade`` says
+    correct), the credit a response earns short of a solution. The ``partial`` reward preset
+    (:mod:`azgym.rewards`) pays it and needs a task that defines it (see :func:`has_partial_credit`).
     """
 
     NAME: str
@@ -39,3 +43,8 @@ class Task(Protocol):
     def extract_answer(self, text: str, *, strict: bool = True) -> str | None: ...
 
     def has_answer_marker(self, text: str) -> bool: ...
+
+
+def has_partial_credit(task: Task) -> bool:
+    """Whether ``task`` defines the optional ``partial_credit(response, gold)``."""
+    return callable(getattr(task, "partial_credit", None))

@@ -55,8 +55,8 @@ from azgym.tasks.gsm8k import Grade
 
 __all__ = [
     "LEVELS", "CountdownScore", "Difficulty", "Grade", "SelfPlayGenerator", "extract_answer", "format_gold",
-    "grade", "has_answer_marker", "load_problems", "make_problems", "parse_gold", "parse_proposal", "question",
-    "random_problem", "score", "solve", "strict_reward",
+    "grade", "has_answer_marker", "load_problems", "make_problems", "parse_gold", "parse_proposal",
+    "partial_credit", "question", "random_problem", "score", "solve", "strict_reward",
 ]  # fmt: skip
 
 NAME = "countdown"
@@ -157,6 +157,17 @@ def grade(response: str, gold: str) -> Grade:
     result = score(response, numbers, target)
     return Grade(correct=result.correct, format_ok=result.expression is not None, parsed=result.expression,
                  flexible_correct=result.correct, flexible_parsed=result.expression)  # fmt: skip
+
+
+def partial_credit(response: str, gold: str) -> float:
+    """The :func:`score` reward of ``response`` on a gold puzzle, in [0, 1] (1.0 for an exact solution):
+    what the ``partial`` reward preset pays.
+
+    >>> partial_credit("<answer>(7 - 3) * 25</answer>", "3,7,25 -> 100"), partial_credit("no", "3,7,25 -> 100")
+    (1.0, 0.0)
+    """
+    numbers, target = parse_gold(gold)
+    return score(response, numbers, target).reward
 
 
 def load_problems(source: str | Path = DEFAULT_DATA, split: str = "train") -> list[Problem]:

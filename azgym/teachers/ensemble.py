@@ -133,6 +133,7 @@ class TeacherEnsemble:
         self.chunk_tokens = chunk_tokens
         self.stop = tuple(stop)
         self.temperatures = {RIGHT: right_temperature, WRONG: wrong_temperature}
+        self._constructed_temperatures = dict(self.temperatures)
         self.prior_temperature = prior_temperature
         self.refill_rounds = refill_rounds
         self.cache_size = cache_size
@@ -199,6 +200,18 @@ class TeacherEnsemble:
     def clear_cache(self) -> None:
         """Forget every cached proposal (call it when a teacher's weights change)."""
         self._cache.clear()
+
+    def set_temperature(self, temperature: float | None) -> None:
+        """Sample every candidate, of both prompts, at ``temperature`` (None: back to the constructed
+        right / wrong temperatures). Cached proposals are dropped when the temperatures change."""
+        if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"a sampling temperature must be a finite number > 0, got {temperature!r}")
+        wanted = dict(self._constructed_temperatures)
+        if temperature is not None:
+            wanted = dict.fromkeys(wanted, temperature)
+        if wanted != self.temperatures:
+            self.temperatures = wanted
+            self.clear_cache()
 
     def _remember(self, key: tuple, candidates: list[Candidate]) -> None:
         self._cache[key] = candidates
