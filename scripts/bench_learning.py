@@ -22,7 +22,9 @@ cut off) is started afresh: a time budget cannot be resumed. Every invocation en
 over all results on disk: per learner the mean +- std over seeds of the final and best accuracy, a
 collapse flag (final < half of best), learner steps and generated tokens; the baseline is the better
 TRL learner by mean final accuracy; the gain ratio ``(azgym - base) / (baseline - base)`` on means is
-printed last. ``--publish`` also writes ``docs/bench_learning.json`` and ``docs/bench_learning_curves.png``.
+printed last. ``--publish`` also writes ``docs/bench_learning.json``, ``docs/bench_learning_curves.png``
+and every result file under ``docs/bench_learning_runs/``: on a fresh machine, ``cp -r
+docs/bench_learning_runs runs/bench-learning`` and the benchmark resumes from them.
 """
 
 from __future__ import annotations
@@ -378,9 +380,13 @@ def main(argv=None) -> None:
     (out / "bench_learning.json").write_text(json.dumps(summary, indent=1))
     if summary["learners"]:
         plot(summary, out / "bench_learning_curves.png")
-    if args.publish:
+    if args.publish:  # the summary, its plot, and every result file (copy them back into --out-dir to resume)
         (REPO / "docs" / "bench_learning.json").write_text(json.dumps(summary, indent=1))
         shutil.copy(out / "bench_learning_curves.png", REPO / "docs" / "bench_learning_curves.png")
+        runs = REPO / "docs" / "bench_learning_runs"
+        for path in [out / "settings.json", out / "base.json", *out.glob("*/seed-*.json")]:
+            (runs / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, runs / path.relative_to(out))
     print_report(summary)
 
 
