@@ -35,6 +35,15 @@ def tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer):
+    """A tiny seeded Llama saved as a model directory (for scripts run with ``--model DIR``)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama(len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_lm(tokenizer):
     from azgym.lm import HFBackend
 

@@ -193,14 +193,6 @@ def test_countdown_preset_rejects_a_task_without_partial_credit(capsys):
     assert "--rewards: must be a preset task arithmetic supports" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama(len(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_one_countdown_iteration_writes_its_replay_and_the_temperature(tiny_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

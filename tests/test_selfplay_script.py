@@ -10,22 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from helpers import tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--iterations", "1", "--num-examples", "2", "--group-size", "2", "--simulations", "2", "--train-steps", "1",
         "--eval-size", "2", "--eval-max-tokens", "8", "--chunk-tokens", "4", "--max-depth", "2", "--max-tokens", "8",
         "--no-progress"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama(len(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def selfplay(args, runs, **kwargs):
