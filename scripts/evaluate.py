@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from agents.alphazero.config import PRESETS as RUN_PRESETS
-from agents.alphazero.evaluate import MODES, evaluate
+from agents.alphazero.evaluate import METRICS, MODES, evaluate
 from agents.mcts import MCTSAgent, SearchConfig
 from agents.student import LMValueFunction, Student, StudentConfig
 from agents.training.checkpoint import CHECKPOINT_CHOICES, CheckpointError, load_student, resolve_checkpoint
@@ -31,10 +31,6 @@ from azgym.cli import parse_config
 from azgym.config import EnvConfig, check_fields, option, raise_problems
 from azgym.env import ReasoningEnv
 from azgym.tasks import get_task, load_problems
-
-METRICS = ("accuracy", "accuracy_low", "accuracy_high", "strict_accuracy", "flexible_accuracy", "format_accuracy",
-           "correct",
-           "wrong_answer", "format_failure", "tokens_per_problem")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ from azgym.tasks.base import Problem
 
 MODES = ("greedy", "majority", "best_of_n", "mcts")
 ANSWERS = ("strict", "flexible")
+# the summary's numbers, in the order they are printed and logged (see :func:`summarize`)
+METRICS = ("accuracy", "accuracy_low", "accuracy_high", "strict_accuracy", "flexible_accuracy", "format_accuracy",
+           "correct", "wrong_answer", "format_failure", "tokens_per_problem")  # fmt: skip
 
 
 def evaluate(

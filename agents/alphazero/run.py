@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from agents.alphazero.config import RunConfig, sampling_temperature
-from agents.alphazero.evaluate import evaluate
+from agents.alphazero.evaluate import METRICS, evaluate
 from agents.alphazero.selfplay import self_play, train
 from agents.mcts import MCTSAgent
 from agents.policy import Agent, PriorAgent
@@ -217,9 +217,7 @@ class Run:
         result = evaluate(self.lm, self.eval_problems, self.task, max_tokens=loop.eval_max_tokens,
                           progress=loop.progress, prompt=self.config.env.prompt,
                           answer=self.config.env.answer)  # fmt: skip
-        for key in ("accuracy", "accuracy_low", "accuracy_high", "strict_accuracy", "format_accuracy",
-                    "flexible_accuracy",
-                    "wrong_answer", "format_failure", "tokens_per_problem"):  # fmt: skip
+        for key in METRICS:
             self.writer.add_scalar(f"eval/{key}", result[key], step)
         (self.dir / f"eval-{tag}.json").write_text(json.dumps(result, indent=1))
         logger.info("eval %s: accuracy %.3f (95%% CI %.3f-%.3f), format %.3f on %d problems", tag,

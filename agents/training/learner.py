@@ -244,9 +244,13 @@ class Learner:
                 raise ValueError(f"sample {i}: {len(values)} old_logprobs for {len(s.completion_ids)} completion "
                                  "tokens")  # fmt: skip
             old[i, start : start + len(values)] = torch.tensor(values, dtype=old.dtype)
-        while len(self._old_cache) > self.reference_cache_size:
-            self._old_cache.pop(next(iter(self._old_cache)))
+        self._trim(self._old_cache)
         return old
+
+    def _trim(self, cache: dict) -> None:
+        """Forget the oldest remembered samples beyond ``reference_cache_size``."""
+        while len(cache) > self.reference_cache_size:
+            cache.pop(next(iter(cache)))
 
     def _reference(self, samples, ids, mask, like: torch.Tensor) -> torch.Tensor:
         """Reference log-probs: stored with the samples, remembered from an earlier step, or computed.
@@ -267,8 +271,7 @@ class Learner:
         for i, (k, s) in enumerate(zip(keys, samples, strict=True)):
             start = len(s.prompt_ids) - 1
             self._ref_cache[k] = tuple(ref[i, start : start + len(s.completion_ids)].tolist())
-        while len(self._ref_cache) > self.reference_cache_size:
-            self._ref_cache.pop(next(iter(self._ref_cache)))
+        self._trim(self._ref_cache)
         return ref
 
     def _distill_loss(self, distill: Sequence[DistillSample]) -> torch.Tensor:
