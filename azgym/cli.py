@@ -97,7 +97,8 @@ class ConfigParser:
                 variable = next((v for v, t in ENV_OVERRIDES.items() if t == (section, f.name)), None)
                 text = meta.get("help") or f.name.replace("_", " ")
                 default = f"default: {_shown(value)}" + (f"; env var {variable} overrides it" if variable else "")
-                kwargs: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=f"{text} ({default})")
+                help_text = f"{text} ({default})".replace("%", "%%")  # argparse formats help with %
+                kwargs: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS, help=help_text)
                 convert, metavar = _converter(_field_type(type(values), f.name))
                 if convert is None:
                     kwargs["action"] = argparse.BooleanOptionalAction

@@ -12,7 +12,9 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
 
 - ``trl``: ``../shared/anchors/trl_grpo_baseline.py`` as documented (lr 2e-4), with its ``--seed``;
 - ``trl_azgym_lr``: the same script at azgym's learning rate (its config patched, nothing else);
-- ``azgym``: ``scripts/selfplay.py`` with its defaults (the cpu preset: MCTS) and ``--seed``;
+- ``azgym``: ``scripts/selfplay.py`` with its defaults (the cpu preset: tree self-play, MCTS with
+  Monte Carlo rollouts, every node trained) and ``--seed``;
+- ``azgym_moves``: the loop's earlier default, MCTS per move (4 simulations) training the played path;
 - ``azgym_simulations_1``: the same loop with ``--simulations 1`` (no search; the ablation).
 
 Each (learner, seed) writes ``<out-dir>/<learner>/seed-<s>.json`` when it has finished and been
@@ -44,7 +46,12 @@ from run_trl_anchor import ANCHOR
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHOR_LR = 2e-4  # the anchor's documented learning rate
-LEARNERS = ("trl", "trl_azgym_lr", "azgym", "azgym_simulations_1")
+LEARNERS = ("trl", "trl_azgym_lr", "azgym", "azgym_moves", "azgym_simulations_1")
+EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
+    "azgym": [],
+    "azgym_moves": ["--selfplay", "moves", "--simulations", "4", "--leaves-per-round", "1"],
+    "azgym_simulations_1": ["--simulations", "1"],
+}
 DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
 
 logger = logging.getLogger("bench_learning")
@@ -113,7 +120,7 @@ class Trainer:
                    "--model-dir", model_dir(), "--train", str(self.train_file), "--budget-min", str(args.budget_min),
                    "--out-dir", str(run_dir), "--seed", str(seed)]  # fmt: skip
         else:
-            extra = ["--simulations", "1"] if name == ABLATION else []
+            extra = EXTRA_FLAGS[name]
             cmd = [sys.executable, str(REPO / "scripts" / "selfplay.py"), "--runs-dir", str(run_dir.parent),
                    "--run-name", run_dir.name, "--task", "arithmetic", "--data", f"{args.level}:{args.train_size}",
                    "--iterations", "100000", "--budget-min", str(args.budget_min), "--eval-every", "0",
@@ -289,6 +296,9 @@ def print_report(summary: dict) -> None:
         gain = mean_std(learners[DEFAULT]["final"])[0] - base
         base_gain = mean_std(learners[baseline]["final"])[0] - base
         ratio = f"{gain / base_gain:.2f}" if base_gain > 0 else f"undefined (the baseline's gain is {base_gain:+.3f})"
+        if ABLATION in learners:
+            search = mean_std(learners[DEFAULT]["final"])[0] - mean_std(learners[ABLATION]["final"])[0]
+            print(f"search ({DEFAULT}) minus no search ({ABLATION}), mean final accuracy: {search:+.3f}")
         print(f"gain ratio {DEFAULT}/{baseline} on mean final accuracy (over the base {base:.3f}): {ratio}")
     else:
         print("gain ratio: not yet (needs azgym and a TRL learner on disk)")

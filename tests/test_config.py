@@ -40,10 +40,12 @@ def test_every_flag_is_documented_and_every_field_has_a_flag():
             meaning = action.help.split(" (default: ")[0]
             assert "(default: " in action.help and len(meaning.split()) >= 3, f"{action.dest}: {action.help!r}"
         assert action.help, action.dest
+    for preset in PRESETS.values():  # the help text formats (argparse reads '%' as a format)
+        assert "--simulations" in parser.build(preset()).format_help()
 
 
 def test_precedence_preset_then_env_var_then_flag():
-    assert run_config([]).search.num_simulations == 4  # the cpu preset
+    assert run_config([]).search.num_simulations == 8  # the cpu preset
     assert run_config([], {"NUM_MCTS_ITERATIONS": "7"}).search.num_simulations == 7
     assert run_config(["--simulations", "3"], {"NUM_MCTS_ITERATIONS": "7"}).search.num_simulations == 3
     config = run_config(["--preset", "gpu"], {"MAX_TREE_DEPTH": "5", "MAX_TOKENS": "99"})

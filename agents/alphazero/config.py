@@ -31,7 +31,14 @@ class LoopConfig:
     resume: bool = option(False, "continue <runs-dir>/<run-name> from its newest checkpoint")
     iterations: int = option(6, "AlphaZero iterations: self-play, then training, then evaluation")
     num_examples: int = option(2, "problems per iteration")
-    group_size: int = option(4, "episodes per problem (the GRPO group); all are searched in lockstep")
+    group_size: int = option(4, "moves self-play: episodes per problem (the GRPO group); all are searched in "
+                             "lockstep")  # fmt: skip
+    selfplay: str = option("tree", "self-play: tree (one search tree per problem, every node rolled out by the "
+                           "student and every response trained with the tree's step advantages; needs "
+                           "--simulations >= 2) or moves (group_size episodes per problem, a search per move, the "
+                           "played path trained)", choices=("tree", "moves"))  # fmt: skip
+    value_weight: float = option(0.0, "tree self-play: weight of the value head in the leaf values the search "
+                                 "backs up, (1 - w) * rollout outcome + w * value head (0: Monte Carlo only)")
     agent: str = option("mcts", "who plays self-play: mcts, or similarity (the seed's epsilon-greedy pick of the "
                         "candidate nearest the student's own step)", choices=("mcts", "similarity"))  # fmt: skip
     epsilon: float = option(0.3, "similarity agent: probability of a random candidate")
@@ -65,6 +72,7 @@ class LoopConfig:
             **{name: (getattr(self, name) >= 1, ">= 1") for name in at_least_one},
             "eval_every": (self.eval_every >= 0, ">= 0"),
             "epsilon": (0 <= self.epsilon <= 1, "in [0, 1]"),
+            "value_weight": (0 <= self.value_weight <= 1, "in [0, 1]"),
             "budget_min": (self.budget_min >= 0, ">= 0"),
             "run_name": (bool(self.run_name.strip()) and "/" not in self.run_name, "a non-empty name without '/'"),
             **{name: ((self.temperature_start is None) == (self.temperature_end is None) and (
@@ -97,7 +105,7 @@ class RunConfig:
     env: EnvConfig = field(default_factory=lambda: EnvConfig(
         task="arithmetic", num_right=2, num_wrong=1, chunk_tokens=16, max_steps=4, max_tokens=64,
         rewards="outcome", answer="flexible", prompt="bare"))  # fmt: skip
-    search: SearchConfig = field(default_factory=lambda: SearchConfig(num_simulations=4))
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(num_simulations=8, leaves_per_round=2))
     student: StudentConfig = field(default_factory=StudentConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)

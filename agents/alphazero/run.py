@@ -21,6 +21,7 @@ import torch
 from agents.alphazero.config import RunConfig, sampling_temperature
 from agents.alphazero.evaluate import METRICS, evaluate
 from agents.alphazero.selfplay import self_play, train
+from agents.alphazero.tree_play import TreeSelfPlay
 from agents.mcts import MCTSAgent
 from agents.policy import Agent, PriorAgent
 from agents.similarity import SimilarityAgent
@@ -40,13 +41,17 @@ class RunExistsError(FileExistsError):
     """The run directory already holds a run and ``resume`` was not asked for."""
 
 
-def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent:
-    """The self-play agent the config asks for: MCTS, no search (``num_simulations`` 1) or similarity."""
+def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | TreeSelfPlay:
+    """The self-play agent the config asks for: tree self-play (the default), MCTS per move, no search
+    (``num_simulations`` 1, the ablation) or similarity."""
     if config.loop.agent == "similarity":
         return SimilarityAgent(lm, epsilon=config.loop.epsilon, seed=config.loop.seed)
     if config.search.num_simulations <= 1:
         return PriorAgent()
     value_fn = LMValueFunction(lm, student.value_head)
+    if config.loop.selfplay == "tree":
+        return TreeSelfPlay(lm, config.search, value_fn=value_fn, value_weight=config.loop.value_weight,
+                            seed=config.loop.seed)  # fmt: skip
     return MCTSAgent(value_fn, config=config.search, seed=config.loop.seed, reuse_tree=False)
 
 
@@ -144,9 +149,13 @@ class Run:
                 self.env.set_sampling_temperature(temperature)
                 writer.add_scalar("charts/temperature", temperature, iteration)
             problems = self.rng.choice(len(self.env.problems), size=loop.num_examples, replace=False).tolist()
-            episodes, stats = self_play(self.env, self.agent, problems, loop.group_size, self.rng,
-                                        iteration=iteration, weights_version=self.learner.step_count,
-                                        progress=loop.progress)  # fmt: skip
+            if isinstance(self.agent, TreeSelfPlay):
+                episodes, stats = self.agent.play(self.env, problems, self.rng, iteration=iteration,
+                                                  weights_version=self.learner.step_count)  # fmt: skip
+            else:
+                episodes, stats = self_play(self.env, self.agent, problems, loop.group_size, self.rng,
+                                            iteration=iteration, weights_version=self.learner.step_count,
+                                            progress=loop.progress)  # fmt: skip
             self.replay.add(iteration, episodes)
             self.generated_tokens += stats.generated_tokens
             self._log_self_play(iteration, episodes, stats)
@@ -207,7 +216,13 @@ class Run:
             w.add_scalar("mcts/tree_depth", float(np.mean(stats.tree_depths)), iteration)
             w.add_scalar("mcts/simulations_per_s", float(np.mean(stats.simulations_per_s)), iteration)
             w.add_histogram("mcts/root_values", np.array(stats.root_values), iteration)
-        w.add_histogram("mcts/visit_entropy", np.array(stats.visit_entropies), iteration)
+        if stats.visit_entropies:
+            w.add_histogram("mcts/visit_entropy", np.array(stats.visit_entropies), iteration)
+        tree_stats = getattr(self.agent, "last_tree_stats", None)
+        if tree_stats is not None:
+            for key, value in vars(tree_stats).items():
+                if np.isfinite(value):
+                    w.add_scalar(f"tree/{key}", value, iteration)
         w.add_text("trajectories/sample", _trajectory_text(self.lm, episodes[0]), iteration)
         logger.info("iteration %d: self-play %d episodes in %.0f s, solved %.2f, return %.3f", iteration,
                     len(episodes), stats.seconds, np.mean([e.solved for e in episodes]), returns.mean())  # fmt: skip

@@ -131,7 +131,8 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
     """Learner samples from episodes: the response (with an end-of-sequence token when the episode
     ended on an answer) rewarded by its return, and value targets at every move boundary.
 
-    ``value_target``: ``"outcome"`` (the episode's outcome on the value scale of
+    Tree episodes (:mod:`agents.alphazero.tree_play`) carry their per-token advantages and value
+    targets; for the others ``value_target`` decides: ``"outcome"`` (the episode's outcome on the value scale of
     :mod:`azgym.rewards`, +1 solved, -1 otherwise, at every prefix) or ``"q"`` (the MCTS Q of the
     move taken, the outcome at the end).
     """
@@ -140,7 +141,12 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
         completion = tuple(e.response_ids) + ((eos_token_id,) if e.format_ok else ())
         final = outcome(e.solved)
         positions = [s.response_len for s in e.steps] + [len(e.response_ids)]
-        if value_target == "q":
+        advantages = None
+        if e.token_advantages is not None:  # a tree episode: its own step advantages and Monte Carlo values
+            advantages = tuple(e.token_advantages) + (e.token_advantages[-1],) * (len(completion) - len(e.response_ids))
+            positions = [int(p) for p, _ in e.value_targets or []]
+            targets = [float(t) for _, t in e.value_targets or []]
+        elif value_target == "q":
             targets = [float(np.clip(s.q_values[s.action], -1, 1)) if s.q_values and s.q_values[s.action] is not None
                        else final for s in e.steps] + [final]  # fmt: skip
         else:
@@ -154,6 +160,7 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
                 value_positions=tuple(positions),
                 value_targets=tuple(targets),
                 truncated=e.truncated,
+                advantages=advantages,
             )
         )
     return samples

@@ -32,6 +32,7 @@ class Sample:
     old_logprobs: tuple[float, ...] | None = None  # per completion token at sampling time; None: on-policy
     ref_logprobs: tuple[float, ...] | None = None  # per completion token under the reference; None: computed
     truncated: bool = False  # the episode ran out of steps or tokens before it ended on its own
+    advantages: tuple[float, ...] | None = None  # per completion token (tree self-play); None: the group's
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,9 @@ class Learner:
         if config.drop_truncated:
             keep = torch.tensor([not s.truncated for s in samples], dtype=fwd.mask.dtype, device=device)
             policy_mask = fwd.mask * keep[:, None]
-        policy, parts = POLICY_LOSSES[config.loss](fwd, policy_mask, old, ref, advantages.to(device),
-                                                   rewards.to(device), config, scale)  # fmt: skip
+        advantages = self._token_advantages(samples, advantages.to(device), fwd.logprobs)
+        policy, parts = POLICY_LOSSES[config.loss](fwd, policy_mask, old, ref, advantages, rewards.to(device),
+                                                   config, scale)  # fmt: skip
         targets = torch.zeros_like(fwd.values)
         for i, s in enumerate(samples):
             if len(s.value_targets) != len(s.value_positions):
@@ -220,6 +222,14 @@ class Learner:
             error = ((fwd.values.detach() - targets).abs() * fwd.value_mask).sum() / fwd.value_mask.sum()
             metrics.update({"value_loss": float(v_loss.detach()), "value_error": float(error)})
         return metrics
+
+    def _token_advantages(self, samples, advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """[B] group advantages, or [B, T-1] per token where some sample carries its own (tree self-play),
+        those clipped to ``adv_clip`` like the group's."""
+        if all(s.advantages is None for s in samples):
+            return advantages
+        out = _fill(advantages[:, None].expand_as(like).clone(), samples, "advantages")
+        return out.clamp(-self.config.adv_clip, self.config.adv_clip)
 
     def old_logprobs_state(self) -> dict[tuple, tuple[float, ...]]:
         """The remembered old-policy log-probs (saved with checkpoints so that a resumed run steps alike)."""

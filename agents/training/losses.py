@@ -34,6 +34,11 @@ def group_advantages(
     return centred.float()
 
 
+def per_token(weights: torch.Tensor) -> torch.Tensor:
+    """[B] per-sequence weights as [B, 1] (broadcast over tokens); [B, T] per-token ones as they are."""
+    return weights[:, None] if weights.dim() == 1 else weights
+
+
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token KL(pi || ref) estimate k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0, 0 when equal).
 
@@ -103,11 +108,11 @@ def grpo_loss(
     ``l = -min(rho * A, clip(rho, 1 - eps, 1 + eps_high) * A) + kl_coef * k3(logp, logp_ref)``
     (``eps_high = clip_eps_high``, DAPO's clip-higher, or ``clip_eps`` when None), aggregated by
     :func:`aggregate` (``sequence`` GRPO, ``token`` DAPO, ``constant`` Dr. GRPO). ``advantages``
-    is [B] (one per sequence). Metrics: policy loss, KL, the fraction of tokens whose ratio was clipped.
+    is [B] (one per sequence) or [B, T] (one per token: tree self-play's step advantages). Metrics: policy loss, KL, the fraction of tokens whose ratio was clipped.
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     ratio = torch.exp(logprobs - old_logprobs)
-    adv = advantages[:, None]
+    adv = per_token(advantages)
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - clip_eps, 1 + eps_high) * adv
     policy = -torch.minimum(unclipped, clipped)
@@ -134,7 +139,7 @@ def legacy_loss(
     >>> legacy_loss(torch.tensor([[-1.0, -3.0]]), torch.tensor([2.0]), torch.ones(1, 2))
     tensor(4.)
     """
-    return aggregate(-rewards[:, None] * logprobs, mask, aggregation, **scale)
+    return aggregate(-per_token(rewards) * logprobs, mask, aggregation, **scale)
 
 
 def apo_loss(
@@ -151,7 +156,7 @@ def apo_loss(
     0.0
     """
     kl = kl_k3(logprobs, ref_logprobs)
-    loss = aggregate(-rewards[:, None] * logprobs + beta * kl, mask, aggregation, **scale)
+    loss = aggregate(-per_token(rewards) * logprobs + beta * kl, mask, aggregation, **scale)
     return loss, {"kl": masked_mean(kl.detach(), mask, "token")}
 
 

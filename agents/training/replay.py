@@ -53,6 +53,10 @@ class Episode:
     weights_version: int  # learner step whose weights played it
     steps: list[StepRecord] = field(default_factory=list)
     truncated: bool = False  # ran out of steps or tokens before it ended on its own (older shards: False)
+    # tree self-play (agents.alphazero.tree_play): each response token's step advantage, and [position, target]
+    # value targets along the path; None: a played episode (group advantages, value target from the outcome)
+    token_advantages: list[float] | None = None
+    value_targets: list[list[float]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -1,0 +1,321 @@
+"""Tree self-play: the search tree itself becomes the training data.
+
+One PUCT search per problem (B problems' trees in lockstep, the teachers' priors and candidates as
+in move-by-move play) decides which nodes to expand. Every node is rolled out once by the student
+to a graded end when it is created (one batched ``generate`` per search round), so each node
+carries one complete response, and a node's value is the mean outcome of the responses in its
+subtree (Monte Carlo, as VinePPO and TreeRL use; the learned value head can be mixed into the leaf
+values the search backs up, ``value_weight``). Each response becomes a learner sample whose tokens
+carry the advantage of the step they belong to (TreeRL, arXiv 2506.11902):
+
+    A(s) = (V(s) - V(parent(s)) + V(s) - V(root)) / sqrt(|L(s)|)
+
+with ``L(s)`` the responses below ``s``; the rollout after a node counts as a leaf of its own
+(``|L| = 1``, its value its outcome). So every token of every node the search expanded is in some
+loss term, each sibling is judged against its siblings' parent, and the value head is trained on
+the tree's Monte Carlo values instead of one episode's outcome.
+
+Off-policy teacher steps. A node's step was written under a teacher prompt ("continue correctly" /
+"make a plausible mistake"), not under the solve prompt the student is trained on. It is trained
+like the student's own tokens, with the PPO ratio measured from the student's log-probs at the
+first step that trained it (``Learner._old``), so each update is clipped: a step with a positive
+advantage is an advantage-weighted imitation of a verified-better teacher step (AlphaMath,
+ReST-MCTS*), one with a negative advantage is pushed down within the clip. No importance ratio
+against the teacher prompt is taken: the student under the solve prompt is the policy being
+improved, and the teacher prompts are a proposal distribution (its ratio would be unbounded).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from agents.alphazero.selfplay import SelfPlayStats
+from agents.mcts.env_model import EnvSearchModel
+from agents.mcts.search import MCTS, SearchConfig, SearchResult
+from agents.mcts.tree import NO_PARENT, ROOT_INDEX
+from agents.policy import ValueFn
+from agents.training.replay import Episode, StepRecord
+from azgym import rewards as rw
+from azgym.env import EnvState, ReasoningEnv
+
+ROLLOUT_SEED_SALT = 7919  # separates a node's rollout seed from its episode seed
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A complete response of a node: the node's own end (terminal) or its rollout, graded."""
+
+    token_ids: tuple[int, ...]  # the whole response, the node's and its rollout's tokens
+    value: float  # the outcome on the value scale (+1 solved, -1 not; partial credit in between)
+    correct: bool
+    format_ok: bool
+    solved: bool
+    truncated: bool  # the rollout ran out of tokens before it ended
+
+
+def judge(env: ReasoningEnv, state: EnvState, token_ids: tuple[int, ...], truncated: bool) -> Ending:
+    """Grade a complete response of ``state``'s problem (training only: the grader sees the gold answer)."""
+    problem = env.problems[state.problem_index]
+    text = env.lm.decode(token_ids)
+    grade = env.task.grade(text, problem.gold)
+    solved = env.solved(grade)
+    value = rw.outcome(solved)
+    if env.reward_config.credit == "partial" and not solved:
+        value = rw.LOSS + (rw.WIN - rw.LOSS) * float(env.task.partial_credit(text, problem.gold))
+    return Ending(tuple(token_ids), value, bool(grade.correct), bool(grade.format_ok), solved, truncated)
+
+
+class RolloutValue:
+    """A value function that rolls every live state out with the student and grades the end.
+
+    One batched ``generate`` call per search round; each rollout is seeded by its state (the
+    episode seed and the response length), so a tree does not depend on what else is in the batch.
+    The endings are kept (``endings``, keyed by problem and response) for the training samples.
+    The value returned is ``(1 - value_weight) * outcome + value_weight * value_fn(state)``.
+    """
+
+    def __init__(self, lm, *, value_fn: ValueFn | None = None, value_weight: float = 0.0,
+                 temperature: float = 1.0):  # fmt: skip
+        if not 0.0 <= value_weight <= 1.0:
+            raise ValueError(f"value_weight must lie in [0, 1], got {value_weight}")
+        if value_weight > 0 and value_fn is None:
+            raise ValueError("value_weight > 0 needs a value_fn (the student's value head)")
+        self.lm = lm
+        self.value_fn = value_fn
+        self.value_weight = value_weight
+        self.temperature = temperature
+        self.endings: dict[tuple[int, tuple[int, ...]], Ending] = {}
+        self.generated_tokens = 0
+
+    def __call__(self, env: ReasoningEnv, states) -> np.ndarray:
+        states = list(states)
+        if not states:
+            return np.zeros(0, np.float64)
+        prompts = [env.solve_prompt(s) + list(s.response_ids) for s in states]
+        budgets = [max(1, env.max_tokens - len(s.response_ids)) for s in states]
+        seeds = [(s.seed * ROLLOUT_SEED_SALT + len(s.response_ids)) % (2**31 - 1) for s in states]
+        generations = self.lm.generate(prompts, max_tokens=budgets, temperature=self.temperature, seed=seeds)
+        values = np.zeros(len(states), np.float64)
+        for i, (state, (g,)) in enumerate(zip(states, generations, strict=True)):
+            self.generated_tokens += len(g.token_ids)
+            ending = judge(env, state, state.response_ids + g.token_ids, truncated=g.finish_reason == "length")
+            self.endings[(state.problem_index, state.response_ids)] = ending
+            values[i] = ending.value
+        if self.value_weight > 0:
+            values = (1 - self.value_weight) * values + self.value_weight * self.value_fn(env, states)
+        return values
+
+
+@dataclass
+class TreeStats:
+    """What one tree self-play phase measured, beyond :class:`SelfPlayStats`."""
+
+    samples_per_tree: float
+    trained_token_fraction: float  # of all tokens generated (candidates + rollouts), those in some sample
+    value_rank_accuracy: float  # siblings ordered like their Monte Carlo values by the value head (NaN: none)
+    prior_rank_accuracy: float  # ... by the teachers' priors
+    sibling_pairs: int
+
+
+class TreeSelfPlay:
+    """Self-play that searches one tree per problem and trains on all of it (see the module docstring).
+
+    Args:
+        lm: the student's backend (rolls the nodes out).
+        config: the search (``num_simulations`` = nodes expanded per tree).
+        value_fn: the student's value head: mixed into leaf values (``value_weight``) and ranked
+            against the tree's Monte Carlo values every phase.
+        seed: the search's root noise.
+    """
+
+    def __init__(self, lm, config: SearchConfig, *, value_fn: ValueFn | None = None, value_weight: float = 0.0,
+                 seed: int | None = None):  # fmt: skip
+        self.lm = lm
+        self.mcts = MCTS(config)
+        self.value_fn = value_fn
+        self.value_weight = value_weight
+        self.rng = np.random.default_rng(seed)
+        self.last_tree_stats: TreeStats | None = None
+
+    def play(self, env: ReasoningEnv, problem_indices: list[int], rng: np.random.Generator, *, iteration: int,
+             weights_version: int) -> tuple[list[Episode], SelfPlayStats]:  # fmt: skip
+        """Search one tree per problem (all in lockstep) and return one episode per tree node."""
+        start = time.perf_counter()
+        roots = [env.initial_state(p, int(rng.integers(0, 2**31 - 1))) for p in problem_indices]
+        rollout = RolloutValue(self.lm, value_fn=self.value_fn, value_weight=self.value_weight)
+        result = self.mcts.search(EnvSearchModel(env, rollout), roots, self.rng)
+        episodes, proposed, trained, ranks = [], 0, 0, []
+        for b in range(len(roots)):
+            ends = node_endings(env, result, b, rollout.endings)
+            values, leaves = node_values(result.tree, b, ends)
+            tree = TreeData(result, b, ends, values, leaves)
+            episodes += episodes_of_tree(env, tree, iteration=iteration, weights_version=weights_version)
+            proposed += tree.proposed_tokens(env)
+            trained += tree.trained_tokens()
+            ranks.append(self._sibling_ranks(env, tree))
+            for node, end in enumerate(ends):  # the teachers whose steps the response took are credited
+                env.observe(replace(result.states[b, node], episode_return=end.value))
+        generated = proposed + rollout.generated_tokens
+        pairs = sum(r[2] for r in ranks)
+        self.last_tree_stats = TreeStats(
+            samples_per_tree=len(episodes) / max(len(roots), 1),
+            trained_token_fraction=trained / max(generated, 1),
+            value_rank_accuracy=sum(r[0] for r in ranks) / pairs if pairs and self.value_fn else math.nan,
+            prior_rank_accuracy=sum(r[1] for r in ranks) / pairs if pairs else math.nan,
+            sibling_pairs=pairs,
+        )
+        stats = result.stats()
+        return episodes, SelfPlayStats(
+            episodes=len(episodes), moves=int(result.tree.max_depth().max()), seconds=time.perf_counter() - start,
+            generated_tokens=generated, tree_nodes=[stats["num_nodes"]], tree_depths=[stats["max_depth"]],
+            simulations_per_s=[stats["simulations_per_s"]], visit_entropies=[],
+            root_values=result.root_value.tolist(),
+        )  # fmt: skip
+
+    def _sibling_ranks(self, env, tree: TreeData) -> tuple[int, int, int]:
+        """(value head right, prior right, pairs) over sibling pairs whose Monte Carlo values differ."""
+        t, b, mc = tree.result.tree, tree.b, tree.values
+        nodes = list(range(1, len(tree.ends)))
+        states = [tree.result.states[b, i] for i in nodes]
+        head = dict(zip(nodes, self.value_fn(env, states) if self.value_fn and nodes else np.zeros(len(nodes)),
+                        strict=True))  # fmt: skip
+        right_v = right_p = pairs = 0
+        for parent in range(len(tree.ends)):
+            kids = [int(c) for c in t.children_index[b, parent] if c >= 0]
+            for i, x in enumerate(kids):
+                for y in kids[i + 1 :]:
+                    if mc[x] == mc[y]:
+                        continue
+                    better = mc[x] > mc[y]
+                    prior_x, prior_y = (t.children_prior[b, parent, t.node_action[b, c]] for c in (x, y))
+                    pairs += 1
+                    right_v += (head[x] > head[y]) == better
+                    right_p += (prior_x > prior_y) == better
+        return right_v, right_p, pairs
+
+
+@dataclass
+class TreeData:
+    """Tree ``b`` of a search with each node's complete response and Monte Carlo value."""
+
+    result: SearchResult
+    b: int
+    ends: list[Ending]  # per node: its own end or its rollout's
+    values: np.ndarray  # per node: mean outcome of the responses in its subtree
+    leaves: np.ndarray  # per node: how many responses its subtree holds
+
+    def state(self, node: int) -> EnvState:
+        return self.result.states[self.b, node]
+
+    def proposed_tokens(self, env: ReasoningEnv) -> int:
+        """Candidate tokens the teachers proposed for the tree's live nodes (cached: no model call)."""
+        live = [self.state(n) for n in range(len(self.ends)) if not _ended(self.state(n))]
+        return sum(len(c.token_ids) for cands in env.expand(live) for c in cands) if live else 0
+
+    def trained_tokens(self) -> int:
+        """Distinct tokens of the tree in some sample: every node's step and every rollout."""
+        tree, total = self.result.tree, 0
+        for node, end in enumerate(self.ends):
+            own = len(self.state(node).response_ids)
+            if node != ROOT_INDEX:
+                total += own - len(self.state(int(tree.node_parent[self.b, node])).response_ids)
+            total += len(end.token_ids) - own
+        return total
+
+
+def _ended(state: EnvState) -> bool:
+    return bool(state.terminated or state.truncated)
+
+
+def node_endings(env: ReasoningEnv, result: SearchResult, b: int, endings: dict) -> list[Ending]:
+    """The complete response of every node of tree ``b``: its own end (graded here), or its rollout's."""
+    out = []
+    for node in range(int(result.tree.num_nodes[b])):
+        state = result.states[b, node]
+        if _ended(state):
+            out.append(judge(env, state, state.response_ids, truncated=bool(state.truncated)))
+        else:
+            out.append(endings[(state.problem_index, state.response_ids)])
+    return out
+
+
+def node_values(tree, b: int, endings: list[Ending]) -> tuple[np.ndarray, np.ndarray]:
+    """(V, |L|): the mean outcome of the responses in each node's subtree and how many there are.
+
+    Children are created after their parents, so one pass from the last node back adds each
+    subtree into its parent.
+    """
+    n = len(endings)
+    total = np.array([e.value for e in endings], np.float64)
+    count = np.ones(n, np.float64)
+    for node in range(n - 1, 0, -1):
+        parent = int(tree.node_parent[b, node])
+        total[parent] += total[node]
+        count[parent] += count[node]
+    return total / count, count
+
+
+def step_advantage(value: float, parent_value: float, root_value: float, leaves: float) -> float:
+    """TreeRL's step advantage: local (vs the parent) plus global (vs the root), over sqrt(leaves below).
+
+    >>> step_advantage(1.0, 0.0, -0.5, 4.0)  # (1 - 0 + 1 + 0.5) / 2
+    1.25
+    """
+    return (2 * value - parent_value - root_value) / math.sqrt(leaves)
+
+
+def episodes_of_tree(env: ReasoningEnv, tree: TreeData, *, iteration: int, weights_version: int) -> list[Episode]:
+    """One episode per node: its complete response, each token with the advantage of its step, and
+    value targets (the Monte Carlo value) at every node on its path and at the end (the outcome)."""
+    t, values, leaves = tree.result.tree, tree.values, tree.leaves
+    problem = env.problem(tree.state(ROOT_INDEX))
+    prompt_ids = env.solve_prompt(problem)
+    episodes = []
+    for node, end in enumerate(tree.ends):
+        path = _path(t, tree.b, node)
+        advantages: list[float] = []
+        steps, targets = [], []
+        for parent, child in zip(path, path[1:], strict=False):
+            before, after = len(tree.state(parent).response_ids), len(tree.state(child).response_ids)
+            advantages += [step_advantage(values[child], values[parent], values[ROOT_INDEX], leaves[child])] * (
+                after - before)  # fmt: skip
+            steps.append(_step_record(env, t, tree.b, parent, tree.state(parent), int(t.node_action[tree.b, child])))
+            targets.append([before, float(values[parent])])
+        own = len(tree.state(node).response_ids)
+        if len(end.token_ids) > own:  # the rollout after the node: a leaf of its own
+            advantages += [step_advantage(end.value, values[node], values[ROOT_INDEX], 1.0)] * (
+                len(end.token_ids) - own)  # fmt: skip
+            targets.append([own, float(values[node])])
+        targets.append([len(end.token_ids), end.value])
+        if not advantages:  # an empty response (a root that ended at once): nothing to train on
+            continue
+        episodes.append(Episode(
+            problem_id=problem.id, question=problem.question, prompt_ids=prompt_ids,
+            response_ids=list(end.token_ids), episode_return=end.value, correct=end.correct,
+            format_ok=end.format_ok, solved=end.solved, iteration=iteration, weights_version=weights_version,
+            steps=steps, truncated=end.truncated, token_advantages=[round(a, 6) for a in advantages],
+            value_targets=targets,
+        ))  # fmt: skip
+    return episodes
+
+
+def _path(tree, b: int, node: int) -> list[int]:
+    path = [node]
+    while int(tree.node_parent[b, path[-1]]) != NO_PARENT:
+        path.append(int(tree.node_parent[b, path[-1]]))
+    return path[::-1]
+
+
+def _step_record(env, tree, b: int, node: int, state: EnvState, action: int) -> StepRecord:
+    candidates = env.candidates(state)
+    children = tree.children_index[b, node, : len(candidates)]
+    visits = [int(tree.node_visits[b, c]) if c >= 0 else 0 for c in children]
+    q = [float(tree.children_reward[b, node, a] + tree.node_value_sum[b, c] / max(tree.node_visits[b, c], 1))
+         if c >= 0 else None for a, c in enumerate(children)]  # fmt: skip
+    return StepRecord(response_len=len(state.response_ids), candidates=[list(c.token_ids) for c in candidates],
+                      labels=[c.label for c in candidates], priors=[round(c.prior, 6) for c in candidates],
+                      visits=visits, q_values=q, action=action, reward=float(tree.children_reward[b, node, action]))

@@ -1,0 +1,151 @@
+"""Tree self-play: Monte Carlo node values and TreeRL step advantages against a hand-computed tree,
+the samples they become, per-token advantages in the loss, and a whole tree phase on real parts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agents.alphazero.selfplay import to_samples
+from agents.alphazero.tree_play import Ending, TreeData, TreeSelfPlay, episodes_of_tree, node_values, step_advantage
+from agents.mcts.search import SearchConfig, SearchResult
+from agents.mcts.tree import NO_PARENT, new_tree
+from agents.policy import constant_value
+from agents.training import losses
+from agents.training.learner import Learner, LearnerConfig, Sample
+from azgym.env import ReasoningEnv
+from azgym.tasks import Problem
+from helpers import ScriptedLM
+
+PROBLEM = Problem(id="p0", question="What is 2 + 3?", gold="5")
+SCRIPT = {
+    "": [("2 + 3 = 5\n", False), ("2 + 3 = 6\n", False)],
+    "2 + 3 = 5\n": [("#### 5\n", False), ("#### 6\n", False)],
+    "2 + 3 = 6\n": [("#### 6\n", False), ("", True)],
+}
+
+
+def scripted_env():
+    return ReasoningEnv([PROBLEM], model=ScriptedLM(SCRIPT), num_right=1, num_wrong=1, rewards="outcome")
+
+
+def hand_tree(env):
+    """root -> (a0) "2 + 3 = 5" -> (a0) "#### 5" (terminal); root -> (a1) "2 + 3 = 6".
+
+    Endings: the root's rollout fails (-1), node 1's rollout solves (+1), node 2's fails (-1), node 3
+    is a correct answer (+1). So V3 = 1, V1 = (1 + 1) / 2 = 1, V2 = -1, V0 = (-1 + 1 + 1 - 1) / 4 = 0.
+    """
+    root = env.initial_state(0, seed=1)
+    one = env.transition(root, 0).state
+    two = env.transition(root, 1).state
+    three = env.transition(one, 0).state
+    assert three.terminated and not one.terminated
+    tree = new_tree(1, 4, 2)
+    for node, (parent, action) in enumerate([(NO_PARENT, -1), (0, 0), (0, 1), (1, 0)]):
+        tree.node_parent[0, node], tree.node_action[0, node] = parent, action
+        if parent >= 0:
+            tree.children_index[0, parent, action] = node
+            tree.node_visits[0, node] = 1
+    tree.num_nodes[0] = 4
+    states = np.empty((1, 4), dtype=object)
+    states[0, :] = [root, one, two, three]
+    enc = env.lm.encode
+    ends = [
+        Ending(tuple(enc("2 + 3 = 6\n#### 6\n")), -1.0, False, True, False, False),
+        Ending(one.response_ids + tuple(enc("#### 5\n")), 1.0, True, True, True, False),
+        Ending(two.response_ids + tuple(enc("#### 6\n")), -1.0, False, True, False, False),
+        Ending(three.response_ids, 1.0, True, True, True, False),
+    ]
+    result = SearchResult(visits=np.zeros((1, 2), np.int32), policy=np.zeros((1, 2)), q_values=np.zeros((1, 2)),
+                          root_value=np.zeros(1), tree=tree, states=states, num_simulations=3)  # fmt: skip
+    return result, ends
+
+
+def test_node_values_are_subtree_means_of_the_responses():
+    env = scripted_env()
+    result, ends = hand_tree(env)
+    values, leaves = node_values(result.tree, 0, ends)
+    assert values.tolist() == [0.0, 1.0, -1.0, 1.0]
+    assert leaves.tolist() == [4.0, 2.0, 1.0, 1.0]
+
+
+def test_tree_advantages_hand_computed():
+    env = scripted_env()
+    result, ends = hand_tree(env)
+    values, leaves = node_values(result.tree, 0, ends)
+    episodes = episodes_of_tree(env, TreeData(result, 0, ends, values, leaves), iteration=0, weights_version=0)
+    assert len(episodes) == 4  # one response per node, every node's tokens in some sample
+    by_node = dict(enumerate(episodes))
+    step = len(env.lm.encode("2 + 3 = 5\n"))
+    answer = len(env.lm.encode("#### 5\n"))
+    # node 3 (the correct answer): edge 0->1 gets (2*1 - 0 - 0)/sqrt(2), edge 1->3 (2*1 - 1 - 0)/1
+    assert by_node[3].token_advantages == [round(math.sqrt(2), 6)] * step + [1.0] * answer
+    assert by_node[3].value_targets == [[0, 0.0], [step, 1.0], [step + answer, 1.0]]
+    # node 1: the same first step, then its rollout (a leaf of its own): 2*1 - V1 - V0 = 1
+    assert by_node[1].token_advantages == [round(math.sqrt(2), 6)] * step + [1.0] * answer
+    assert by_node[1].value_targets == [[0, 0.0], [step, 1.0], [step + answer, 1.0]]
+    # node 2 (the wrong step): 2*(-1) - 0 - 0 = -2, its rollout 2*(-1) - (-1) - 0 = -1
+    assert by_node[2].token_advantages == [-2.0] * step + [-1.0] * answer
+    # the root's own rollout: 2*(-1) - 0 - 0 = -2 on every token
+    assert set(by_node[0].token_advantages) == {-2.0} and len(by_node[0].token_advantages) == len(ends[0].token_ids)
+    assert by_node[3].steps[0].action == 0 and by_node[3].steps[1].response_len == step
+    assert step_advantage(0.5, 0.5, 0.5, 9.0) == 0.0
+
+
+def test_tree_episodes_become_samples_with_their_own_advantages_and_value_targets():
+    env = scripted_env()
+    result, ends = hand_tree(env)
+    values, leaves = node_values(result.tree, 0, ends)
+    episodes = episodes_of_tree(env, TreeData(result, 0, ends, values, leaves), iteration=0, weights_version=0)
+    samples = to_samples(episodes, eos_token_id=0)
+    three = samples[3]
+    assert len(three.completion_ids) == len(episodes[3].response_ids) + 1  # the end token, trained too
+    assert len(three.advantages) == len(three.completion_ids) and three.advantages[-1] == 1.0
+    assert three.value_positions == (0, 10, 17) and three.value_targets == (0.0, 1.0, 1.0)
+
+
+def test_per_token_advantages_in_the_grpo_loss_hand_computed():
+    logp = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    per_token = torch.tensor([[2.0, -1.0, 5.0], [0.5, 0.5, -3.0]])
+    loss, _ = losses.grpo_loss(logp, logp, None, per_token, mask, kl_coef=0.0, aggregation="token")
+    # ratio 1: the loss is minus the mean advantage over the 5 trained tokens
+    assert float(loss) == pytest.approx(-(2.0 - 1.0 + 0.5 + 0.5 - 3.0) / 5)
+    grad_logp = logp.clone().requires_grad_(True)
+    loss, _ = losses.grpo_loss(grad_logp, logp, None, per_token, mask, kl_coef=0.0, aggregation="token")
+    loss.backward()
+    assert torch.allclose(grad_logp.grad, -per_token * mask / 5)  # each token pushed by its own advantage
+
+
+def test_learner_places_per_token_advantages_at_the_completion_and_clips_them(tokenizer):
+    from test_learner import make_student
+
+    learner = Learner(make_student(tokenizer), LearnerConfig(adv_clip=3.0))
+    samples = [Sample((5, 6, 7), (8, 9), 1.0, "a", advantages=(4.0, -0.5)), Sample((5, 6), (8, 9, 10), 0.0, "a")]
+    group = torch.tensor([0.25, -0.25])
+    like = torch.zeros(2, 4)  # [B, T-1] of the 5-token longest sequence
+    out = learner._token_advantages(samples, group, like)
+    assert out[0, 2:4].tolist() == [3.0, -0.5]  # clipped to adv_clip, at the completion's positions
+    assert out[1].tolist() == [-0.25] * 4  # no per-token advantages: the group's, on every position
+    metrics = learner.step(samples)
+    assert math.isfinite(metrics["loss"])
+
+
+def test_a_tree_phase_trains_on_every_node(tiny_lm, gsm8k_problems):
+    env = ReasoningEnv(gsm8k_problems[:2], model=tiny_lm, chunk_tokens=4, max_steps=3, max_tokens=12)
+    play = TreeSelfPlay(tiny_lm, SearchConfig(num_simulations=5, leaves_per_round=2), value_fn=constant_value(0.0),
+                        seed=0)  # fmt: skip
+    episodes, stats = play.play(env, [0, 1], np.random.default_rng(0), iteration=3, weights_version=7)
+    nodes = stats.tree_nodes[0]
+    assert len(episodes) == pytest.approx(2 * nodes)  # one response per node of each tree
+    assert all(len(e.token_advantages) == len(e.response_ids) for e in episodes)
+    assert {e.iteration for e in episodes} == {3} and {e.weights_version for e in episodes} == {7}
+    tree_stats = play.last_tree_stats
+    assert 0 < tree_stats.trained_token_fraction <= 1 and stats.generated_tokens > 0
+    again, _ = TreeSelfPlay(tiny_lm, SearchConfig(num_simulations=5, leaves_per_round=2),
+                            value_fn=constant_value(0.0), seed=0).play(env, [0, 1], np.random.default_rng(0),
+                                                                       iteration=3, weights_version=7)  # fmt: skip
+    assert [e.response_ids for e in again] == [e.response_ids for e in episodes]  # seeded: the same tree
