@@ -37,8 +37,11 @@ class LoopConfig:
                            "student and every response trained with the tree's step advantages; needs "
                            "--simulations >= 2) or moves (group_size episodes per problem, a search per move, the "
                            "played path trained)", choices=("tree", "moves"))  # fmt: skip
-    value_weight: float = option(0.0, "tree self-play: weight of the value head in the leaf values the search "
-                                 "backs up, (1 - w) * rollout outcome + w * value head (0: Monte Carlo only)")
+    value_weight: float = option(
+        0.0,
+        "tree self-play: weight of the value head in the leaf values the search "
+        "backs up, (1 - w) * rollout outcome + w * value head (0: Monte Carlo only)",
+    )
     agent: str = option("mcts", "who plays self-play: mcts, or similarity (the seed's epsilon-greedy pick of the "
                         "candidate nearest the student's own step)", choices=("mcts", "similarity"))  # fmt: skip
     epsilon: float = option(0.3, "similarity agent: probability of a random candidate")

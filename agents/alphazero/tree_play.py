@@ -316,6 +316,13 @@ def _step_record(env, tree, b: int, node: int, state: EnvState, action: int) -> 
     visits = [int(tree.node_visits[b, c]) if c >= 0 else 0 for c in children]
     q = [float(tree.children_reward[b, node, a] + tree.node_value_sum[b, c] / max(tree.node_visits[b, c], 1))
          if c >= 0 else None for a, c in enumerate(children)]  # fmt: skip
-    return StepRecord(response_len=len(state.response_ids), candidates=[list(c.token_ids) for c in candidates],
-                      labels=[c.label for c in candidates], priors=[round(c.prior, 6) for c in candidates],
-                      visits=visits, q_values=q, action=action, reward=float(tree.children_reward[b, node, action]))
+    return StepRecord(
+        response_len=len(state.response_ids),
+        candidates=[list(c.token_ids) for c in candidates],
+        labels=[c.label for c in candidates],
+        priors=[round(c.prior, 6) for c in candidates],
+        visits=visits,
+        q_values=q,
+        action=action,
+        reward=float(tree.children_reward[b, node, action]),
+    )

@@ -108,7 +108,8 @@ def grpo_loss(
     ``l = -min(rho * A, clip(rho, 1 - eps, 1 + eps_high) * A) + kl_coef * k3(logp, logp_ref)``
     (``eps_high = clip_eps_high``, DAPO's clip-higher, or ``clip_eps`` when None), aggregated by
     :func:`aggregate` (``sequence`` GRPO, ``token`` DAPO, ``constant`` Dr. GRPO). ``advantages``
-    is [B] (one per sequence) or [B, T] (one per token: tree self-play's step advantages). Metrics: policy loss, KL, the fraction of tokens whose ratio was clipped.
+    is [B] (one per sequence) or [B, T] (one per token: tree self-play's step advantages). Metrics:
+    policy loss, KL, the fraction of tokens whose ratio was clipped.
     """
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     ratio = torch.exp(logprobs - old_logprobs)
