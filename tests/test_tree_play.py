@@ -149,3 +149,19 @@ def test_a_tree_phase_trains_on_every_node(tiny_lm, gsm8k_problems):
                             value_fn=constant_value(0.0), seed=0).play(env, [0, 1], np.random.default_rng(0),
                                                                        iteration=3, weights_version=7)  # fmt: skip
     assert [e.response_ids for e in again] == [e.response_ids for e in episodes]  # seeded: the same tree
+
+
+def test_sibling_ranking_of_the_value_head_and_the_priors():
+    env = scripted_env()
+    result, ends = hand_tree(env)
+    result.tree.children_prior[0, 0, :] = [0.2, 0.8]  # the priors prefer the wrong step (node 2)
+    values, leaves = node_values(result.tree, 0, ends)
+
+    def knows(env, states):  # a value head that ranks the right first step above the wrong one
+        return np.array([1.0 if env.lm.decode(s.response_ids).endswith("= 5\n") else -1.0 for s in states])
+
+    play = TreeSelfPlay(env.lm, SearchConfig(num_simulations=2), value_fn=knows)
+    right_v, right_p, pairs = play._sibling_ranks(env, TreeData(result, 0, ends, values, leaves))
+    assert (right_v, right_p, pairs) == (1.0, 0.0, 1)  # one sibling pair with different values: nodes 1 and 2
+    tied = TreeSelfPlay(env.lm, SearchConfig(num_simulations=2), value_fn=constant_value(0.0))
+    assert tied._sibling_ranks(env, TreeData(result, 0, ends, values, leaves))[0] == 0.5  # a tie is half right

@@ -176,14 +176,15 @@ class TreeSelfPlay:
             root_values=result.root_value.tolist(),
         )  # fmt: skip
 
-    def _sibling_ranks(self, env, tree: TreeData) -> tuple[int, int, int]:
+    def _sibling_ranks(self, env, tree: TreeData) -> tuple[float, float, int]:
         """(value head right, prior right, pairs) over sibling pairs whose Monte Carlo values differ."""
         t, b, mc = tree.result.tree, tree.b, tree.values
         nodes = list(range(1, len(tree.ends)))
         states = [tree.result.states[b, i] for i in nodes]
         head = dict(zip(nodes, self.value_fn(env, states) if self.value_fn and nodes else np.zeros(len(nodes)),
                         strict=True))  # fmt: skip
-        right_v = right_p = pairs = 0
+        right_v = right_p = 0.0
+        pairs = 0
         for parent in range(len(tree.ends)):
             kids = [int(c) for c in t.children_index[b, parent] if c >= 0]
             for i, x in enumerate(kids):
@@ -193,9 +194,14 @@ class TreeSelfPlay:
                     better = mc[x] > mc[y]
                     prior_x, prior_y = (t.children_prior[b, parent, t.node_action[b, c]] for c in (x, y))
                     pairs += 1
-                    right_v += (head[x] > head[y]) == better
-                    right_p += (prior_x > prior_y) == better
+                    right_v += _agrees(head[x], head[y], better)
+                    right_p += _agrees(prior_x, prior_y, better)
         return right_v, right_p, pairs
+
+
+def _agrees(score_x: float, score_y: float, x_better: bool) -> float:
+    """1 when the scores order x and y as their Monte Carlo values do, 0 when the other way, 1/2 on a tie."""
+    return 0.5 if score_x == score_y else float((score_x > score_y) == x_better)
 
 
 @dataclass
