@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.mcts import MCTS
+from agents.mcts import MCTS, MCTSAgent
 from agents.mcts.gumbel import considered_visits
 from agents.mcts.search import SearchConfigError
 from agents.mcts.synthetic import HashTreeModel
-from helpers import Bandit, roots
+from azgym.env import ReasoningEnv
+from azgym.tasks import Problem
+from helpers import Bandit, ScriptedLM, roots
 from reference_mcts import ReferenceGumbelSearch, count_nodes, root_q, root_visits, seq_halving_visits
 
 K = 8
@@ -169,3 +171,19 @@ def test_matches_reference_without_jit():
     )  # fmt: skip
     assert code.returncode == 0, code.stdout[-2000:] + code.stderr[-2000:]
     assert "6 passed" in code.stdout
+
+
+def test_agent_plays_the_selected_action_to_the_correct_answer():
+    script = {"": [("2 + 3 = 6\n", False), ("2 + 3 = 5\n", False)], "2 + 3 = 5\n": [("#### 5\n", False)],
+              "2 + 3 = 6\n": [("#### 6\n", False)]}  # fmt: skip
+    env = ReasoningEnv([Problem("p0", "What is 2 + 3?", "5")], model=ScriptedLM(script), num_right=1, num_wrong=1,
+                       rewards="outcome")  # fmt: skip
+    env.reset(seed=0)
+    agent = MCTSAgent(num_simulations=8, root="gumbel", seed=0)
+    policy = agent.policy(env, [env.get_state()])
+    assert policy.actions.tolist() == [1] and policy.probs[0, 1] > 0.99  # the grader's +1 outweighs the prior
+    first = agent.act(env)
+    assert first == agent.last_result.action[0] == 1
+    _, _, terminated, _, _ = env.step(first)
+    agent.act(env)
+    assert agent.last_result.visits.sum() == 8  # a fresh search: Sequential Halving never reuses the subtree
