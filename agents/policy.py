@@ -31,6 +31,7 @@ class Policy:
     q_values: np.ndarray | None = None  # [B, K] float64 Q(root, a), NaN for actions never tried
     root_values: np.ndarray | None = None  # [B] float64 mean backed-up return at each root
     stats: dict[str, float] = field(default_factory=dict)  # scalars worth logging (tree size, ...)
+    actions: np.ndarray | None = None  # [B] int the search's own choice (Gumbel: the selected action, -1: none)
 
 
 class Agent(Protocol):

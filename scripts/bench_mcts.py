@@ -5,7 +5,8 @@
 
 Synthetic: branching 8, depth up to 12, priors / values / rewards from a hash of the path,
 800 simulations per search. Simulations per second of the numba engine at B = 1, 16, 64 and of
-the reference (tests/reference_mcts.py) at B = 64, in the same run; the last line is the ratio.
+the reference (tests/reference_mcts.py) at B = 64, in the same run, and of the Gumbel root at B = 64;
+the last line is the ratio.
 
 Real (--real): B GSM8K problems searched in lockstep with SmolLM2 as teacher and a value head on
 it; reports the wall time spent outside the model (kernels and driver) as a share of the search.
@@ -27,9 +28,9 @@ from agents.mcts import MCTS  # noqa: E402
 from agents.mcts.synthetic import HashTreeModel  # noqa: E402
 
 
-def engine_rate(batch: int, sims: int, repeats: int, leaves: int = 1) -> float:
+def engine_rate(batch: int, sims: int, repeats: int, leaves: int = 1, root: str = "puct") -> float:
     model = HashTreeModel(num_actions=8, max_depth=12, seed=batch)
-    search = MCTS(num_simulations=sims, leaves_per_round=leaves)
+    search = MCTS(num_simulations=sims, leaves_per_round=leaves, root=root)
     search.search(model, model.roots(batch), np.random.default_rng(0))  # compile and warm up
     best = np.inf
     for r in range(repeats):
@@ -86,6 +87,8 @@ def main() -> None:
         print(f"numba engine   B={batch:3d}: {rates[batch]:12,.0f} simulations/s")
     multi = engine_rate(64, args.simulations, args.repeats, leaves=4)
     print(f"numba engine   B= 64, 4 leaves per round (virtual loss): {multi:12,.0f} simulations/s")
+    gumbel = engine_rate(64, args.simulations, args.repeats, root="gumbel")
+    print(f"numba engine   B= 64, Gumbel root (Sequential Halving, mctx's rule below): {gumbel:12,.0f} simulations/s")
     ref = reference_rate(64, args.simulations)
     print(f"python reference B= 64: {ref:12,.0f} simulations/s")
     if args.real:

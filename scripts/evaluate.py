@@ -4,13 +4,19 @@
     python scripts/evaluate.py --checkpoint runs/selfplay/checkpoints/step-000008 --compare-base
     python scripts/evaluate.py --checkpoint runs/selfplay --which best   # the run's best held-out checkpoint
     python scripts/evaluate.py --adapter OUT_DIR          # a peft LoRA adapter (e.g. the TRL baseline's)
-    NUM_MCTS_ITERATIONS=2 python scripts/evaluate.py --mode mcts --size 4
+    NUM_MCTS_ITERATIONS=2 python scripts/evaluate.py --mode tree --size 4
+    python scripts/evaluate.py --mode tree --token-budget 128 --search-root gumbel --simulations 8
 
 Modes: greedy (default), majority (maj@k of sampled responses), best_of_n (k samples reranked by
-the value head), mcts (MCTS episodes; ``--simulations`` or ``NUM_MCTS_ITERATIONS``, no root noise,
-the most visited move). The env, search and student flags are the self-play run's (same names,
-same defaults per ``--preset``). Writes a JSON result with every response and prints a summary
-table; with --compare-base the base model is evaluated too, side by side.
+the value head), tree (alias mcts: a search per move, ``--simulations`` or ``NUM_MCTS_ITERATIONS``,
+no root noise, the most visited move or Gumbel's selected action; ``--batch-size`` problems in
+lockstep). The tree search never sees the gold answer: finished responses are valued by the value
+head or by answer agreement (``--terminal-value``), and only the final responses are graded; with
+``--token-budget`` a problem stops searching once its teachers generated that many tokens and the
+student finishes greedily (scripts/bench_inference.py compares it with greedy and maj@k at matched
+generated tokens). The env, search and student flags are the self-play run's (same names, same
+defaults per ``--preset``). Writes a JSON result with every response and prints a summary table;
+with --compare-base the base model is evaluated too, side by side.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import torch
 
 from agents.alphazero.config import PRESETS as RUN_PRESETS
 from agents.alphazero.evaluate import METRICS, MODES, evaluate
-from agents.mcts import MCTSAgent, SearchConfig
+from agents.alphazero.tree_eval import TERMINAL_VALUES, BlindSearch, head_is_trained
+from agents.mcts import MCTS, SearchConfig
 from agents.student import LMValueFunction, Student, StudentConfig
 from agents.training.checkpoint import CHECKPOINT_CHOICES, CheckpointError, load_student, resolve_checkpoint
 from azgym.cli import parse_config
@@ -45,13 +52,22 @@ class EvalOptions:
                         "during the run)", choices=CHECKPOINT_CHOICES)  # fmt: skip
     adapter: str = option("", "a peft LoRA adapter directory on --model")
     compare_base: bool = option(False, "evaluate the base model too, side by side")
-    mode: str = option("greedy", "greedy, majority (maj@k), best_of_n (value-reranked) or mcts", choices=MODES)
+    mode: str = option("greedy", "greedy, majority (maj@k), best_of_n (value-reranked) or tree (blind search; "
+                       "mcts: the same)", choices=MODES)  # fmt: skip
     k: int = option(4, "samples per problem for majority / best_of_n")
+    token_budget: int = option(0, "tree: generated tokens per problem the search may spend before the student "
+                               "finishes greedily (0: no limit)")  # fmt: skip
+    terminal_value: str = option("auto", "tree: how the search values a finished response without the gold answer: "
+                                 "head (the value head), agreement (among the answers the search reached), auto "
+                                 "(head if trained, else agreement)", choices=TERMINAL_VALUES)  # fmt: skip
+    batch_size: int = option(32, "problems decoded (greedy, majority, best_of_n) or searched (tree) together")
     seed: int = option(0, "seeds sampling and the search")
     out: str = option("", "JSON result path ('' = eval-<mode>.json here)")
 
     def __post_init__(self):
-        raise_problems(self, check_fields(self, {"size": (self.size >= 1, ">= 1"), "k": (self.k >= 1, ">= 1")}))
+        raise_problems(self, check_fields(self, {"size": (self.size >= 1, ">= 1"), "k": (self.k >= 1, ">= 1"),
+                                                 "token_budget": (self.token_budget >= 0, ">= 0 (0: no limit)"),
+                                                 "batch_size": (self.batch_size >= 1, ">= 1")}))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,7 @@ class EvaluateConfig:
 def _preset(name: str):
     def preset() -> EvaluateConfig:
         run = RUN_PRESETS[name]()
-        # evaluation plays the most visited move with no root noise
+        # evaluation plays the most visited move with no root noise (Gumbel: its selected action)
         return EvaluateConfig(run.env, replace(run.search, temperature=0.0, dirichlet_fraction=0.0), run.student)
 
     return preset
@@ -89,18 +105,31 @@ def build(config: EvaluateConfig, trained: bool) -> Student:
     return student
 
 
-def run(config: EvaluateConfig, student: Student, problems) -> dict:
+def blind_search(config: EvaluateConfig, student: Student, token_budget: int | None = None) -> BlindSearch:
+    """The tree mode's search: leaves valued by the value head, finished responses by ``--terminal-value``."""
     options, lm = config.evaluation, student.backend()
-    kwargs = {}
-    if options.mode == "best_of_n":
+    value_fn = LMValueFunction(lm, student.value_head)
+    choice = options.terminal_value
+    if choice == "auto":
+        choice = "head" if head_is_trained(student.value_head) else "agreement"
+    logging.getLogger(__name__).info("tree search: finished responses valued by %s (never the grade)", choice)
+    budget = options.token_budget if token_budget is None else token_budget
+    return BlindSearch(MCTS(config.search), value_fn, value_fn if choice == "head" else None, token_budget=budget)
+
+
+def run(config: EvaluateConfig, student: Student, problems, **overrides) -> dict:
+    """Evaluate ``student`` on ``problems``; ``overrides`` replace ``evaluate``'s arguments (``mode``, ``k``, ...)."""
+    options, lm = config.evaluation, student.backend()
+    kwargs = dict(mode=options.mode, k=options.k, max_tokens=config.env.max_tokens, seed=options.seed,
+                  prompt=config.env.prompt, answer=config.env.answer, batch_size=options.batch_size)  # fmt: skip
+    kwargs.update(overrides)
+    if kwargs["mode"] == "best_of_n":
         kwargs["value_fn"] = LMValueFunction(lm, student.value_head).values_of
-    if options.mode == "mcts":
+    if kwargs["mode"] in ("tree", "mcts"):
         kwargs["env"] = ReasoningEnv.from_config(config.env, model=lm, data=problems)
-        kwargs["agent"] = MCTSAgent(LMValueFunction(lm, student.value_head), config=config.search, seed=options.seed)
+        kwargs.setdefault("agent", blind_search(config, student))
     with torch.no_grad():
-        return evaluate(lm, problems, get_task(config.env.task), mode=options.mode, k=options.k,
-                        max_tokens=config.env.max_tokens, seed=options.seed, prompt=config.env.prompt,
-                        answer=config.env.answer, **kwargs)  # fmt: skip
+        return evaluate(lm, problems, get_task(config.env.task), **kwargs)
 
 
 def main(argv=None) -> None:
@@ -128,8 +157,9 @@ def main(argv=None) -> None:
     names = list(results)
     print(f"{config.env.task} {options.split}, {len(problems)} problems, mode {options.mode}, answer "
           f"{config.env.answer}" + (f", checkpoint {options.checkpoint}" if options.checkpoint else ""))  # fmt: skip
-    if options.mode == "mcts":
-        print(f"search: {config.search.num_simulations} simulations per move")
+    if options.mode in ("tree", "mcts"):
+        budget = f", a budget of {options.token_budget} generated tokens per problem" if options.token_budget else ""
+        print(f"search: {config.search.root}, {config.search.num_simulations} simulations per move{budget}")
     print(f"{'metric':20s}" + "".join(f"{n:>12s}" for n in names))
     for metric in METRICS:
         print(f"{metric:20s}" + "".join(f"{results[n][metric]:12.3f}" for n in names))

@@ -1,4 +1,4 @@
-"""Test helpers: a tiny seeded Llama, and a scripted language model for exact reward arithmetic."""
+"""Test helpers: a tiny seeded Llama, a scripted language model for exact reward arithmetic, a one-step bandit."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from agents.mcts.search import Expansion, Step
 from azgym.lm.base import Generation, broadcast
 
 
@@ -78,3 +79,39 @@ class ScriptedLM:
 
     def score(self, prompts, continuations):
         return [np.full(len(c), self.token_logprob, dtype=np.float32) for c in continuations]
+
+
+class Bandit:
+    """A root whose every action ends the episode with a known reward."""
+
+    state_dtype = object
+
+    def __init__(self, rewards, prior=None, valid=None, root_terminal=False):
+        self.rewards = np.asarray(rewards, np.float64)
+        self.num_actions = len(rewards)
+        self.prior = np.full(self.num_actions, 1.0 / self.num_actions) if prior is None else np.asarray(prior)
+        self.valid = np.ones(self.num_actions, bool) if valid is None else np.asarray(valid, bool)
+        self.root_terminal = root_terminal
+
+    def evaluate(self, states):
+        m = len(states)
+        return Expansion(
+            prior=np.tile(self.prior, (m, 1)).astype(np.float32),
+            valid=np.tile(self.valid, (m, 1)),
+            value=np.zeros(m),
+            terminal=np.full(m, self.root_terminal),
+        )
+
+    def step(self, states, actions):
+        m = len(states)
+        children = np.empty(m, dtype=object)
+        children[:] = [("leaf", int(a)) for a in actions]
+        x = Expansion(np.zeros((m, self.num_actions), np.float32), np.zeros((m, self.num_actions), bool),
+                      np.zeros(m), np.ones(m, bool))  # fmt: skip
+        return Step(states=children, reward=self.rewards[np.asarray(actions)], expansion=x)
+
+
+def roots(b):
+    out = np.empty(b, dtype=object)
+    out[:] = ["root"] * b
+    return out

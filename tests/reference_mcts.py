@@ -135,6 +135,10 @@ class ReferenceSearch:
         qn = (q - self.q_min[b]) / (self.q_max[b] - self.q_min[b]) if self.q_max[b] > self.q_min[b] else q
         return qn + exploration * node.prior[action] / (1.0 + visits)
 
+    def _choose(self, b, node, options):
+        scores = [self._score(b, node, a) for a in options]
+        return options[scores.index(max(scores))]  # first maximum: lowest index wins ties
+
     def _descend(self, b, root):
         node = root
         node.virtual += 1
@@ -145,8 +149,10 @@ class ReferenceSearch:
             if not options:
                 pending = any(node.valid[a] for a in node.pending)
                 return ("collision" if pending else "existing", node, -1)
-            scores = [self._score(b, node, a) for a in options]
-            action = options[scores.index(max(scores))]  # first maximum: lowest index wins ties
+            action = self._choose(b, node, options)
+            if action is None:  # a Gumbel rule found no action it may take: nothing to expand this time
+                pending = any(node.valid[a] for a in node.pending)
+                return ("collision" if pending else "existing", node, -1)
             if action not in node.children:
                 node.pending.add(action)
                 return ("expand", node, action)
@@ -215,3 +221,106 @@ def reroot(search, trees, nodes, rng):
         for n, p in zip(out, prior, strict=True):
             n.prior = [float(x) for x in p]
     return out
+
+
+# -- Gumbel MuZero (mctx's gumbel_muzero_policy), written from the paper's formulas ---------------------
+
+
+def seq_halving_visits(max_considered, num_simulations):
+    """mctx ``seq_halving.get_sequence_of_considered_visits``, line for line."""
+    if max_considered <= 1:
+        return list(range(num_simulations))
+    log2max = int(math.ceil(math.log2(max_considered)))
+    sequence, visits, num_considered = [], [0] * max_considered, max_considered
+    while len(sequence) < num_simulations:
+        extra = max(1, int(num_simulations / (log2max * num_considered)))
+        for _ in range(extra):
+            sequence.extend(visits[:num_considered])
+            visits[:num_considered] = [v + 1 for v in visits[:num_considered]]
+        num_considered = max(2, num_considered // 2)
+    return sequence[:num_simulations]
+
+
+class ReferenceGumbelSearch(ReferenceSearch):
+    """Gumbel MuZero: Sequential Halving with Gumbel at the root, the deterministic rule below it.
+
+    ``gumbel`` ([B, K]) is the root noise, already scaled. With several descents per round a child's
+    visit count includes descents in flight (an edge pending expansion counts one), as the engine's does.
+    """
+
+    def __init__(self, *, gumbel, num_simulations, max_considered_actions=16, c_visit=50.0, c_scale=0.1, **settings):
+        super().__init__(num_simulations=num_simulations, dirichlet_fraction=0.0, **settings)
+        self.gumbel = np.asarray(gumbel, np.float64)
+        self.max_considered = max_considered_actions
+        self.c_visit, self.c_scale = c_visit, c_scale
+
+    def visits(self, node, a):
+        if a in node.children:
+            return node.children[a].visits + node.children[a].virtual
+        return 1 if a in node.pending else 0
+
+    def completed(self, node):
+        """{valid a: (sigma(completed Q)(a), N(a), logit(a))} at ``node``."""
+        valid = [a for a in range(len(node.valid)) if node.valid[a]]
+        total = sum(node.prior[a] for a in valid)
+        prob = {a: node.prior[a] / total if total > 0 else 1.0 / len(valid) for a in valid}
+        q = {}
+        for a in valid:
+            if a in node.children:
+                c = node.children[a]
+                n = c.visits + c.virtual
+                q[a] = c.reward + self.discount * ((c.value_sum - self.virtual_loss * c.virtual) / n)
+        floor = float(np.finfo(np.float32).tiny)
+        sum_n = sum(self.visits(node, a) for a in q)
+        mixed = node.raw_value
+        if sum_n > 0:
+            weight = sum(max(prob[a], floor) for a in q)
+            mixed = (mixed + sum_n * (sum(max(prob[a], floor) * q[a] for a in q) / weight)) / (sum_n + 1.0)
+        done = {a: q.get(a, mixed) for a in valid}
+        low, high = min(done.values()), max(done.values())
+        scale = (self.c_visit + max(self.visits(node, a) for a in valid)) * self.c_scale
+        return {a: ((done[a] - low) / max(high - low, 1e-8) * scale, self.visits(node, a),
+                    math.log(prob[a]) if prob[a] > 0 else -1e9) for a in valid}  # fmt: skip
+
+    def improved_policy(self, node):
+        """softmax(logit + sigma(completed Q)) over the valid actions, as a {a: probability} dict."""
+        terms = {a: logit + sigma for a, (sigma, _, logit) in self.completed(node).items()}
+        top = max(terms.values())
+        z = sum(math.exp(t - top) for t in terms.values())
+        return {a: math.exp(t - top) / z for a, t in terms.items()}
+
+    def root_score(self, b, node, a, table_visit, info):
+        sigma, n, logit = info[a]
+        if n != table_visit:
+            return -math.inf
+        top = max(v[2] for v in info.values())
+        return max(-1e9, self.gumbel[b, a] + logit - top + sigma)
+
+    def _choose(self, b, node, options):
+        info = self.completed(node)
+        if node.parent is None:  # the root: Sequential Halving with Gumbel
+            considered = min(self.max_considered, len(info))
+            table = seq_halving_visits(considered, self.num_simulations)
+            target = table[min(sum(v[1] for v in info.values()), len(table) - 1)]
+            scores = [self.root_score(b, node, a, target, info) for a in options]
+            best = max(scores)
+            return options[scores.index(best)] if best > -math.inf else None
+        policy = self.improved_policy(node)
+        total = sum(v[1] for v in info.values())
+        scores = [policy[a] - info[a][1] / (1.0 + total) for a in options]
+        return options[scores.index(max(scores))]
+
+    def outcome(self, trees, num_actions):
+        """[B, K] improved policy and [B] selected action at each root (zeros and -1 where none)."""
+        policy = np.zeros((len(trees), num_actions))
+        action = np.full(len(trees), -1)
+        for b, root in enumerate(trees):
+            if not any(root.valid):
+                continue
+            for a, p in self.improved_policy(root).items():
+                policy[b, a] = p
+            info = self.completed(root)
+            most = max(v[1] for v in info.values())
+            scores = {a: self.root_score(b, root, a, most, info) for a in info}
+            action[b] = max(sorted(scores), key=lambda a: scores[a])  # first maximum
+        return policy, action

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from agents.alphazero.evaluate import evaluate
-from agents.mcts import MCTSAgent
+from agents.alphazero.tree_eval import BlindSearch
+from agents.mcts import MCTS
+from agents.policy import constant_value
 from azgym.env import ReasoningEnv
 from azgym.tasks import arithmetic
 
@@ -37,11 +39,12 @@ def test_greedy_is_deterministic(tiny_lm):
     assert [r["response"] for r in a["records"]] == [r["response"] for r in b["records"]]
 
 
-def test_mcts_mode_plays_episodes(tiny_lm):
+def test_tree_mode_plays_episodes_and_mcts_is_its_old_name(tiny_lm):
     env = ReasoningEnv(PROBLEMS, model=tiny_lm, task="arithmetic", chunk_tokens=3, max_steps=2, max_tokens=6)
-    agent = MCTSAgent(num_simulations=2, temperature=0.0, dirichlet_fraction=0.0, seed=0)
+    agent = BlindSearch(MCTS(num_simulations=2, temperature=0.0, dirichlet_fraction=0.0), constant_value())
     result = evaluate(tiny_lm, PROBLEMS, arithmetic, mode="mcts", env=env, agent=agent, progress=False)
-    assert result["num_problems"] == 3 and all(0 < r["tokens"] <= 6 for r in result["records"])
+    assert result["mode"] == "tree" and result["num_problems"] == 3
+    assert all(0 < len(tiny_lm.encode(r["response"])) <= 6 and r["tokens"] >= 6 for r in result["records"])
 
 
 def test_bad_mode_and_missing_inputs(tiny_lm):

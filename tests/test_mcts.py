@@ -10,49 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.mcts import MCTS, Expansion, Step, kernels
+from agents.mcts import MCTS, kernels
 from agents.mcts.kernels import visit_policy
 from agents.mcts.synthetic import HashTreeModel
 from agents.mcts.tree import ROOT_INDEX, new_tree
+from helpers import Bandit, roots
 from reference_mcts import ReferenceSearch, count_nodes, max_depth, reroot, root_q, root_visits
 
 K = 8
-
-
-class Bandit:
-    """A root whose every action ends the episode with a known reward."""
-
-    state_dtype = object
-
-    def __init__(self, rewards, prior=None, valid=None, root_terminal=False):
-        self.rewards = np.asarray(rewards, np.float64)
-        self.num_actions = len(rewards)
-        self.prior = np.full(self.num_actions, 1.0 / self.num_actions) if prior is None else np.asarray(prior)
-        self.valid = np.ones(self.num_actions, bool) if valid is None else np.asarray(valid, bool)
-        self.root_terminal = root_terminal
-
-    def evaluate(self, states):
-        m = len(states)
-        return Expansion(
-            prior=np.tile(self.prior, (m, 1)).astype(np.float32),
-            valid=np.tile(self.valid, (m, 1)),
-            value=np.zeros(m),
-            terminal=np.full(m, self.root_terminal),
-        )
-
-    def step(self, states, actions):
-        m = len(states)
-        children = np.empty(m, dtype=object)
-        children[:] = [("leaf", int(a)) for a in actions]
-        x = Expansion(np.zeros((m, self.num_actions), np.float32), np.zeros((m, self.num_actions), bool),
-                      np.zeros(m), np.ones(m, bool))  # fmt: skip
-        return Step(states=children, reward=self.rewards[np.asarray(actions)], expansion=x)
-
-
-def roots(b):
-    out = np.empty(b, dtype=object)
-    out[:] = ["root"] * b
-    return out
 
 
 def rng():

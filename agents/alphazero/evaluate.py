@@ -1,8 +1,11 @@
-"""Evaluation on held-out problems: greedy, sampled majority vote, value-reranked best-of-N, MCTS.
+"""Evaluation on held-out problems: greedy, sampled majority vote, value-reranked best-of-N, blind tree search.
 
 Every mode writes full responses from the task's solve prompt and grades them with the task's
-grader. Metrics: accuracy, format accuracy (an answer marker present), the split of correct /
-wrong answer / format failure, and response tokens per problem.
+grader, and only the final responses: no mode sees a gold answer before that (the tree search values
+its finished leaves without it, see :mod:`agents.alphazero.tree_eval`). Metrics: accuracy, format
+accuracy (an answer marker present), the split of correct / wrong answer / format failure, and
+generated tokens per problem (greedy: the response; maj@k and best-of-N: all k samples; tree: every
+candidate the search's teachers sampled, plus the greedy finish past a token budget).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from azgym.lm.hf import HFBackend
 from azgym.prompts import solve_prompt_ids, system_prompt
 from azgym.tasks.base import Problem
 
-MODES = ("greedy", "majority", "best_of_n", "mcts")
+MODES = ("greedy", "majority", "best_of_n", "tree", "mcts")  # mcts: the former name of tree, kept as an alias
 ANSWERS = ("strict", "flexible")
 # the summary's numbers, in the order they are printed and logged (see :func:`summarize`)
 METRICS = ("accuracy", "accuracy_low", "accuracy_high", "strict_accuracy", "flexible_accuracy", "format_accuracy",
@@ -46,8 +49,9 @@ def evaluate(
     """Grade ``lm`` on ``problems``; returns metrics and one record per problem.
 
     ``majority`` samples ``k`` responses and votes on the parsed answers; ``best_of_n`` samples ``k``
-    and keeps the one ``value_fn(prompt_ids_list) -> values`` rates highest; ``mcts`` plays ``env``
-    (built on the same problems) with ``agent``. ``prompt`` picks the solve prompt's system message:
+    and keeps the one ``value_fn(prompt_ids_list) -> values`` rates highest; ``tree`` (alias ``mcts``)
+    plays ``env`` (built on the same problems) with ``agent``, a :class:`~agents.alphazero.tree_eval.BlindSearch`,
+    ``batch_size`` problems in lockstep. ``prompt`` picks the solve prompt's system message:
     ``"task"`` (the task's), ``"bare"`` (the question alone) or the message text. ``answer`` is what
     counts as the answer for ``accuracy``: ``"strict"`` (after the '#### ' marker) or ``"flexible"``
     (the last number, the reward of ``--answer flexible``); both accuracies are always reported.
@@ -58,20 +62,21 @@ def evaluate(
         raise ValueError(f"unknown evaluation mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "best_of_n" and value_fn is None:
         raise ValueError("best_of_n needs a value_fn to rerank the samples")
-    if mode == "mcts" and (env is None or agent is None):
-        raise ValueError("mcts evaluation needs env (on these problems) and agent")
+    mode = "tree" if mode == "mcts" else mode
+    if mode == "tree" and (env is None or not hasattr(agent, "responses")):
+        raise ValueError("tree evaluation needs env (built on these problems) and agent (a tree_eval.BlindSearch)")
     system = system_prompt(task.NAME, prompt)
     records = []
-    bar = tqdm(total=len(problems), desc=f"eval {mode}", unit="problem", disable=not progress, leave=False)
-    if mode == "mcts":
-        for index, problem in enumerate(problems):
-            env.reset(seed=seed + index, options={"problem_id": problem.id})
-            state = env.get_state()
-            while not (state.terminated or state.truncated):
-                env.step(agent.act(env))
-                state = env.get_state()
-            records.append(_record(problem, env.lm.decode(state.response_ids), len(state.response_ids), task, answer))
-            bar.update(1)
+    bar = tqdm(total=len(problems), desc=f"eval {mode}", unit="problem", disable=not progress or mode == "tree",
+               leave=False)  # fmt: skip
+    if mode == "tree":
+        index = {p.id: i for i, p in enumerate(env.problems)}
+        missing = [p.id for p in problems if p.id not in index]
+        if missing:
+            raise ValueError(f"the env does not hold problem {missing[0]!r}: build it on the evaluated problems")
+        played = agent.responses(env, lm, [index[p.id] for p in problems], seed=seed, batch_size=batch_size,
+                                 progress=progress)  # fmt: skip
+        records = [_record(p, text, tokens, task, answer) for p, (text, tokens) in zip(problems, played, strict=True)]
     else:
         for start in range(0, len(problems), batch_size):
             chunk = problems[start : start + batch_size]

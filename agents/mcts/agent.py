@@ -9,19 +9,24 @@ import numpy as np
 from agents.mcts.env_model import EnvSearchModel
 from agents.mcts.search import MCTS, SearchConfig, SearchResult
 from agents.mcts.tree import ROOT_INDEX
-from agents.policy import Policy, ValueFn, base_env, constant_value, sample_action
+from agents.policy import Policy, ValueFn, base_env, constant_value
 from azgym.env import EnvState
 
 
 class MCTSAgent:
-    """Plays a :class:`~azgym.env.ReasoningEnv` by PUCT search (B trees in lockstep).
+    """Plays a :class:`~azgym.env.ReasoningEnv` by PUCT or Gumbel MuZero search (B trees in lockstep).
+
+    Under ``root="gumbel"`` :meth:`policy` returns the improved policy softmax(logits + sigma(completed Q))
+    as ``probs`` (the policy target; a draw from it is a fresh Gumbel-max sample) and the search's own
+    selected action as ``actions``; :meth:`act` plays the selected action (deterministic given the
+    search's Gumbel noise, as in mctx) and never reuses the subtree (Sequential Halving starts afresh).
 
     Args:
         value_fn: leaf evaluator ``(env, states) -> values``; default: 0 for every state.
         config: a :class:`~agents.mcts.search.SearchConfig`; ``**settings`` replace its fields
             (``num_simulations``, ``c_puct``, ``temperature``, ``dirichlet_fraction``, ...).
-        reuse_tree: :meth:`act` keeps the subtree under the chosen action for the next move.
-        seed: seeds the root noise and the sampling of actions from the visit policy.
+        reuse_tree: :meth:`act` keeps the subtree under the chosen action for the next move (PUCT only).
+        seed: seeds the root noise (Dirichlet or Gumbel) and the sampling of actions from the visit policy.
     """
 
     def __init__(self, value_fn: ValueFn | None = None, *, config: SearchConfig | None = None,
@@ -38,9 +43,9 @@ class MCTSAgent:
         return self.mcts.search(EnvSearchModel(base_env(env), self.value_fn), list(states), self.rng)
 
     def policy(self, env, states: Sequence[EnvState]) -> Policy:
-        """The visit policy of a fresh search from each state, with the search statistics."""
+        """A fresh search's policy from each state (visits, or Gumbel's improved policy), with its statistics."""
         result = self.search(env, states)
-        return Policy(result.policy, result.visits, result.q_values, result.root_value, result.stats())
+        return Policy(result.policy, result.visits, result.q_values, result.root_value, result.stats(), result.action)
 
     def act(self, env) -> int:
         """Search from ``env``'s current state (reusing the last move's subtree) and return the action."""
@@ -49,12 +54,14 @@ class MCTSAgent:
         if state.terminated or state.truncated:
             raise ValueError("the episode has ended; reset the environment before asking for an action")
         reuse = None
-        if self.reuse_tree and self._next_root is not None:
+        if self.reuse_tree and self.mcts.config.root == "puct" and self._next_root is not None:
             previous, node = self._next_root
             if previous.states[0, node] == state:
                 reuse = (previous.tree, previous.states, np.array([node]))
         result = self.mcts.search(EnvSearchModel(base, self.value_fn), [state], self.rng, reuse=reuse)
-        action = sample_action(result.policy[0], self.rng)
+        action = int(result.choose(self.rng)[0])
+        if action < 0:
+            raise RuntimeError("the agent found no valid action in a live state: the proposer returned no candidates")
         self.last_result = result
         child = int(result.tree.children_index[0, ROOT_INDEX, action])
         self._next_root = (result, child) if child >= 0 else None

@@ -16,6 +16,8 @@ V = node value)::
                 = c_puct                                             otherwise (AlphaZero)
 
 N(s) counts the visit that created s, so the first selection at a fresh node follows the prior.
+With ``params.rule == GUMBEL`` the root uses Sequential Halving with Gumbel and the other nodes
+mctx's deterministic rule instead (:mod:`agents.mcts.gumbel`); everything else is shared.
 Ties go to the lowest action index. With virtual loss, every node a descent passes holds one
 virtual visit until backup: it adds to N and lowers V by ``virtual_loss`` per virtual visit, so
 several descents in one round (``leaves_per_round > 1``) spread over the tree. An edge chosen for
@@ -30,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from agents.mcts.gumbel import select_interior, select_root
 from agents.mcts.tree import COLLISION, EXISTING, EXPAND, FULL, NO_PARENT, PENDING, ROOT_INDEX, UNVISITED, Tree
 
 
@@ -63,14 +66,25 @@ class NewNodes(NamedTuple):
     terminal: np.ndarray  # [M] bool  the episode ended at s
 
 
+PUCT, GUMBEL = 0, 1  # Params.rule: how descents choose actions
+
+
 class Params(NamedTuple):
-    """The search settings the kernels read (see the module docstring for the symbols)."""
+    """The search settings the kernels read (see the module docstring for the symbols).
+
+    The last five fields matter only to ``rule == GUMBEL`` (see :mod:`agents.mcts.gumbel`) and default to PUCT.
+    """
 
     exploration: np.ndarray  # [V] float64  c(N) * sqrt(N), from exploration_table; V > every N + width
     fpu_value: float  # Q of a child not created yet
     discount: float  # per-step return discount
     virtual_loss: float  # value subtracted per virtual visit
     max_search_depth: int  # nodes this many edges below the root are not expanded
+    rule: int = PUCT  # PUCT, or GUMBEL (Sequential Halving with Gumbel at the root, mctx's rule below)
+    gumbel: np.ndarray = np.zeros((0, 0))  # [B, K] float64  the root's scaled Gumbel noise g
+    considered_visits: np.ndarray = np.zeros((1, 1), np.int32)  # [m + 1, S] int32  gumbel.considered_visits
+    c_visit: float = 50.0  # sigma(q) = (c_visit + max N) * c_scale * q
+    c_scale: float = 0.1
 
 
 @njit(cache=True, inline="always")
@@ -127,6 +141,7 @@ def select_leaves(tree: Tree, leaves: Leaves, width: int, params: Params) -> int
     """
     batch = leaves.node.shape[0]
     capacity = tree.node_visits.shape[1]
+    scratch = np.empty((3, tree.children_index.shape[2]), np.float64)  # the Gumbel rules' work space
     m = 0
     for b in range(batch):
         if tree.q_max[b] > tree.q_min[b]:
@@ -142,7 +157,12 @@ def select_leaves(tree: Tree, leaves: Leaves, width: int, params: Params) -> int
                 if tree.node_terminal[b, node] or tree.node_depth[b, node] >= params.max_search_depth:
                     leaves.kind[b, l] = EXISTING
                     break
-                action, pending = _select_action(tree, b, node, q_low, q_scale, params)
+                if params.rule == PUCT:
+                    action, pending = _select_action(tree, b, node, q_low, q_scale, params)
+                elif node == ROOT_INDEX:
+                    action, pending = select_root(tree, b, params, scratch)
+                else:
+                    action, pending = select_interior(tree, b, node, params, scratch)
                 if action < 0:
                     leaves.kind[b, l] = COLLISION if pending else EXISTING
                     break

@@ -16,7 +16,10 @@ from typing import Protocol
 import numpy as np
 
 from agents.mcts import kernels
+from agents.mcts.gumbel import considered_visits, root_outcome
 from agents.mcts.tree import ROOT_INDEX, Tree, new_tree
+
+ROOTS = ("puct", "gumbel")  # SearchConfig.root
 
 
 class SearchConfigError(ValueError):
@@ -33,7 +36,11 @@ def _setting(default, help: str, **metadata):
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The search: PUCT (AlphaZero / MuZero conventions) over teacher priors and value-head leaves."""
+    """The search: PUCT (AlphaZero / MuZero conventions) or Gumbel MuZero over teacher priors and value-head leaves.
+
+    ``root="gumbel"`` follows mctx's ``gumbel_muzero_policy`` (see :mod:`agents.mcts.gumbel`): no Dirichlet
+    noise, no PUCT settings; the result's ``policy`` is the improved policy and ``action`` the selected action.
+    """
 
     num_simulations: int = _setting(32, "MCTS simulations per move; 1 turns search off (actions from the priors)",
                                     flag="--simulations", aliases=("--num-simulations",))  # fmt: skip
@@ -48,6 +55,14 @@ class SearchConfig:
     leaves_per_round: int = _setting(1, "descents per tree per simulation round; above 1 uses virtual loss")
     virtual_loss: float = _setting(1.0, "value subtracted per descent in flight through a node")
     max_search_depth: int = _setting(64, "search horizon in edges below the root; deeper leaves back up their value")
+    root: str = _setting("puct", "puct (AlphaZero / MuZero), or gumbel (Gumbel MuZero: Sequential Halving with Gumbel "
+                         "at the root, mctx's deterministic rule below it, completed-Q improved policy)",
+                         flag="--search-root", choices=ROOTS)  # fmt: skip
+    gumbel_scale: float = _setting(1.0, "gumbel: scale of the root's Gumbel noise (0: deterministic)")
+    max_considered_actions: int = _setting(16, "gumbel: root actions sampled without replacement (Gumbel-top-k) for "
+                                           "Sequential Halving")  # fmt: skip
+    c_visit: float = _setting(50.0, "gumbel: sigma(q) = (c_visit + max visits) * c_scale * q, the visit offset")
+    c_scale: float = _setting(0.1, "gumbel: the scale c_scale of sigma(q)")
 
     def __post_init__(self):
         rules = {  # name: (holds, the rule)
@@ -61,6 +76,11 @@ class SearchConfig:
             "leaves_per_round": (self.leaves_per_round >= 1, ">= 1"),
             "virtual_loss": (self.virtual_loss >= 0, ">= 0"),
             "max_search_depth": (self.max_search_depth >= 1, ">= 1"),
+            "root": (self.root in ROOTS, f"one of {', '.join(ROOTS)}"),
+            "gumbel_scale": (self.gumbel_scale >= 0, ">= 0"),
+            "max_considered_actions": (self.max_considered_actions >= 1, ">= 1"),
+            "c_visit": (self.c_visit >= 0, ">= 0"),
+            "c_scale": (self.c_scale >= 0, ">= 0"),
         }
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         problems = [(name, f"must be a finite number, got {value}") for name, value in values.items()
@@ -112,13 +132,26 @@ class SearchModel(Protocol):
 @dataclass
 class SearchResult:
     visits: np.ndarray  # [B, K] int32 root visit counts
-    policy: np.ndarray  # [B, K] float64 visit distribution at the search temperature
+    policy: np.ndarray  # [B, K] float64 puct: visit distribution at the search temperature; gumbel: improved policy
     q_values: np.ndarray  # [B, K] float64 Q(root, a), NaN for actions never tried
     root_value: np.ndarray  # [B] float64 mean backed-up return at the root
     tree: Tree
     states: np.ndarray  # [B, N] object: the state of every node
     num_simulations: int  # simulations run per tree in this search
     seconds: dict[str, float] = field(default_factory=dict)  # "model", "tree" and "total" wall time
+    improved_policy: np.ndarray | None = None  # [B, K] float64 gumbel: softmax(logits + sigma(completed Q))
+    action: np.ndarray | None = None  # [B] int32 gumbel: the selected action (-1 where there is none)
+    gumbel: np.ndarray | None = None  # [B, K] float64 gumbel: the root's scaled Gumbel noise
+
+    def choose(self, rng: np.random.Generator) -> np.ndarray:
+        """[B] int the move of each tree: gumbel's selected action, else a draw from ``policy`` (-1: no action)."""
+        if self.action is not None:
+            return self.action.astype(np.int64)
+        out = np.full(len(self.policy), -1, np.int64)
+        for b, row in enumerate(self.policy):  # once per move, not per simulation
+            if row.sum() > 0:
+                out[b] = rng.choice(len(row), p=row / row.sum())
+        return out
 
     def stats(self) -> dict[str, float]:
         """Scalars worth logging: tree size and depth, simulations/s, the tree code's share of time."""
@@ -132,7 +165,7 @@ class SearchResult:
 
 
 class MCTS:
-    """Batched PUCT search (AlphaZero / MuZero conventions, see :mod:`agents.mcts.kernels`).
+    """Batched PUCT (AlphaZero / MuZero, :mod:`agents.mcts.kernels`) or Gumbel MuZero (`agents.mcts.gumbel`).
 
     Takes a :class:`SearchConfig` or its fields as keyword arguments (``MCTS(num_simulations=8)``);
     each field's meaning is documented there. The settings are readable as attributes.
@@ -152,39 +185,52 @@ class MCTS:
         """Search from each of the B ``roots``.
 
         ``reuse``: ``(tree, states, new_roots)`` of an earlier search whose node ``new_roots[b]``
-        is this search's root b; its subtree, visits included, is kept and extended.
+        is this search's root b; its subtree, visits included, is kept and extended (PUCT only:
+        Sequential Halving spends a fresh budget from unvisited roots).
         """
         start = time.perf_counter()
         timer = _ModelTimer(model)
         roots = roots if isinstance(roots, np.ndarray) else _object_array(roots)
         batch, k, sims = len(roots), model.num_actions, self.config.num_simulations
+        gumbel = None
+        if self.config.root == "gumbel":
+            if reuse is not None:
+                raise ValueError("subtree reuse needs root='puct': a Gumbel search halves a fresh budget at the root")
+            gumbel = self.config.gumbel_scale * rng.gumbel(size=(batch, k))
         if reuse is not None:
             tree, states = self._reused(reuse, sims, rng)
         else:
             tree = new_tree(batch, sims + 1, k)
             states = np.empty((batch, sims + 1), dtype=getattr(model, "state_dtype", object))
             root = timer.evaluate(roots)
-            prior = self._noisy(root.prior, root.valid, rng)
+            prior = (
+                np.asarray(root.prior, np.float32) if gumbel is not None else self._noisy(root.prior, root.valid, rng)
+            )
             kernels.init_roots(tree, kernels.NewNodes(prior, root.valid, root.value.astype(np.float64), root.terminal))
             states[:, ROOT_INDEX] = roots
-        self._run(timer, tree, states, sims)
+        params = self._params(tree, sims, gumbel)
+        self._run(timer, tree, states, sims, params)
         visits = tree.root_visits()
+        improved, action = root_outcome(tree, params) if gumbel is not None else (None, None)
         total = time.perf_counter() - start
         return SearchResult(
             visits=visits,
-            policy=kernels.visit_policy(visits, self.config.temperature),
+            policy=improved if gumbel is not None else kernels.visit_policy(visits, self.config.temperature),
             q_values=tree.q_values(ROOT_INDEX, self.config.discount),
             root_value=tree.node_value_sum[:, ROOT_INDEX] / np.maximum(tree.node_visits[:, ROOT_INDEX], 1),
             tree=tree,
             states=states,
             num_simulations=sims,
             seconds={"model": timer.seconds, "tree": total - timer.seconds, "total": total},
+            improved_policy=improved,
+            action=action,
+            gumbel=gumbel,
         )
 
-    def _run(self, model: SearchModel, tree: Tree, states: np.ndarray, sims: int) -> None:
-        config, leaves_per_round = self.config, self.config.leaves_per_round
+    def _params(self, tree: Tree, sims: int, gumbel: np.ndarray | None) -> kernels.Params:
+        config = self.config
         pb_c_base = -1.0 if config.pb_c_base is None else float(config.pb_c_base)
-        most_visits = int(tree.node_visits[:, ROOT_INDEX].max()) + sims + leaves_per_round + 1
+        most_visits = int(tree.node_visits[:, ROOT_INDEX].max()) + sims + config.leaves_per_round + 1
         params = kernels.Params(
             exploration=kernels.exploration_table(most_visits, config.c_puct, pb_c_base),
             fpu_value=float(config.fpu_value),
@@ -192,6 +238,18 @@ class MCTS:
             virtual_loss=float(config.virtual_loss),
             max_search_depth=int(config.max_search_depth),
         )
+        if gumbel is None:
+            return params
+        return params._replace(
+            rule=kernels.GUMBEL,
+            gumbel=gumbel,
+            considered_visits=considered_visits(min(config.max_considered_actions, tree.num_actions), sims),
+            c_visit=float(config.c_visit),
+            c_scale=float(config.c_scale),
+        )
+
+    def _run(self, model: SearchModel, tree: Tree, states: np.ndarray, sims: int, params: kernels.Params) -> None:
+        leaves_per_round = self.config.leaves_per_round
         leaves = kernels.new_leaves(tree.batch_size, leaves_per_round)
         empty = _empty_expansion(tree.num_actions)
         nothing = kernels.NewNodes(empty.prior, empty.valid, empty.value, empty.terminal)

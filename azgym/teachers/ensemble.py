@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -141,6 +141,7 @@ class TeacherEnsemble:
         self.weight_temperature = weight_temperature
         self.values = {name: 0.0 for name in names}  # moving average of returns per teacher
         self.dropped: dict[str, str] = {}  # teacher name -> why it was dropped
+        self.generated_tokens: Counter[str] = Counter()  # problem id -> tokens its proposals generated (all samples)
         self._cache: OrderedDict[tuple, list[Candidate]] = OrderedDict()
         self._prompt_cache: dict[tuple, list[int]] = {}
 
@@ -252,6 +253,7 @@ class TeacherEnsemble:
                     pending, rounds = True, rounds + 1
                     continue
                 for (i, label), sample in zip(owners, samples, strict=True):
+                    self.generated_tokens[requests[i].problem_id] += len(sample.token_ids)
                     wanted[i][(teacher.name, label)] -= 1
                     ids = self._scorer_ids(teacher, sample, requests[i])
                     key = self.lm.decode(ids).strip() if teacher.lm is not self.lm else sample.text.strip()
