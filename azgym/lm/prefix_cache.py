@@ -84,6 +84,17 @@ class PrefixCache:
             stack.extend(node.children.values())
         return count - 1
 
+    def stored_bytes(self) -> int:
+        """The storage the tree's tensors actually hold, counted from the tensors themselves (equals
+        :attr:`bytes`: no stored tensor is a view keeping a larger batch alive)."""
+        total, stack = 0, [self._root]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children.values())
+            for tensor in (node.kv, node.hidden):
+                total += tensor.untyped_storage().nbytes() if tensor is not None else 0
+        return total
+
     def match(self, tokens: Sequence[int], limit: int | None = None) -> tuple[int, torch.Tensor | None]:
         """The longest cached prefix of ``tokens[:limit]``: its length and its ``[L, 2, H, length, D]``
         keys and values (a fresh tensor; None when nothing matched). Marks the path as used."""
