@@ -180,3 +180,24 @@ def test_a_long_search_stays_within_a_small_budget(tiny_lm, gsm8k_problems):
     tree = lm.prefix_cache
     assert tree.evicted > 0 and lm.stats.reused > 0
     assert tree.peak_bytes <= budget and tree.bytes == tree.stored_bytes() <= budget
+
+
+def test_a_learner_step_on_a_lora_student_refreshes_its_backend(tokenizer):
+    from agents.student import Student, StudentConfig
+    from agents.training.learner import Learner, LearnerConfig, Sample
+    from helpers import tiny_llama
+
+    torch.manual_seed(0)
+    config = StudentConfig(model="tiny-llama", prefix_cache_mib=2)
+    student = Student.from_config(config, model=tiny_llama(len(tokenizer)), tokenizer=tokenizer)
+    lm = student.backend()
+    assert lm.prefix_cache.budget_bytes == 2 * 2**20
+    prompt, step = chat(lm, "What is 2 + 3?"), [5, 6, 7]
+    before = lm.score([prompt], [step])[0]
+    Learner(student, LearnerConfig(loss="legacy", learning_rate=1e-2)).step([Sample(tuple(prompt), (5, 6, 7), 1.0, "a")])
+    after = lm.score([prompt], [step])[0]
+    fresh = student.backend(prefix_cache_bytes=0).score([prompt], [step])[0]
+    np.testing.assert_allclose(after, fresh, atol=1e-4)
+    assert np.abs(after - before).max() > 1e-3  # the step moved the policy: a stale cache would not show it
+    with pytest.raises(ValueError, match="prefix_cache_mib"):
+        StudentConfig(prefix_cache_mib=-1)
