@@ -194,7 +194,8 @@ def test_a_learner_step_on_a_lora_student_refreshes_its_backend(tokenizer):
     assert lm.prefix_cache.budget_bytes == 2 * 2**20
     prompt, step = chat(lm, "What is 2 + 3?"), [5, 6, 7]
     before = lm.score([prompt], [step])[0]
-    Learner(student, LearnerConfig(loss="legacy", learning_rate=1e-2)).step([Sample(tuple(prompt), (5, 6, 7), 1.0, "a")])
+    learner = Learner(student, LearnerConfig(loss="legacy", learning_rate=1e-2))
+    learner.step([Sample(tuple(prompt), tuple(step), 1.0, "a")])
     after = lm.score([prompt], [step])[0]
     fresh = student.backend(prefix_cache_bytes=0).score([prompt], [step])[0]
     np.testing.assert_allclose(after, fresh, atol=1e-4)
