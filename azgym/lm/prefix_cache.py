@@ -97,7 +97,8 @@ class PrefixCache:
 
     def match(self, tokens: Sequence[int], limit: int | None = None) -> tuple[int, torch.Tensor | None]:
         """The longest cached prefix of ``tokens[:limit]``: its length and its ``[L, 2, H, length, D]``
-        keys and values (a fresh tensor; None when nothing matched). Marks the path as used."""
+        keys and values (None when nothing matched; read-only: it may be a view of a node's tensor).
+        Marks the path as used."""
         limit = len(tokens) if limit is None else min(limit, len(tokens))
         self._tick += 1
         node, pos, pieces = self._root, 0, []
@@ -114,7 +115,7 @@ class PrefixCache:
             node = child
         if not pos:
             return 0, None
-        return pos, pieces[0].clone() if len(pieces) == 1 else torch.cat(pieces, dim=3)
+        return pos, pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=3)
 
     def hidden_at(self, tokens: Sequence[int]) -> torch.Tensor | None:
         """The final hidden state at the last token of ``tokens`` when the whole sequence is cached with
