@@ -129,7 +129,7 @@ class PrefixCacheMixin:
         if not prompts:
             return None
         device, tree = self.device, self.prefix_cache
-        matched = [tree.match(p, len(p) - 1) for p in prompts]
+        matched = [tree.match_pieces(p, len(p) - 1) for p in prompts]
         lengths = [m for m, _ in matched]
         ids, tail_mask = self.left_pad([p[m:] for p, m in zip(prompts, lengths, strict=True)])
         ids, tail_mask = ids.to(device), tail_mask.to(device)
@@ -139,7 +139,7 @@ class PrefixCacheMixin:
         position = (start + tail_mask.cumsum(-1) - 1).clamp(min=0)  # cached keys sit at positions 0..m-1
         mask, past = tail_mask, {}
         if any(lengths):
-            cache, past_mask = past_from([kv for _, kv in matched], self.model.config)
+            cache, past_mask = past_from([pieces for _, pieces in matched], self.model.config)
             mask, past = torch.cat([past_mask, tail_mask], dim=1), {self._cache_arg: cache}
         with LastHidden(self.model) as hidden:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **past)

@@ -99,6 +99,14 @@ class PrefixCache:
         """The longest cached prefix of ``tokens[:limit]``: its length and its ``[L, 2, H, length, D]``
         keys and values (None when nothing matched; read-only: it may be a view of a node's tensor).
         Marks the path as used."""
+        length, pieces = self.match_pieces(tokens, limit)
+        if not pieces:
+            return 0, None
+        return length, pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=3)
+
+    def match_pieces(self, tokens: Sequence[int], limit: int | None = None) -> tuple[int, list[torch.Tensor]]:
+        """As :meth:`match`, the keys and values left as one read-only view per tree node on the path
+        (in order), so a caller copies them once, straight into its batch."""
         limit = len(tokens) if limit is None else min(limit, len(tokens))
         self._tick += 1
         node, pos, pieces = self._root, 0, []
@@ -113,9 +121,7 @@ class PrefixCache:
             if n < len(child.tokens):
                 break
             node = child
-        if not pos:
-            return 0, None
-        return pos, pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=3)
+        return pos, pieces
 
     def hidden_at(self, tokens: Sequence[int]) -> torch.Tensor | None:
         """The final hidden state at the last token of ``tokens`` when the whole sequence is cached with
@@ -245,21 +251,25 @@ def row_kv(cache, row: int, columns: torch.Tensor) -> torch.Tensor:
     )  # fmt: skip
 
 
-def past_from(kvs: Sequence[torch.Tensor | None], config):
-    """A left-padded batch KV cache from per-row ``[L, 2, H, m_i, D]`` prefixes (None: nothing cached)
-    and its ``[B, max m_i]`` attention mask (long, on the prefixes' device)."""
+def past_from(rows: Sequence[Sequence[torch.Tensor]], config):
+    """A left-padded batch KV cache from each row's cached prefix, given as ``[L, 2, H, t, D]`` pieces in
+    order (an empty list: nothing cached), and its ``[B, width]`` attention mask (long, on their device).
+    Every piece is copied once, into place."""
     from transformers.cache_utils import DynamicCache
 
-    lengths = [0 if kv is None else kv.shape[3] for kv in kvs]
+    lengths = [sum(piece.shape[3] for piece in pieces) for pieces in rows]
     width = max(lengths)
-    like = next(kv for kv in kvs if kv is not None)
+    like = next(pieces[0] for pieces in rows if pieces)
     num_layers, _, heads, _, size = like.shape
-    past = like.new_zeros((num_layers, 2, len(kvs), heads, width, size))
-    mask = torch.zeros((len(kvs), width), dtype=torch.long, device=like.device)
-    for i, (kv, m) in enumerate(zip(kvs, lengths, strict=True)):
-        if m:
-            past[:, :, i, :, width - m :] = kv
-            mask[i, width - m :] = 1
+    past = like.new_empty((num_layers, 2, len(rows), heads, width, size))
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=like.device)
+    for i, (pieces, m) in enumerate(zip(rows, lengths, strict=True)):
+        past[:, :, i, :, : width - m] = 0  # padding: masked, but kept finite
+        start = width - m
+        for piece in pieces:
+            past[:, :, i, :, start : start + piece.shape[3]] = piece
+            start += piece.shape[3]
+        mask[i, width - m :] = 1
     return DynamicCache([(past[layer, 0], past[layer, 1]) for layer in range(num_layers)], config=config), mask
 
 
