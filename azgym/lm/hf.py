@@ -239,7 +239,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             if groups is not None:  # heads shared in this call and not cached yet: run them once, cached
                 group_of, heads = groups
                 shared = [h for g, h in enumerate(heads) if group_of.count(g) > 1]
-                self._run_cached([h for h in shared if self.prefix_cache.match(h)[0] < len(h)])
+                self._run_cached([h for h in shared if self.prefix_cache.match_pieces(h)[0] < len(h)])
             cache, logits, mask, position, _ = self._run_cached(distinct)
         elif groups is None:
             cache, logits, mask, position = self._forward_padded(distinct)
