@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
 
-from azgym.lm.prefix_cache import LastHidden, PrefixCache, past_from, row_kv, weights_fingerprint
+from azgym.lm.prefix_cache import LastHidden, PrefixCache, common_prefix, past_from, row_kv, weights_fingerprint
 
 SHARED_HEAD_TOKENS = 16  # prompts of one call sharing at least this many leading tokens prefill them once
 
@@ -59,14 +58,6 @@ def cache_of(output):
     return cache if cache is not None else output.past_key_values
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 @dataclass
 class TokenStats:
     """Tokens run through the model since the last reset: prompt prefill, decoding steps (one per
@@ -93,6 +84,7 @@ class TokenStats:
 
 @contextlib.contextmanager
 def timed(stats: TokenStats, name: str):
+    """Add the seconds the block takes to ``stats.<name>``."""
     start = time.perf_counter()
     try:
         yield

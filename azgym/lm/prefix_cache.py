@@ -42,7 +42,8 @@ class _Node:
         return size + (self.hidden.numel() * self.hidden.element_size() if self.hidden is not None else 0)
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -114,7 +115,7 @@ class PrefixCache:
             child = node.children.get(tokens[pos])
             if child is None:
                 break
-            n = _common(child.tokens, tokens[pos:limit])
+            n = common_prefix(child.tokens, tokens[pos:limit])
             child.last_access = self._tick
             pieces.append(child.kv[:, :, :, :n])
             pos += n
@@ -132,7 +133,7 @@ class PrefixCache:
             child = node.children.get(tokens[pos])
             if child is None:
                 return None
-            n = _common(child.tokens, tokens[pos:])
+            n = common_prefix(child.tokens, tokens[pos:])
             child.last_access = self._tick
             pos += n
             if pos == len(tokens):
@@ -153,7 +154,7 @@ class PrefixCache:
             child = node.children.get(tokens[pos])
             if child is None:
                 break
-            n = _common(child.tokens, tokens[pos:])
+            n = common_prefix(child.tokens, tokens[pos:])
             if n < len(child.tokens):
                 child = self._split(child, n)
             child.last_access = self._tick
