@@ -23,6 +23,7 @@ import torch
 
 SpanFn = Callable[[int, int], torch.Tensor | None]  # (start, end) token positions -> tensor for them
 EVICT_SLACK = 16  # an eviction frees at least 1/EVICT_SLACK of the budget, so heaps are built rarely
+PROBE_ELEMENTS = 16  # elements of each trainable parameter a weights fingerprint reads
 
 
 class _Node:
@@ -239,9 +240,14 @@ def supports_prefix_cache(model) -> bool:
 
 
 def weights_fingerprint(model) -> int:
-    """Changes whenever a parameter is replaced or written in place (an optimizer step, a loaded
-    state dict, a merged adapter): a cache built on the old weights must then be dropped."""
-    return hash(tuple((id(p), p._version) for p in model.parameters()))
+    """Changes whenever a parameter is replaced or written in place (an optimizer step, a loaded state
+    dict, a merged adapter), so a cache built on the old weights can be dropped: the parameters' version
+    counters, and a few elements of every trainable one (kernels that write through ``.data`` or raw
+    pointers, as bitsandbytes' 8-bit optimizers do, leave the counters as they were)."""
+    params = list(model.parameters())
+    probes = [p.detach().reshape(-1)[:: max(1, p.numel() // PROBE_ELEMENTS)].float() for p in params if p.requires_grad]
+    content = torch.cat(probes).cpu().numpy().tobytes() if probes else b""
+    return hash((tuple((id(p), p._version) for p in params), content))
 
 
 def row_kv(cache, row: int, columns: torch.Tensor) -> torch.Tensor:
