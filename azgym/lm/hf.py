@@ -16,7 +16,8 @@ radix tree over token ids bounded in bytes, and every call runs only what follow
 longest cached prefix. A search then computes a state's prompt + response once, whether it is
 proposing that state's candidates, scoring them under the solve prompt or valuing it
 (:meth:`HFBackend.last_hidden` reads a hidden state a scoring pass already made). The cache is
-dropped whenever a parameter of the model changes (a learner step), and is off for models whose KV
+dropped whenever a parameter of the model changes (a learner step; call ``clear_prefix_cache`` after
+moving the model to another device or dtype, which keeps the values), and is off for models whose KV
 cache is not one plain full-attention layer per block (sliding windows, recurrent state).
 ``stats`` counts the tokens each call prefilled, generated, scored and took from the cache, and the
 seconds spent in each method.
