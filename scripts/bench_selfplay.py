@@ -5,14 +5,20 @@
 
 In one run, on the same model and problems:
 1. MCTS self-play (``agents.alphazero.selfplay.self_play``: B episodes in lockstep, batched expansion, value
-   head on the student) with prefix reuse on, then the same episodes (same seeds) with it off.
-   Counted: tokens the teachers sampled, prompt tokens prefilled, wall time.
+   head on the student) with the backend's cross-call prefix cache on (``--cache``, the default; its budget
+   ``--prefix-cache-mib``), then the same episodes (same seeds) with it off: only the in-call prefix reuse,
+   the figure before the cache (``--no-compare`` skips the second run; ``--no-cache`` swaps the two).
+   ``--full-prefill`` adds a third run with no prefix reuse at all. Counted per run: tokens the teachers
+   sampled, prompt tokens prefilled, tokens scored and run for values, tokens taken from the cache,
+   and the time in the backend's ``generate``, ``score`` and ``last_hidden`` (values).
 2. Plain batched sampling with transformers' ``model.generate`` of the same solve prompts at the
    mean batch size (rows per call) that self-play's generate calls had, ``chunk_tokens`` new tokens.
 
-Printed: tokens/s of each, prefill tokens per generated token with and without prefix reuse, and
-last the ratio self-play tokens/s / plain generate tokens/s (1.0 = search costs nothing on top of
-sampling the candidates; the difference is scoring priors, values and the tree).
+Printed: per run its tokens/s, the three shares of its time (generate / score / value; the rest is
+the tree, the env and the driver), prefill tokens per generated token (prompt tokens only, the figure
+recorded before; and every token run besides decoding: prompts, scored steps, value passes), then
+last the ratio self-play tokens/s / plain generate tokens/s of the first run (1.0 = search costs
+nothing on top of sampling the candidates).
 """
 
 from __future__ import annotations
@@ -26,12 +32,12 @@ import torch
 from agents.alphazero.config import cpu_preset
 from agents.mcts import SearchConfig
 from azgym.cli import parse_config
-from azgym.config import EnvConfig, option
+from azgym.config import EnvConfig, check_fields, option, raise_problems
 
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """The model, the problems and the repeats of the plain-generate baseline."""
+    """The model, the problems, the runs compared and the repeats of the plain-generate baseline."""
 
     model: str = option("smollm2-135m-instruct", "the model (teacher, scorer and value head's base)")
     device: str = option("cpu", "device of the model")
@@ -39,7 +45,17 @@ class BenchOptions:
     group_size: int = option(2, "episodes per problem")
     repeats: int = option(3, "plain generate calls (the best one counts)")
     seed: int = option(0, "seeds the episodes and sampling")
-    skip_no_reuse: bool = option(False, "skip the prefix-reuse-off self-play run")
+    cache: bool = option(True, "the measured self-play run uses the cross-call prefix cache (--no-cache: in-call "
+                               "prefix reuse only, the figure before the cache)")  # fmt: skip
+    compare: bool = option(True, "also run self-play with the cache the other way, same episodes: before and after")
+    prefix_cache_mib: int = option(1024, "the prefix cache's memory budget (MiB) where it is on")
+    full_prefill: bool = option(False, "also run self-play with no prefix reuse at all (every row prefilled in full)")
+
+    def __post_init__(self):
+        raise_problems(self, check_fields(self, {
+            "problems": (self.problems >= 1, ">= 1"), "group_size": (self.group_size >= 1, ">= 1"),
+            "repeats": (self.repeats >= 1, ">= 1"), "prefix_cache_mib": (self.prefix_cache_mib >= 1, ">= 1"),
+        }))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,10 +82,15 @@ def self_play_run(backend, problems, config: BenchConfig) -> dict:
     episodes, stats = self_play(env, agent, list(range(len(problems))), config.bench.group_size, rng, iteration=0,
                                 weights_version=0, progress=True)  # fmt: skip
     seconds = time.perf_counter() - start
-    counts = asdict(backend.stats)
-    return {"seconds": seconds, "episodes": len(episodes), "moves": stats.moves, **counts,
-            "tokens_per_s": counts["sampled"] / seconds, "prefill_per_token": counts["prefill"] / counts["sampled"],
-            "batch": counts["generate_rows"] / max(counts["generate_calls"], 1)}  # fmt: skip
+    c = asdict(backend.stats)
+    sampled = max(c["sampled"], 1)
+    tree = backend.prefix_cache
+    return {"seconds": seconds, "episodes": len(episodes), "moves": stats.moves, **c,
+            "tokens_per_s": c["sampled"] / seconds, "prefill_per_token": c["prefill"] / sampled,
+            "run_per_token": (c["prefill"] + c["scored"] + c["valued"]) / sampled,
+            "shares": {k: c[f"{k}_s"] / seconds for k in ("generate", "score", "value")},
+            "cache_peak_mib": tree.peak_bytes / 2**20 if tree else 0.0, "cache_evicted": tree.evicted if tree else 0,
+            "batch": c["generate_rows"] / max(c["generate_calls"], 1)}  # fmt: skip
 
 
 def plain_generate_rate(lm, problems, system, batch: int, new_tokens: int, repeats: int, seed: int) -> float:
@@ -106,12 +127,20 @@ def main(argv=None) -> None:
     from azgym.tasks import load_problems
 
     problems = load_problems(env.task, env.data, "train")[: bench.problems]
-    lm = HFBackend.from_name(bench.model, device=bench.device)
-    runs = {"self-play, prefix reuse": self_play_run(lm, problems, config)}
-    if not bench.skip_no_reuse:
-        plain = HFBackend(lm.model, lm.tokenizer, name=lm.name, prefix_reuse=False)
-        runs["self-play, no reuse"] = self_play_run(plain, problems, config)
-    batch = max(1, round(runs["self-play, prefix reuse"]["batch"]))
+    lm = HFBackend.from_name(bench.model, device=bench.device, prefix_cache_bytes=0)
+    budget = bench.prefix_cache_mib * 2**20
+    variants = {"prefix cache": {"prefix_cache_bytes": budget}, "no cache (before)": {"prefix_cache_bytes": 0}}
+    order = list(variants) if bench.cache else list(reversed(variants))
+    order = order if bench.compare else order[:1]
+    if bench.full_prefill:
+        variants["no reuse at all"] = {"prefix_reuse": False}
+        order.append("no reuse at all")
+    runs = {}
+    for name in order:  # a fresh backend on the same weights: every run starts with an empty cache
+        backend = HFBackend(lm.model, lm.tokenizer, name=lm.name, **variants[name])
+        runs[name] = self_play_run(backend, problems, config)
+    first = runs[order[0]]
+    batch = max(1, round(first["batch"]))
     rate = plain_generate_rate(lm, problems, system_prompt(env.task, env.prompt), batch, env.chunk_tokens,
                                bench.repeats, bench.seed)  # fmt: skip
 
@@ -119,14 +148,25 @@ def main(argv=None) -> None:
           f"{bench.group_size} episodes, {search.num_simulations} simulations, K={env.num_right + env.num_wrong}, "
           f"chunk {env.chunk_tokens} tokens")  # fmt: skip
     for name, r in runs.items():
-        print(f"  {name:24s} {r['seconds']:7.1f} s  {r['sampled']:6d} tokens sampled  {r['tokens_per_s']:7.1f} tok/s  "
-              f"prefill {r['prefill']:7d} ({r['prefill_per_token']:.1f} per generated token)  "
-              f"mean generate batch {r['batch']:.1f} rows")  # fmt: skip
-    print(f"  {'plain model.generate':24s} batch {batch}, {env.chunk_tokens} new tokens: {rate:7.1f} tok/s")
-    if "self-play, no reuse" in runs:
-        cut = runs["self-play, no reuse"]["prefill_per_token"] / runs["self-play, prefix reuse"]["prefill_per_token"]
-        print(f"prefill tokens per generated token: {cut:.2f}x fewer with prefix reuse")
-    print(f"ratio self-play / plain generate tokens/s: {runs['self-play, prefix reuse']['tokens_per_s'] / rate:.2f}")
+        shares = "  ".join(f"{k} {v:4.0%}" for k, v in r["shares"].items())
+        print(f"  self-play, {name:18s} {r['seconds']:7.1f} s  {r['sampled']:6d} tokens sampled  "
+              f"{r['tokens_per_s']:7.1f} tok/s  mean generate batch {r['batch']:.1f} rows")  # fmt: skip
+        print(f"      time: {shares}  other {1 - sum(r['shares'].values()):4.0%}")
+        print(f"      prefill {r['prefill']:7d} ({r['prefill_per_token']:.2f} per generated token); run besides "
+              f"decoding (prefill + scored + valued) {r['prefill'] + r['scored'] + r['valued']:7d} "
+              f"({r['run_per_token']:.2f} per generated token); from the cache {r['reused']:7d}")  # fmt: skip
+        if r["cache_peak_mib"]:
+            print(f"      prefix cache peak {r['cache_peak_mib']:.1f} MiB of {bench.prefix_cache_mib}, "
+                  f"{r['cache_evicted']} nodes evicted")  # fmt: skip
+    print(f"  {'plain model.generate':29s} batch {batch}, {env.chunk_tokens} new tokens: {rate:7.1f} tok/s")
+    for name, r in runs.items():
+        if name != order[0]:
+            print(f"ratio self-play ({name}) / plain generate tokens/s: {r['tokens_per_s'] / rate:.2f}")
+    if {"prefix cache", "no cache (before)"} <= set(runs):
+        on, off = runs["prefix cache"], runs["no cache (before)"]
+        print(f"prefix cache: {off['seconds'] / on['seconds']:.2f}x faster self-play, prefill per generated token "
+              f"{off['prefill_per_token']:.2f} -> {on['prefill_per_token']:.2f}")  # fmt: skip
+    print(f"ratio self-play ({order[0]}) / plain generate tokens/s: {first['tokens_per_s'] / rate:.2f}")
 
 
 if __name__ == "__main__":

@@ -109,8 +109,15 @@ def test_prefix_reuse_samples_and_scores_as_full_prefills_do(tiny_lm, prompt):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-def test_prefix_reuse_prefills_a_shared_prompt_once(tiny_lm, prompt):
+def _fresh(lm, cache_bytes: int):
+    """A backend on the same weights with an empty prefix cache (0: in-call reuse only)."""
+    return HFBackend(lm.model, lm.tokenizer, name="fresh", prefix_cache_bytes=cache_bytes)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 24])
+def test_prefix_reuse_prefills_a_shared_prompt_once(tiny_lm, prompt, cache_bytes):
     plain = _without_reuse(tiny_lm)
+    tiny_lm = _fresh(tiny_lm, cache_bytes)
     for lm in (tiny_lm, plain):
         lm.stats.reset()
         lm.generate([prompt, prompt], n=2, max_tokens=4, seed=[1, 2])
@@ -119,13 +126,17 @@ def test_prefix_reuse_prefills_a_shared_prompt_once(tiny_lm, prompt):
     assert tiny_lm.stats.sampled == plain.stats.sampled > 0
     for lm in (tiny_lm, plain):
         lm.stats.reset()
+        lm.clear_prefix_cache()
         lm.score([prompt] * 3, [[5, 6, 7], [8], [9, 10]])
-    assert tiny_lm.stats.prefill == len(prompt) and tiny_lm.stats.scored == 3
+    # with the cache every continuation token runs (its child state is cached whole), else all but the last
+    assert tiny_lm.stats.prefill == len(prompt) and tiny_lm.stats.scored == (6 if cache_bytes else 3)
     assert plain.stats.prefill == 3 * len(prompt) + 6
 
 
-def test_prompts_sharing_a_head_prefill_it_once(tiny_lm, prompt):
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 24])
+def test_prompts_sharing_a_head_prefill_it_once(tiny_lm, prompt, cache_bytes):
     plain = _without_reuse(tiny_lm)
+    tiny_lm = _fresh(tiny_lm, cache_bytes)
     other = tiny_lm.chat_prompt([{"role": "user", "content": "And 7 + 8, please?"}])
     shared = next(i for i, (a, b) in enumerate(zip(prompt, other, strict=False)) if a != b)
     assert shared >= 16  # the chat template's system turn

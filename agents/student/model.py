@@ -44,6 +44,8 @@ class StudentConfig:
     dtype: str = option("auto", "weights' dtype; auto: bfloat16 on a GPU that supports it, else float32",
                         choices=("auto", "float32", "bfloat16", "float16"))  # fmt: skip
     device: str = option("cpu", "device of the student (and of teachers loaded by name): cpu, cuda, cuda:1, ...")
+    prefix_cache_mib: int = option(1024, "memory (MiB) for the keys and values of the student's prefix cache, kept "
+                                   "across calls of a search; 0 turns it off")  # fmt: skip
 
     def __post_init__(self):
         raise_problems(self, check_fields(self, {
@@ -53,6 +55,7 @@ class StudentConfig:
             "lora_alpha": (not self.lora or self.lora_alpha > 0, "> 0"),
             "lora_dropout": (not self.lora or 0 <= self.lora_dropout < 1, "in [0, 1)"),
             "lora_targets": (not self.lora or len(self.lora_targets) > 0, "at least one module name"),
+            "prefix_cache_mib": (self.prefix_cache_mib >= 0, ">= 0 (0 turns the prefix cache off)"),
         }))  # fmt: skip
 
     def torch_dtype(self) -> torch.dtype:
@@ -231,7 +234,9 @@ class Student(nn.Module):
         return ids.to(self.device), mask.to(self.device), [len(p) for p, _ in sequences]
 
     def backend(self, name: str = "student", **kwargs) -> HFBackend:
-        """The student as a :class:`~azgym.lm.LanguageModel` (generation and scoring share its weights)."""
+        """The student as a :class:`~azgym.lm.LanguageModel` (generation and scoring share its weights).
+        Its prefix cache holds ``config.prefix_cache_mib`` and empties itself after each learner step."""
+        kwargs.setdefault("prefix_cache_bytes", self.config.prefix_cache_mib * 2**20)
         return HFBackend(self.model, self.tokenizer, name=name, **kwargs)
 
 

@@ -32,6 +32,9 @@ class ValueHead(nn.Module):
 class LMValueFunction:
     """A language model's last hidden state under the solve prompt, through a :class:`ValueHead`.
 
+    The hidden states come from :meth:`~azgym.lm.hf.HFBackend.last_hidden`: with the backend's prefix
+    cache on, a state whose candidates were just scored under the solve prompt is valued with no pass.
+
     Args:
         lm: the model whose hidden states are read (the student).
         head: the value head; a fresh zero-initialised one when omitted.
@@ -56,15 +59,5 @@ class LMValueFunction:
             return self._values(prompts)
 
     def _values(self, prompts: Sequence[Sequence[int]]) -> np.ndarray:
-        values = []
-        for start in range(0, len(prompts), self.lm.max_batch_size):
-            ids, mask = self.lm.left_pad(prompts[start : start + self.lm.max_batch_size])
-            position = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = self.lm.model(
-                input_ids=ids.to(self.lm.device),
-                attention_mask=mask.to(self.lm.device),
-                position_ids=position.to(self.lm.device),
-                output_hidden_states=True,
-            )
-            values.append(self.head(out.hidden_states[-1][:, -1, :].float()).double().cpu().numpy())
-        return np.concatenate(values)
+        # the backend reads the hidden states a scoring pass of the same states already made (prefix cache)
+        return self.head(self.lm.last_hidden(prompts)).double().cpu().numpy()

@@ -9,54 +9,46 @@ Prefix reuse (on by default): rows of one call that share a prompt (the K candid
 ``n`` samples of a prompt) run that prompt through the model once and copy its KV cache, and
 scoring runs each distinct prompt once and its continuations on top of the cached prefix. Rows
 that finish early leave the batch, so a long sample does not keep finished rows computing.
-``stats`` counts the tokens each call prefilled, generated and scored.
+
+Across calls (``prefix_cache_bytes`` > 0, the default): every sequence run through the model leaves
+its keys and values (and final hidden states) in a :class:`~azgym.lm.prefix_cache.PrefixCache`, a
+radix tree over token ids bounded in bytes, and every call runs only what follows each prompt's
+longest cached prefix. A search then computes a state's prompt + response once, whether it is
+proposing that state's candidates, scoring them under the solve prompt or valuing it
+(:meth:`HFBackend.last_hidden` reads a hidden state a scoring pass already made). The cache is
+dropped whenever a parameter of the model changes (a learner step; call ``clear_prefix_cache`` after
+moving the model to another device or dtype, which keeps the values), and is off for models whose KV
+cache is not one plain full-attention layer per block (sliding windows, recurrent state).
+``stats`` counts the tokens each call prefilled, generated, scored and took from the cache, and the
+seconds spent in each method.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from azgym.lm.base import Generation, Prompt, TokenizerMixin
+from azgym.lm.hf_prefix import (
+    SHARED_HEAD_TOKENS,
+    PrefixCacheMixin,
+    TokenStats,
+    cache_argument,
+    cache_of,
+    shared_heads,
+    timed,
+)
+from azgym.lm.prefix_cache import LastHidden, PrefixCache, supports_prefix_cache, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
 
-SHARED_HEAD_TOKENS = 16  # prompts of one call sharing at least this many leading tokens prefill them once
-
-
-def _shared_heads(prompts: list[list[int]], min_shared: int) -> tuple[list[int], list[list[int]]] | None:
-    """Group prompts by a shared head: (group of each prompt, the head of each group), or None
-    when no two prompts share ``min_shared`` leading tokens. A head stops one token short of its
-    shortest member, so every prompt keeps a tail to run."""
-    if len(prompts) < 2 or min(len(p) for p in prompts) < 2:
-        return None
-    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
-    group_of, heads = [0] * len(prompts), []
-    start = 0
-    for k in range(1, len(order) + 1):
-        if k < len(order):
-            a, b = prompts[order[start]], prompts[order[k]]
-            common = _common_prefix(a, b)
-            if common >= min_shared:
-                continue
-        members = order[start:k]
-        shared = min(_common_prefix(prompts[members[0]], prompts[m]) for m in members)
-        shortest = min(len(prompts[m]) for m in members)
-        for m in members:
-            group_of[m] = len(heads)
-        heads.append(prompts[members[0]][: max(1, min(shared if len(members) > 1 else shortest, shortest - 1))])
-        start = k
-    if len(heads) == len(prompts):
-        return None
-    return group_of, heads
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30  # 1 GiB of keys and values kept across calls (~23k tokens of SmolLM2-135M, fp32)
 
 
 @contextlib.contextmanager
@@ -88,43 +80,7 @@ def inference(method):
     return wrapper
 
 
-def _cache_argument(model) -> str:
-    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers 5.x) or ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _cache_of(output):
-    """The KV cache a forward pass returned, under either transformers name."""
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-@dataclass
-class TokenStats:
-    """Tokens run through the model since the last reset: prompt prefill, decoding steps (one per
-    live row and step), sampled tokens kept, and continuation tokens scored on top of a prefix."""
-
-    prefill: int = 0
-    generated: int = 0
-    sampled: int = 0
-    scored: int = 0
-    generate_rows: int = 0  # rows (prompt x sample) asked of generate
-    generate_calls: int = 0
-
-    def reset(self) -> None:
-        self.prefill = self.generated = self.sampled = self.scored = self.generate_rows = self.generate_calls = 0
-
-
-class HFBackend(TokenizerMixin):
+class HFBackend(PrefixCacheMixin, TokenizerMixin):
     """A transformers causal LM behind the :class:`~azgym.lm.base.LanguageModel` protocol.
 
     Args:
@@ -132,10 +88,16 @@ class HFBackend(TokenizerMixin):
         tokenizer: its tokenizer.
         name: a label for logs.
         max_batch_size: rows per forward pass; larger calls are split.
-        prefix_reuse: prefill a prompt shared by several rows once (see the module docs).
+        prefix_reuse: prefill a prompt shared by several rows once (see the module docs); off, every
+            row runs its whole prompt and the prefix cache is off too.
+        prefix_cache_bytes: memory for keys and values kept across calls (see the module docs); 0 turns
+            the cross-call cache off (the in-call reuse stays).
     """
 
-    def __init__(self, model, tokenizer, *, name: str = "model", max_batch_size: int = 32, prefix_reuse: bool = True):
+    def __init__(self, model, tokenizer, *, name: str = "model", max_batch_size: int = 32, prefix_reuse: bool = True,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):  # fmt: skip
+        if prefix_cache_bytes < 0:
+            raise ValueError(f"prefix_cache_bytes must be >= 0 (0 turns the cache off), got {prefix_cache_bytes}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -151,7 +113,14 @@ class HFBackend(TokenizerMixin):
         if not self.eos_ids:
             raise ValueError(f"{name}: neither the model nor the tokenizer defines an end-of-sequence token")
         self.eos_token_id = int(tokenizer.eos_token_id if tokenizer.eos_token_id in self.eos_ids else min(self.eos_ids))
-        self._cache_arg = _cache_argument(model)
+        self._cache_arg = cache_argument(model)
+        self.prefix_cache: PrefixCache | None = None
+        if prefix_reuse and prefix_cache_bytes:
+            if supports_prefix_cache(model):
+                self.prefix_cache = PrefixCache(prefix_cache_bytes)
+            else:
+                logger.info("%s: its KV cache is not plain full attention; the cross-call prefix cache is off", name)
+        self._fingerprint = weights_fingerprint(model)
 
     @classmethod
     def from_name(cls, name: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs) -> HFBackend:
@@ -182,8 +151,10 @@ class HFBackend(TokenizerMixin):
         self.stats.generate_calls += 1
         self.stats.generate_rows += len(rows)
         out: list[Generation] = []
-        for start in range(0, len(rows), self.max_batch_size):
-            out.extend(self._generate_rows(rows[start : start + self.max_batch_size], tuple(stop)))
+        with timed(self.stats, "generate_s"):
+            self._check_weights()
+            for start in range(0, len(rows), self.max_batch_size):
+                out.extend(self._generate_rows(rows[start : start + self.max_batch_size], tuple(stop)))
         return [out[i * n : (i + 1) * n] for i in range(count)]
 
     def _generate_rows(self, rows, stop: tuple[str, ...]) -> list[Generation]:
@@ -221,6 +192,10 @@ class HFBackend(TokenizerMixin):
                     finish[i] = "stop"
                 elif len(tokens[i]) >= budgets[i]:
                     finish[i] = "length"
+            if self.prefix_cache is not None:  # a finished row leaves its prompt + sample in the cache
+                done = [(pos, i) for pos, i in enumerate(live) if finish[i] is not None]
+                seqs = [rows[i][0] + tokens[i] for _, i in done]
+                self._remember(seqs, cache, mask, rows=[pos for pos, _ in done])
             keep = [pos for pos, i in enumerate(live) if finish[i] is None]
             if not keep:
                 break
@@ -240,7 +215,7 @@ class HFBackend(TokenizerMixin):
                 **{self._cache_arg: cache},
                 use_cache=True,
             )
-            cache, logits = _cache_of(out), out.logits[:, -1, :].float()
+            cache, logits = cache_of(out), out.logits[:, -1, :].float()
         self.stats.sampled += sum(len(t) for t in tokens)
         return [
             Generation(self.decode(t), tuple(t), tuple(lp), f)  # type: ignore[arg-type]
@@ -260,8 +235,14 @@ class HFBackend(TokenizerMixin):
             distinct = [list(p) for p in first]
         else:
             index, distinct = list(range(len(prompts))), prompts
-        groups = _shared_heads(distinct, SHARED_HEAD_TOKENS) if self.prefix_reuse else None
-        if groups is None:
+        groups = shared_heads(distinct, SHARED_HEAD_TOKENS) if self.prefix_reuse else None
+        if self.prefix_cache is not None:
+            if groups is not None:  # heads shared in this call and not cached yet: run them once, cached
+                group_of, heads = groups
+                shared = [h for g, h in enumerate(heads) if group_of.count(g) > 1]
+                self._run_cached([h for h in shared if self.prefix_cache.match_pieces(h)[0] < len(h)])
+            cache, logits, mask, position, _ = self._run_cached(distinct)
+        elif groups is None:
             cache, logits, mask, position = self._forward_padded(distinct)
         else:  # prompts sharing a head (the instructions and question): the head once, then each tail
             group_of, heads = groups
@@ -274,7 +255,7 @@ class HFBackend(TokenizerMixin):
             mask = torch.cat([mask[owner], tail_mask], dim=1)
             self.stats.prefill += int(tail_mask.sum())
             out = self.model(input_ids=tail_ids, attention_mask=mask, position_ids=position, **{self._cache_arg: cache})
-            cache, logits = _cache_of(out), out.logits[:, -1, :].float()
+            cache, logits = cache_of(out), out.logits[:, -1, :].float()
         if len(distinct) < len(prompts):
             rows = torch.tensor(index, device=device)
             cache.reorder_cache(rows)
@@ -282,13 +263,39 @@ class HFBackend(TokenizerMixin):
         return cache, logits, mask, position[:, -1:]
 
     @inference
+    def last_hidden(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """[N, hidden] float32 final hidden state at each prompt's last token (what a value head reads).
+        With the prefix cache, a prompt a scoring pass already ran costs nothing."""
+        sequences = [self._ids(p) for p in prompts]
+        if any(len(s) == 0 for s in sequences):
+            raise ValueError("a prompt is empty: the model needs at least one token to condition on")
+        with timed(self.stats, "value_s"):
+            self._check_weights()
+            found: dict[tuple[int, ...], torch.Tensor] = {}
+            if self.prefix_cache is not None:
+                for s in sequences:
+                    h = self.prefix_cache.hidden_at(s)
+                    if h is not None:
+                        found[tuple(s)] = h
+            todo = list(dict.fromkeys(tuple(s) for s in sequences if tuple(s) not in found))
+            for start in range(0, len(todo), self.max_batch_size):
+                chunk = [list(s) for s in todo[start : start + self.max_batch_size]]
+                for s, h in zip(todo[start : start + len(chunk)], self._hidden_of(chunk), strict=True):
+                    found[s] = h
+            if not sequences:
+                return torch.zeros((0, self.model.config.hidden_size), device=self.device)
+            return torch.stack([found[tuple(s)] for s in sequences]).float()
+
+    @inference
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[Prompt]) -> list[np.ndarray]:
         if len(prompts) != len(continuations):
             raise ValueError(f"score got {len(prompts)} prompts but {len(continuations)} continuations")
         pairs = [(self._ids(p), self._ids(c)) for p, c in zip(prompts, continuations, strict=True)]
         result: list[np.ndarray] = []
-        for start in range(0, len(pairs), self.max_batch_size):
-            result.extend(self._score_pairs(pairs[start : start + self.max_batch_size]))
+        with timed(self.stats, "score_s"):
+            self._check_weights()
+            for start in range(0, len(pairs), self.max_batch_size):
+                result.extend(self._score_pairs(pairs[start : start + self.max_batch_size]))
         return result
 
     def _forward_padded(self, sequences: list[list[int]]):
@@ -298,7 +305,7 @@ class HFBackend(TokenizerMixin):
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         self.stats.prefill += int(mask.sum())
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
-        return _cache_of(out), out.logits[:, -1, :].float(), mask, position
+        return cache_of(out), out.logits[:, -1, :].float(), mask, position
 
     def _score_pairs(self, pairs) -> list[np.ndarray]:
         if not self.prefix_reuse:
@@ -307,22 +314,27 @@ class HFBackend(TokenizerMixin):
         cache, last_logits, mask, position = self._prefill([p for p, _ in pairs])
         first = torch.log_softmax(last_logits, dim=-1)  # predicts each continuation's first token
         width = max(1, max(len(c) for _, c in pairs))
+        # the tokens run on top of the prompt: all but the last of each continuation, or with the prefix
+        # cache all of them, so that prompt + continuation (a child state) is cached whole, hidden state too
+        keep = self.prefix_cache is not None
+        feed = width if keep else width - 1
         conts = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
-        fed = torch.zeros((len(pairs), width - 1), dtype=torch.long)  # tokens that predict a later one
+        fed = torch.zeros((len(pairs), feed), dtype=torch.long)
         for i, (_, c) in enumerate(pairs):
             conts[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-            fed[i, : max(len(c) - 1, 0)] = 1
+            fed[i, : len(c) if keep else max(len(c) - 1, 0)] = 1
         conts, fed = conts.to(device), fed.to(device)
         token_log_p = first.gather(-1, conts[:, :1]).cpu()
-        if width > 1:  # the rest of each continuation, on top of the cached prompt (right-padded)
-            steps = torch.arange(1, width, device=device).unsqueeze(0)
+        if feed:  # the rest of each continuation, on top of the cached prompt (right-padded)
+            steps = torch.arange(1, feed + 1, device=device).unsqueeze(0)
             self.stats.scored += int(fed.sum())
-            logits = self.model(
-                input_ids=conts[:, :-1],
-                attention_mask=torch.cat([mask, fed], dim=1),
-                position_ids=position + steps,
-                **{self._cache_arg: cache},
-            ).logits.float()
+            mask = torch.cat([mask, fed], dim=1)
+            with LastHidden(self.model) as hidden:
+                out = self.model(input_ids=conts[:, :feed], attention_mask=mask, position_ids=position + steps,
+                                 use_cache=keep, **{self._cache_arg: cache})  # fmt: skip
+            if keep:
+                self._remember([p + c for p, c in pairs], cache_of(out), mask, hidden.value)
+            logits = out.logits[:, : width - 1].float()
             rest = torch.log_softmax(logits, dim=-1).gather(-1, conts[:, 1:].unsqueeze(-1)).squeeze(-1)
             token_log_p = torch.cat([token_log_p, rest.cpu()], dim=1)
         token_log_p = token_log_p.numpy()

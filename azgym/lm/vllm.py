@@ -2,11 +2,20 @@
 
     pip install -e ".[vllm]"        # on a machine with a CUDA GPU
 
-Prefix caching is on, so the K candidates of a state (same prompt, ``n`` samples) and the states
-sharing a question reuse their prompt's KV blocks. ``generate`` maps to
-``SamplingParams(n, max_tokens, stop, seed, temperature, logprobs=0)`` per prompt; ``score`` reads
-prompt log-probs (``prompt_logprobs=0``) of prompt + continuation. ``gpu_memory_utilization`` sets
-each model's share of the GPU, so several teachers (and a training student) fit on one device.
+Prefix caching is on (``enable_prefix_caching=True``, vLLM's automatic prefix caching: KV blocks
+keyed by the hash of their token prefix, LRU-evicted), the GPU counterpart of the transformers
+backend's :class:`~azgym.lm.prefix_cache.PrefixCache`: the K candidates of a state (same prompt, ``n``
+samples), the states sharing a question and the rounds of a search reuse their prompts' KV blocks in
+``generate``. ``score`` does not: it reads prompt log-probs (``prompt_logprobs=0``) of prompt +
+continuation, and vLLM caches no log-probs, so a request that asks for prompt log-probs skips
+reading the prefix cache and prefills its whole prompt again (vLLM docs, "Prompt Logprobs with Prefix
+Caching"; vllm-project/vllm#17251, #23399). Nor does this backend offer ``last_hidden``: the value
+head runs on the transformers student (``LMValueFunction`` takes an ``HFBackend``). No GPU has run
+this contract yet (``tests/test_lm_vllm.py``, ``bench_selfplay --device cuda``).
+
+``generate`` maps to ``SamplingParams(n, max_tokens, stop, seed, temperature, logprobs=0)`` per
+prompt. ``gpu_memory_utilization`` sets each model's share of the GPU, so several teachers (and a
+training student) fit on one device.
 ``load_weights`` pushes a learner's weights into the engine (a vLLM-served student) and drops the
 now stale prefix cache.
 """
@@ -51,8 +60,9 @@ class VLLMBackend(TokenizerMixin):
 
         source = resolve_model(model)
         self.name = name or model
-        self.llm = LLM(model=source, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
-                       dtype=dtype, max_model_len=max_model_len, seed=seed, **engine_kwargs)  # fmt: skip
+        engine_kwargs.setdefault("enable_prefix_caching", True)  # the search's shared prefixes are computed once
+        self.llm = LLM(model=source, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+                       max_model_len=max_model_len, seed=seed, **engine_kwargs)  # fmt: skip
         self.tokenizer = self.llm.get_tokenizer()
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         eos = self.tokenizer.eos_token_id

@@ -1,0 +1,40 @@
+"""scripts/bench_selfplay.py on a tiny model: both runs sample the same tokens, the cache cuts prefill,
+the ratio comes last."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_selfplay", REPO / "scripts" / "bench_selfplay.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench_selfplay"] = bench  # its dataclasses look their module up
+spec.loader.exec_module(bench)
+
+TINY = ["--problems", "1", "--group-size", "2", "--repeats", "1", "--simulations", "3", "--chunk-tokens", "6"]
+
+
+def test_cache_on_and_off_in_one_run(tiny_dir, capsys):
+    bench.main(["--model", str(tiny_dir), *TINY])
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("ratio self-play (prefix cache) / plain generate tokens/s: ")
+    sampled = [int(m) for m in re.findall(r"(\d+) tokens sampled", out)]
+    assert len(sampled) == 2 and sampled[0] == sampled[1] > 0  # the same episodes, token for token
+    before, after = map(float, re.search(r"prefill per generated token ([\d.]+) -> ([\d.]+)", out).groups())
+    assert after < before / 2
+    assert any(line.strip().startswith("time: generate") and "score" in line and "value" in line for line in lines)
+
+
+def test_no_cache_alone_and_bad_input(tiny_dir, capsys):
+    bench.main(["--model", str(tiny_dir), *TINY, "--no-cache", "--no-compare"])
+    out = capsys.readouterr().out
+    assert "prefix cache peak" not in out and out.strip().splitlines()[-1].startswith("ratio self-play (no cache")
+    with pytest.raises(SystemExit):
+        bench.main(["--model", str(tiny_dir), "--prefix-cache-mib", "0"])
+    assert "--prefix-cache-mib: must be >= 1" in capsys.readouterr().err
