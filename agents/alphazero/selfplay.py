@@ -77,7 +77,8 @@ def self_play(
         for row, i in enumerate(live):
             p = policy[row] / policy[row].sum()
             stats.visit_entropies.append(float(-(p[p > 0] * np.log(p[p > 0])).sum()))
-            action = int(rng.choice(len(p), p=p))
+            chosen = -1 if result.actions is None else int(result.actions[row])
+            action = chosen if chosen >= 0 else int(rng.choice(len(p), p=p))  # the Gumbel root's own choice
             step = env.transition(states[i], action)
             cands = candidates[row]
             stats.generated_tokens += sum(len(c.token_ids) for c in cands)
