@@ -198,8 +198,8 @@ def test_the_script_rejects_bad_input_in_one_line_before_loading_a_model(tmp_pat
 
 def test_the_script_trains_writes_a_checkpoint_and_refuses_a_changed_resume(tiny_dir, gsm8k_dir, tmp_path):
     args = [sys.executable, str(REPO / "scripts" / "sft.py"), "--model", str(tiny_dir), "--data", str(gsm8k_dir),
-            "--runs-dir", str(tmp_path), "--train-size", "8", "--heldout-size", "4", "--max-steps", "2",
-            "--eval-every", "2", "--batch-size", "4", "--micro-batch-size", "2", "--lora-r", "4", "--no-progress"]  # fmt: skip
+            "--runs-dir", str(tmp_path), "--train-size", "8", "--heldout-size", "4", "--max-steps", "2", "--eval-every",
+            "2", "--batch-size", "4", "--micro-batch-size", "2", "--lora-r", "4", "--no-progress"]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "sft" / "checkpoints" / "step-000002" / "meta.json").is_file()
