@@ -136,6 +136,7 @@ def main(argv=None) -> None:
     if options.checkpoint or options.adapter:
         results["trained"] = run(config, build(config, trained=True), problems)
     out = Path(options.out or f"eval-{options.mode}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     names = list(results)
     print(f"{config.env.task} {options.split}, {len(problems)} problems, mode {options.mode}, answer "

@@ -13,10 +13,10 @@ SQLite file (``--storage``): stopping (Ctrl-C, a kill) and running the same comm
 its finished trials kept. Ends with the trials table and the best parameters, written to a JSON that
 ``sft.py --params`` reads. Needs ``pip install -e ".[hpo]"`` (Optuna).
 
-Presets: ``cpu`` (default; 8 trials of 192 examples at batch sizes 4, 8, 16, held-out loss on 32 problems,
-4 reports, eta 2, 4 random start-up trials: about 2-4 minutes a trial on 2 cores, to be measured) and
-``gpu`` (32 trials of 2048 examples at batch sizes 16, 32, 64, held-out loss on 200 problems, eta 3,
-8 start-up trials).
+Presets: ``cpu`` (default; 8 trials of 96 examples at batch sizes 4, 8, 16, learning rates 1e-5 to 1e-3,
+weight decay 0 to 0.1, LoRA ranks 8, 16, 32; held-out loss on 32 problems reported 3 times; eta 2; 4 random
+start-up trials; minutes per trial on 2 cores: to be measured) and ``gpu`` (32 trials of 2048 examples at
+batch sizes 16, 32, 64, held-out loss on 200 problems reported 4 times, eta 3, 8 start-up trials).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def gpu_preset() -> HPORunConfig:
     cpu = cpu_preset()
     return HPORunConfig(
         student=replace(cpu.student, device="cuda"),
-        sft=replace(cpu.sft, heldout_size=200, micro_batch_size=16),
-        hpo=replace(cpu.hpo, trials=32, trial_examples=2048, batch_sizes="16,32,64", reduction_factor=3,
+        sft=replace(cpu.sft, heldout_size=200, batch_size=32, micro_batch_size=16),
+        hpo=replace(cpu.hpo, trials=32, trial_examples=2048, reports=4, batch_sizes="16,32,64", reduction_factor=3,
                     startup_trials=8),
     )  # fmt: skip
 

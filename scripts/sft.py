@@ -45,7 +45,7 @@ class SFTRunConfig:
 
 
 def cpu_preset() -> SFTRunConfig:
-    """A 2-core CPU: LoRA r 32, batches of 8 (micro-batches of 4), held-out loss on 64 problems every 25 steps."""
+    """A 2-core CPU: LoRA r 32, batches of 8 (micro-batches of 4), held-out loss on 64 problems every 20 steps."""
     return SFTRunConfig()
 
 
@@ -79,7 +79,9 @@ def parse(argv: list[str]) -> SFTRunConfig:
 
 
 def main(argv=None) -> int:
-    config = parse(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = parse(argv)
+    again = "python scripts/sft.py " + shlex.join([a for a in argv if a != "--resume"] + ["--resume"])
     options = config.sft
     directory = run_dir(options)
     if directory.is_dir() and any(directory.iterdir()) and not options.resume:
@@ -111,8 +113,10 @@ def main(argv=None) -> int:
     try:
         result = train_sft(options, student, train, heldout, heldout_problems=heldout_problems)
     except KeyboardInterrupt:
-        logging.getLogger("sft").warning("interrupted; continue with: python scripts/sft.py %s --resume",
-                                         shlex.join(sys.argv[1:] if argv is None else argv))  # fmt: skip
+        logging.getLogger("sft").warning("interrupted; continue with: %s", again)
+        return 130
+    if result.stopped == "interrupted":
+        print(f"interrupted at step {result.steps} of {result.max_steps}; continue with: {again}")
         return 130
     report(config, result, len(train))
     return 0

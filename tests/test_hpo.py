@@ -108,6 +108,13 @@ def test_sft_trials_on_a_tiny_model_report_prune_and_write_params_sft_reads(toke
     assert sft_config.sft.batch_size % sft_config.sft.micro_batch_size == 0
 
 
+@pytest.mark.parametrize("preset", sorted(hpo_script.PRESETS))
+def test_presets_are_valid_and_their_trials_fit_the_pruner(preset):
+    config = hpo_script.PRESETS[preset]()
+    sizes = hpo.parse_ints(config.hpo.batch_sizes)
+    assert all(config.hpo.examples_per_report % b == 0 for b in sizes) and config.hpo.trials >= 8
+
+
 def test_bad_search_settings_are_one_line_errors(capsys):
     with pytest.raises(ValueError, match="multiple of reports x each batch size"):
         hpo.HPOConfig(trial_examples=100, reports=4, batch_sizes="4,8")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -105,13 +107,15 @@ def test_steps_lower_the_loss_and_a_resumed_run_ends_in_the_same_state(tokenizer
     assert [e["step"] for e in result.evals] == [0, 2, 4] and result.stopped == "done"
     assert losses[-1] < losses[0] - 0.01  # held-out response loss went down
 
-    class StopAtTwo(TrainerCallback):  # a stop after step 2 (as Ctrl-C or the time budget would)
+    class CtrlC(TrainerCallback):  # Ctrl-C during step 1: training stops after step 2 with a trainer checkpoint
         def on_step_end(self, args, state, control, **kwargs):
-            control.should_training_stop = control.should_training_stop or state.global_step == 2
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
 
     first = tiny_student(tokenizer)
-    stopped = train_sft(small_config(tmp_path, run_name="split"), first, train, held, callbacks=[StopAtTwo()])
-    assert (stopped.steps, stopped.stopped) == (2, "stopped")
+    stopped = train_sft(small_config(tmp_path, run_name="split"), first, train, held, callbacks=[CtrlC()])
+    assert (stopped.steps, stopped.stopped, stopped.checkpoint) == (2, "interrupted", None)
+    assert (tmp_path / "split" / "trainer" / "checkpoint-2").is_dir()
     assert any(not torch.equal(v, whole.trainable_state()[k]) for k, v in first.trainable_state().items())
     resumed_student = tiny_student(tokenizer)
     resumed = train_sft(small_config(tmp_path, run_name="split", resume=True), resumed_student, train, held)
@@ -140,7 +144,7 @@ def test_the_checkpoint_loads_through_the_project_loader_and_init_from(tokenizer
     started = Student.from_config(run.student)
     assert (started.config.lora_r, started.config.lora_alpha) == (4, 8)
     assert all(torch.equal(started.trainable_state()[k], v) for k, v in saved.items())
-    from_run = Student.from_config(replace(run.student, init_from=str(tmp_path / "sft")))  # a run directory: its best
+    from_run = Student.from_config(replace(run.student, init_from=str(tmp_path / "sft")))  # a run directory: newest
     assert all(torch.equal(from_run.trainable_state()[k], v) for k, v in saved.items())
 
 
@@ -154,6 +158,12 @@ def test_a_time_budget_sizes_the_schedule_and_stops_with_a_checkpoint(tokenizer,
     result = train_sft(small_config(tmp_path, max_steps=400, budget_min=1e-4), student, train, held)
     assert result.stopped == "budget" and result.steps < 400 and result.checkpoint is not None
     assert result.evals[-1]["step"] == result.steps  # the stopping step was evaluated
+
+
+@pytest.mark.parametrize("preset", sorted(sft_script.PRESETS))
+def test_presets_are_valid(preset):
+    config = sft_script.PRESETS[preset]()
+    assert config.sft.batch_size % config.sft.micro_batch_size == 0 and config.sft.prompt == "task"
 
 
 def test_params_files_are_checked_by_name_and_value(tmp_path):

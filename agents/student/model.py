@@ -33,8 +33,8 @@ class StudentConfig:
 
     model: str = option(DEFAULT_MODEL, "student (and teacher) model: a short name, local path or Hub id")
     init_from: str = option("", "start from a checkpoint's trained weights (sft.py's or selfplay.py's): a step-N or "
-                            "best directory, or a run directory (its best, else its newest); its model and LoRA "
-                            "shape (lora, lora_r, lora_alpha, lora_targets) replace these flags")  # fmt: skip
+                            "best directory, or a run directory (its newest); its model and LoRA shape (lora, "
+                            "lora_r, lora_alpha, lora_targets) replace these flags")  # fmt: skip
     lora: bool = option(True, "train LoRA adapters (--no-lora: every weight)")
     lora_r: int = option(32, "rank r of the LoRA adapters")
     lora_alpha: int = option(32, "LoRA alpha (the adapter's scale is alpha / r)")

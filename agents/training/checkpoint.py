@@ -125,21 +125,18 @@ def load_student(path: str | Path, device: str = "cpu"):
 def init_weights(config):
     """The trained weights ``config.init_from`` names and the student config that fits them.
 
-    ``init_from`` is a checkpoint directory, or a run directory / checkpoints folder (its best checkpoint,
-    else its newest). The checkpoint's :data:`INIT_SETTINGS` replace ``config``'s (logged when they differ),
-    so an adapter of another rank loads as saved. Raises :class:`CheckpointError` before any model loads.
+    ``init_from`` is a checkpoint directory, or a run directory / checkpoints folder (its newest checkpoint,
+    as ``evaluate.py --checkpoint`` picks). The checkpoint's :data:`INIT_SETTINGS` replace ``config``'s (logged
+    when they differ), so an adapter of another rank loads as saved. Raises :class:`CheckpointError` before
+    any model loads.
     """
-    path = Path(config.init_from)
     try:
-        path = resolve_checkpoint(path, "best")
+        path = resolve_checkpoint(config.init_from, "newest")
     except CheckpointError:
-        try:
-            path = resolve_checkpoint(path, "newest")
-        except CheckpointError:
-            raise CheckpointError(
-                f"init_from {config.init_from}: no checkpoint there; pass a step-N or best directory, or a run "
-                "directory written by selfplay.py or sft.py"
-            ) from None
+        raise CheckpointError(
+            f"init_from {config.init_from}: no checkpoint there; pass a step-N or best directory, or a run "
+            "directory written by selfplay.py or sft.py"
+        ) from None
     saved = _read_meta(path).get("student", {})
     changes = {k: saved[k] for k in INIT_SETTINGS if k in saved and _normal(saved[k]) != _normal(getattr(config, k))}
     if "lora_targets" in changes:

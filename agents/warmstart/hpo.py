@@ -59,9 +59,9 @@ class HPOConfig:
                           "a stopped study continues from it")  # fmt: skip
     trials: int = option(8, "finished trials (complete or pruned) the study should hold; a continued study runs "
                          "only the rest")  # fmt: skip
-    trial_examples: int = option(192, "training examples per trial (the first N of the training problems; a "
+    trial_examples: int = option(96, "training examples per trial (the first N of the training problems; a "
                                  "trial's steps are this / its batch size)")  # fmt: skip
-    reports: int = option(4, "held-out evaluations per trial, at equal example counts, each reported to the pruner")
+    reports: int = option(3, "held-out evaluations per trial, at equal example counts, each reported to the pruner")
     reduction_factor: int = option(2, "successive halving's eta: a trial goes past a rung only in the best 1/eta")
     startup_trials: int = option(4, "trials sampled at random before TPE models the finished ones")
     lr_min: float = option(1e-5, "lowest learning rate searched (log scale)")
@@ -215,6 +215,8 @@ def sft_objective(config, train: Sequence[dict], heldout: Sequence[dict], heldou
                            heldout_problems=heldout_problems, on_evaluate=report, save=False)  # fmt: skip
         trial.set_user_attr("evals", result.evals)
         trial.set_user_attr("minutes", round(result.minutes, 2))
+        if result.stopped == "interrupted":  # Ctrl-C: the trial fails (it does not count) and the study stops
+            raise KeyboardInterrupt
         if result.stopped == "caller":
             raise optuna.TrialPruned(f"pruned after {result.evals[-1]['examples']} examples")
         return result.evals[-1][metric]

@@ -26,9 +26,12 @@ and the minutes spent, for resume), ``evals.jsonl``, TensorBoard events, ``train
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,7 +84,7 @@ class SFTConfig:
     max_steps: int = option(0, "optimizer steps (0: --epochs passes, or fewer if --budget-min allows fewer)")
     budget_min: float = option(0.0, "wall-clock minutes of training: the schedule is sized to it by timing a "
                                "few passes; training stops with a checkpoint when time is up (0: none)")  # fmt: skip
-    eval_every: int = option(25, "optimizer steps between held-out evaluations and trainer checkpoints")
+    eval_every: int = option(20, "optimizer steps between held-out evaluations and trainer checkpoints")
     metric: str = option("loss", "held-out metric that picks checkpoints/best and that hpo.py optimises: loss "
                          "(response tokens' NLL), accuracy or format_accuracy (greedy, needs --generate-size)",
                          choices=tuple(METRICS))  # fmt: skip
@@ -121,7 +124,7 @@ class SFTResult:
 
     steps: int  # optimizer steps taken in all (over resumes)
     max_steps: int  # the schedule's length
-    stopped: str  # done, budget, caller (on_evaluate asked to stop: a pruned trial) or stopped (another callback)
+    stopped: str  # done, budget, interrupted (Ctrl-C), caller (on_evaluate asked: a pruned trial) or stopped
     evals: list[dict] = field(default_factory=list)  # one record per held-out evaluation, in order
     best: dict | None = None  # the evaluation with the best metric
     checkpoint: Path | None = None  # the final project checkpoint (None when not saved)
@@ -151,6 +154,8 @@ def train_sft(
     the generated metrics); returning True stops training at once, with no final evaluation or checkpoint.
     ``save`` writes trainer checkpoints (resume), ``checkpoints/best`` and the final ``checkpoints/step-N``.
     With ``config.resume`` training continues from the newest trainer checkpoint in the run directory.
+    A first Ctrl-C (in the main thread) stops after the current step with a trainer checkpoint, a second
+    one at once; either way the run resumes.
     """
     from torch.utils.tensorboard import SummaryWriter
     from transformers import Trainer, TrainingArguments
@@ -217,12 +222,13 @@ def train_sft(
         trainer.remove_callback(PrinterCallback)
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with _graceful_interrupt(hook):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     steps = trainer.state.global_step
-    stopped = "caller" if hook.stopped_by_caller else "budget" if hook.over_budget else (
-        "done" if steps >= max_steps else "stopped")  # fmt: skip
+    stopped = ("interrupted" if hook.interrupted else "caller" if hook.stopped_by_caller else "budget"
+               if hook.over_budget else "done" if steps >= max_steps else "stopped")  # fmt: skip
     checkpoint = None
-    if stopped != "caller" and save:  # the last step was evaluated (see _Hooks.on_step_end)
+    if stopped not in ("caller", "interrupted") and save:  # the last step was evaluated (see _Hooks.on_step_end)
         extra = {"sft": {"step": steps, "max_steps": max_steps, "eval": hook.evals[-1], "prompt": config.prompt}}
         checkpoint = save_checkpoint(directory / "checkpoints", hook.learner(steps), extra=extra)
         logger.info("checkpoint %s", checkpoint)
@@ -286,7 +292,7 @@ class _Hooks(TrainerCallback):
         self.started, self.elapsed_before = started, elapsed_before
         self.evals: list[dict] = []
         self.best: dict | None = None
-        self.over_budget = self.stopped_by_caller = False
+        self.over_budget = self.stopped_by_caller = self.interrupted = False
         self._learner: Learner | None = None
         records = directory / "evals.jsonl"
         if resumed_step is not None and records.is_file():  # keep the evaluations up to the resumed step
@@ -307,6 +313,9 @@ class _Hooks(TrainerCallback):
         return self._learner
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:  # Ctrl-C: a resumable checkpoint (and the evaluation only if one is due now)
+            control.should_training_stop = control.should_save = True
+            return control
         budget = self.config.budget_min
         if budget and self.seconds() >= 60 * budget and state.global_step < state.max_steps:
             logger.info("time budget of %.1f min reached at step %d of %d", budget, state.global_step, state.max_steps)
@@ -359,6 +368,26 @@ class _Hooks(TrainerCallback):
         result = evaluate(lm, self.problems, gsm8k, max_tokens=self.config.generate_max_tokens, progress=False,
                           prompt=self.config.prompt, answer="strict")  # fmt: skip
         return {key: result[key] for key in GENERATED}
+
+
+@contextlib.contextmanager
+def _graceful_interrupt(hook: _Hooks):
+    """While training in the main thread: the first SIGINT asks ``hook`` to stop after this step, the next raises."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if hook.interrupted:
+            raise KeyboardInterrupt
+        hook.interrupted = True
+        logger.warning("interrupted: stopping after this step with a checkpoint (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _better(record: dict, best: dict | None, metric: str) -> bool:
