@@ -94,14 +94,14 @@ def main(argv=None) -> int:
         sys.exit(f"hpo.py: error: --data {config.sft.data or 'openai/gsm8k'}: {err}")
     if len(train_problems) < hpo.trial_examples:
         sys.exit(f"hpo.py: error: --trial-examples {hpo.trial_examples} > the {len(train_problems)} training problems")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.INFO)
     url = search.storage_url(hpo.storage, study_dir / "study.db")
     direction = "minimize" if METRICS[config.sft.metric] == "min" else "maximize"
     try:
         study = search.open_study(hpo, url, direction, search.study_settings(config), seed=config.sft.seed)
     except ValueError as err:
         sys.exit(f"hpo.py: error: {err}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.INFO)
     (study_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
 
     def build_student(student_config: StudentConfig) -> Student:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -106,6 +107,26 @@ def test_sft_trials_on_a_tiny_model_report_prune_and_write_params_sft_reads(toke
     sft_config = apply_params(config, params)
     assert sft_config.sft.learning_rate == complete.params["learning_rate"]
     assert sft_config.sft.batch_size % sft_config.sft.micro_batch_size == 0
+
+
+def test_the_script_runs_a_study_continues_it_and_writes_params_sft_reads(tiny_dir, gsm8k_dir, tmp_path):
+    args = [sys.executable, str(REPO / "scripts" / "hpo.py"), "--model", str(tiny_dir), "--data", str(gsm8k_dir),
+            "--runs-dir", str(tmp_path), "--trial-examples", "8", "--reports", "2", "--batch-sizes", "2,4",
+            "--lora-ranks", "2,4", "--heldout-size", "2", "--startup-trials", "1", "--max-length", "320"]  # fmt: skip
+    first = subprocess.run([*args, "--trials", "1"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "best: trial" in first.stdout and "complete" in first.stdout
+    again = subprocess.run([*args, "--trials", "2"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = optuna.load_study(study_name="sft-hpo", storage=f"sqlite:///{tmp_path / 'sft-hpo' / 'study.db'}")
+    assert len(study.trials) == 2 and "continuing study" in again.stderr
+    record = json.loads((tmp_path / "sft-hpo" / "best_params.json").read_text())
+    assert record["trials"]["complete"] + record["trials"]["pruned"] == 2
+    sft_script = importlib.util.spec_from_file_location("sft_script_for_hpo", REPO / "scripts" / "sft.py")
+    module = sys.modules[sft_script.name] = importlib.util.module_from_spec(sft_script)
+    sft_script.loader.exec_module(module)
+    config = module.parse(["--params", str(tmp_path / "sft-hpo" / "best_params.json")])
+    assert config.sft.learning_rate == record["params"]["learning_rate"] and config.student.lora_r in (2, 4)
 
 
 @pytest.mark.parametrize("preset", sorted(hpo_script.PRESETS))

@@ -314,7 +314,7 @@ class _Hooks(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.interrupted:  # Ctrl-C: a resumable checkpoint (and the evaluation only if one is due now)
-            control.should_training_stop = control.should_save = True
+            control.should_training_stop, control.should_save = True, self.save
             return control
         budget = self.config.budget_min
         if budget and self.seconds() >= 60 * budget and state.global_step < state.max_steps:
