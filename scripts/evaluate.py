@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from agents.alphazero.config import PRESETS as RUN_PRESETS
-from agents.alphazero.evaluate import METRICS, MODES, evaluate, three_way_table
+from agents.alphazero.evaluate import METRICS, MODES, evaluate
 from agents.mcts import MCTSAgent, SearchConfig
 from agents.student import LMValueFunction, Student, StudentConfig
 from agents.training.checkpoint import CHECKPOINT_CHOICES, CheckpointError, load_student, resolve_checkpoint
-from agents.warmstart.record import check_record, record_stage
+from agents.warmstart.record import check_record, record_stage, three_way_table
 from azgym.cli import parse_config
 from azgym.config import EnvConfig, check_fields, option, raise_problems
 from azgym.env import ReasoningEnv
@@ -55,10 +55,7 @@ class EvalOptions:
     stage: str = option("", "the stage name in --record: base, sft, sft_rl, ...")
 
     def __post_init__(self):
-        raise_problems(self, check_fields(self, {
-            "size": (self.size >= 1, ">= 1"), "k": (self.k >= 1, ">= 1"),
-            "stage": (bool(self.stage.strip()) == bool(self.record.strip()), "given together with --record"),
-        }))  # fmt: skip
+        raise_problems(self, check_fields(self, {"size": (self.size >= 1, ">= 1"), "k": (self.k >= 1, ">= 1")}))
 
 
 @dataclass(frozen=True)
@@ -125,6 +122,8 @@ def main(argv=None) -> None:
         options = config.evaluation
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problems = load_problems(config.env.task, config.env.data, options.split)[: options.size]
+    if bool(options.record.strip()) != bool(options.stage.strip()):
+        raise SystemExit("evaluate.py: error: --record and --stage go together: --record FILE --stage NAME")
     if options.record:
         try:
             check_record(options.record, len(problems))

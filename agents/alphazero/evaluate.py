@@ -150,25 +150,6 @@ def before_after_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def three_way_table(rows: dict[str, dict]) -> str:
-    """The seed's three-way split per row (correct / wrong answer / format failure: no answer under the rule),
-    with the accuracy's 95% Wilson interval, format accuracy (a '#### ' marker) and response tokens per problem.
-
-    >>> r = {"correct": 0.1, "wrong_answer": 0.15, "format_failure": 0.75, "accuracy": 0.1, "accuracy_low": 0.066,
-    ...      "accuracy_high": 0.149, "format_accuracy": 0.25, "tokens_per_problem": 180.04}
-    >>> print(three_way_table({"base": r}))
-                     correct  wrong answer  format failure  accuracy (95% CI)    format  tokens/problem
-    base               0.100         0.150           0.750  0.100 (0.066-0.149)   0.250           180.0
-    """
-    lines = [f"{'':15s} {'correct':>8s} {'wrong answer':>13s} {'format failure':>15s}  {'accuracy (95% CI)':20s} "
-             f"{'format':>6s}  tokens/problem"]  # fmt: skip
-    for name, r in rows.items():
-        interval = f"{r['accuracy']:.3f} ({r['accuracy_low']:.3f}-{r['accuracy_high']:.3f})"
-        lines.append(f"{name:15s} {r['correct']:8.3f} {r['wrong_answer']:13.3f} {r['format_failure']:15.3f}  "
-                     f"{interval:20s} {r['format_accuracy']:6.3f} {r['tokens_per_problem']:15.1f}")  # fmt: skip
-    return "\n".join(lines)
-
-
 def _record(problem: Problem, text: str, tokens: int, task, answer: str = "strict") -> dict:
     g = task.grade(text, problem.gold)
     strict = answer == "strict"

@@ -1,4 +1,4 @@
-"""The pipeline's record: one JSON file holding each stage's evaluation (base, sft, sft_rl, ...).
+"""The pipeline's record: the seed's three-way table, and one JSON file holding each stage's evaluation.
 
 ``{"commit": "...", "problems": 200, "stages": {"base": {"accuracy": .., "format_accuracy": ..,
 "wrong_answer": .., "format_failure": .., ...}, "sft": {...}}}``, written by ``evaluate.py --record PATH
@@ -13,6 +13,25 @@ from typing import Any
 
 STAGE_KEYS = ("accuracy", "accuracy_low", "accuracy_high", "format_accuracy", "correct", "wrong_answer",
               "format_failure", "tokens_per_problem")  # fmt: skip
+
+
+def three_way_table(rows: dict[str, dict]) -> str:
+    """The seed's three-way split per row (correct / wrong answer / format failure: no answer under the rule),
+    with the accuracy's 95% Wilson interval, format accuracy (a '#### ' marker) and response tokens per problem.
+
+    >>> r = {"correct": 0.1, "wrong_answer": 0.15, "format_failure": 0.75, "accuracy": 0.1, "accuracy_low": 0.066,
+    ...      "accuracy_high": 0.149, "format_accuracy": 0.25, "tokens_per_problem": 180.04}
+    >>> print(three_way_table({"base": r}))
+                     correct  wrong answer  format failure  accuracy (95% CI)    format  tokens/problem
+    base               0.100         0.150           0.750  0.100 (0.066-0.149)   0.250           180.0
+    """
+    lines = [f"{'':15s} {'correct':>8s} {'wrong answer':>13s} {'format failure':>15s}  {'accuracy (95% CI)':20s} "
+             f"{'format':>6s}  tokens/problem"]  # fmt: skip
+    for name, r in rows.items():
+        interval = f"{r['accuracy']:.3f} ({r['accuracy_low']:.3f}-{r['accuracy_high']:.3f})"
+        lines.append(f"{name:15s} {r['correct']:8.3f} {r['wrong_answer']:13.3f} {r['format_failure']:15.3f}  "
+                     f"{interval:20s} {r['format_accuracy']:6.3f} {r['tokens_per_problem']:15.1f}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def check_record(path: str | Path, problems: int) -> None:
