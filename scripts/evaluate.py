@@ -34,6 +34,7 @@ from agents.alphazero.tree_eval import TERMINAL_VALUES, BlindSearch, head_is_tra
 from agents.mcts import MCTS, SearchConfig
 from agents.student import LMValueFunction, Student, StudentConfig
 from agents.training.checkpoint import CHECKPOINT_CHOICES, CheckpointError, load_student, resolve_checkpoint
+from agents.warmstart.record import check_record, record_stage, three_way_table
 from azgym.cli import parse_config
 from azgym.config import EnvConfig, check_fields, option, raise_problems
 from azgym.env import ReasoningEnv
@@ -63,6 +64,9 @@ class EvalOptions:
     batch_size: int = option(32, "problems decoded (greedy, majority, best_of_n) or searched (tree) together")
     seed: int = option(0, "seeds sampling and the search")
     out: str = option("", "JSON result path ('' = eval-<mode>.json here)")
+    record: str = option("", "also merge the figures into this pipeline record (e.g. docs/gsm8k_pipeline.json) as "
+                         "--stage: the trained model's with --checkpoint/--adapter, else the base's")  # fmt: skip
+    stage: str = option("", "the stage name in --record: base, sft, sft_rl, ...")
 
     def __post_init__(self):
         raise_problems(self, check_fields(self, {"size": (self.size >= 1, ">= 1"), "k": (self.k >= 1, ">= 1"),
@@ -147,12 +151,20 @@ def main(argv=None) -> None:
         options = config.evaluation
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     problems = load_problems(config.env.task, config.env.data, options.split)[: options.size]
+    if bool(options.record.strip()) != bool(options.stage.strip()):
+        raise SystemExit("evaluate.py: error: --record and --stage go together: --record FILE --stage NAME")
+    if options.record:
+        try:
+            check_record(options.record, len(problems))
+        except ValueError as err:
+            raise SystemExit(f"evaluate.py: error: --record: {err}") from None
     results = {}
     if options.compare_base or not (options.checkpoint or options.adapter):
         results["base"] = run(config, build(config, trained=False), problems)
     if options.checkpoint or options.adapter:
         results["trained"] = run(config, build(config, trained=True), problems)
     out = Path(options.out or f"eval-{options.mode}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     names = list(results)
     print(f"{config.env.task} {options.split}, {len(problems)} problems, mode {options.mode}, answer "
@@ -163,7 +175,24 @@ def main(argv=None) -> None:
     print(f"{'metric':20s}" + "".join(f"{n:>12s}" for n in names))
     for metric in METRICS:
         print(f"{metric:20s}" + "".join(f"{results[n][metric]:12.3f}" for n in names))
+    print(three_way_table(results))
     print(f"results: {out}")
+    if options.record:
+        name = "trained" if "trained" in results else "base"
+        record_stage(options.record, options.stage, results[name], commit=_commit(), mode=options.mode,
+                     answer=config.env.answer, checkpoint=options.checkpoint or options.adapter or "base",
+                     max_tokens=config.env.max_tokens)  # fmt: skip
+        print(f"recorded as stage {options.stage!r} in {options.record}")
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ class StudentConfig:
     """The student: which model, LoRA or full fine-tuning, precision and device (saved with checkpoints)."""
 
     model: str = option(DEFAULT_MODEL, "student (and teacher) model: a short name, local path or Hub id")
+    init_from: str = option("", "start from a checkpoint's trained weights (sft.py's or selfplay.py's): a step-N or "
+                            "best directory, or a run directory (its newest); its model and LoRA shape (lora, "
+                            "lora_r, lora_alpha, lora_targets) replace these flags")  # fmt: skip
     lora: bool = option(True, "train LoRA adapters (--no-lora: every weight)")
     lora_r: int = option(32, "rank r of the LoRA adapters")
     lora_alpha: int = option(32, "LoRA alpha (the adapter's scale is alpha / r)")
@@ -96,7 +99,13 @@ class Student(nn.Module):
 
     @classmethod
     def from_config(cls, config: StudentConfig, *, model: nn.Module | None = None, tokenizer=None) -> Student:
-        """Load ``config.model`` (or take ``model`` + ``tokenizer``) and add LoRA / 4-bit as configured."""
+        """Load ``config.model`` (or take ``model`` + ``tokenizer``) and add LoRA / 4-bit as configured; with
+        ``config.init_from``, load that checkpoint's trained weights (its model and LoRA shape win)."""
+        init = None
+        if config.init_from:  # imported here: the checkpoint module imports the learner, which imports this one
+            from agents.training.checkpoint import init_weights
+
+            init, config = init_weights(config)
         if model is None:
             if config.load_in_4bit:
                 model, tokenizer = _load_4bit(config)
@@ -123,7 +132,11 @@ class Student(nn.Module):
                               target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
             model = get_peft_model(model, lora)
         model.train()
-        return cls(model, tokenizer, config)
+        student = cls(model, tokenizer, config)
+        if init is not None:
+            student.load_trainable_state(init)
+            student.refresh_reference()  # full fine-tuning: the loaded weights are the KL reference
+        return student
 
     # -- parameters --------------------------------------------------------------------------------
 

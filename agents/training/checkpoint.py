@@ -16,7 +16,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # settings that change the shapes or meaning of the saved weights
 _MUST_MATCH = ("model", "lora", "lora_r", "lora_targets", "load_in_4bit")
+# the student settings ``init_from`` takes from its checkpoint: what shapes (or scales) the trained weights
+INIT_SETTINGS = ("model", "lora", "lora_r", "lora_alpha", "lora_targets")
 
 
 class CheckpointError(RuntimeError):
@@ -109,7 +111,7 @@ def load_student(path: str | Path, device: str = "cpu"):
 
     path = Path(path)
     meta = _read_meta(path)
-    fields = dict(meta["student"], device=device)
+    fields = dict(meta["student"], device=device, init_from="")  # the trained weights are all here
     fields["lora_targets"] = tuple(fields.get("lora_targets", ()))
     student = Student.from_config(StudentConfig(**fields))
     try:
@@ -118,6 +120,35 @@ def load_student(path: str | Path, device: str = "cpu"):
         raise CheckpointError(_unreadable(path, err)) from err
     student.load_trainable_state(weights)
     return student
+
+
+def init_weights(config):
+    """The trained weights ``config.init_from`` names and the student config that fits them.
+
+    ``init_from`` is a checkpoint directory, or a run directory / checkpoints folder (its newest checkpoint,
+    as ``evaluate.py --checkpoint`` picks). The checkpoint's :data:`INIT_SETTINGS` replace ``config``'s (logged
+    when they differ), so an adapter of another rank loads as saved. Raises :class:`CheckpointError` before
+    any model loads.
+    """
+    try:
+        path = resolve_checkpoint(config.init_from, "newest")
+    except CheckpointError:
+        raise CheckpointError(
+            f"init_from {config.init_from}: no checkpoint there; pass a step-N or best directory, or a run "
+            "directory written by selfplay.py or sft.py"
+        ) from None
+    saved = _read_meta(path).get("student", {})
+    changes = {k: saved[k] for k in INIT_SETTINGS if k in saved and _normal(saved[k]) != _normal(getattr(config, k))}
+    if "lora_targets" in changes:
+        changes["lora_targets"] = tuple(changes["lora_targets"])
+    if changes:
+        logger.info("init_from %s: taking %s from the checkpoint", path,
+                    ", ".join(f"{k}={v!r}" for k, v in changes.items()))  # fmt: skip
+    try:
+        weights = load_file(str(path / "trainable.safetensors"))
+    except Exception as err:  # noqa: BLE001 - safetensors raises many types
+        raise CheckpointError(_unreadable(path, err)) from err
+    return weights, replace(config, **changes)
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

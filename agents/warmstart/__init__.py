@@ -1,0 +1,1 @@
+"""The warm start before self-play: supervised fine-tuning on reference solutions and its hyper-parameter search."""
