@@ -37,6 +37,8 @@ class LoopConfig:
                            "student and every response trained with the tree's step advantages; needs "
                            "--simulations >= 2) or moves (group_size episodes per problem, a search per move, the "
                            "played path trained)", choices=("tree", "moves"))  # fmt: skip
+    rollout_temperature: float = option(0.7, "tree self-play: sampling temperature of the student's rollouts (0.7: "
+                                        "the teachers' 'right' candidates' temperature)")  # fmt: skip
     value_weight: float = option(
         0.0,
         "tree self-play: weight of the value head in the leaf values the search "
@@ -76,6 +78,7 @@ class LoopConfig:
             "eval_every": (self.eval_every >= 0, ">= 0"),
             "epsilon": (0 <= self.epsilon <= 1, "in [0, 1]"),
             "value_weight": (0 <= self.value_weight <= 1, "in [0, 1]"),
+            "rollout_temperature": (self.rollout_temperature > 0, "> 0"),
             "budget_min": (self.budget_min >= 0, ">= 0"),
             "run_name": (bool(self.run_name.strip()) and "/" not in self.run_name, "a non-empty name without '/'"),
             **{name: ((self.temperature_start is None) == (self.temperature_end is None) and (

@@ -129,12 +129,14 @@ class TreeSelfPlay:
         config: the search (``num_simulations`` = nodes expanded per tree).
         value_fn: the student's value head: mixed into leaf values (``value_weight``) and ranked
             against the tree's Monte Carlo values every phase.
+        temperature: the rollouts' sampling temperature.
         seed: the search's root noise.
     """
 
     def __init__(self, lm, config: SearchConfig, *, value_fn: ValueFn | None = None, value_weight: float = 0.0,
-                 seed: int | None = None):  # fmt: skip
+                 temperature: float = 0.7, seed: int | None = None):  # fmt: skip
         self.lm = lm
+        self.temperature = temperature
         self.mcts = MCTS(config)
         self.value_fn = value_fn
         self.value_weight = value_weight
@@ -146,7 +148,8 @@ class TreeSelfPlay:
         """Search one tree per problem (all in lockstep) and return one episode per tree node."""
         start = time.perf_counter()
         roots = [env.initial_state(p, int(rng.integers(0, 2**31 - 1))) for p in problem_indices]
-        rollout = RolloutValue(self.lm, value_fn=self.value_fn, value_weight=self.value_weight)
+        rollout = RolloutValue(self.lm, value_fn=self.value_fn, value_weight=self.value_weight,
+                               temperature=self.temperature)  # fmt: skip
         result = self.mcts.search(EnvSearchModel(env, rollout), roots, self.rng)
         episodes, proposed, trained, ranks = [], 0, 0, []
         for b in range(len(roots)):
