@@ -12,9 +12,10 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
 
 - ``trl``: ``../shared/anchors/trl_grpo_baseline.py`` as documented (lr 2e-4), with its ``--seed``;
 - ``trl_azgym_lr``: the same script at azgym's learning rate (its config patched, nothing else);
-- ``azgym``: ``scripts/selfplay.py`` with its defaults (the cpu preset: tree self-play, MCTS with
-  Monte Carlo rollouts, every node trained) and ``--seed``;
-- ``azgym_moves``: the loop's earlier default, MCTS per move (4 simulations) training the played path;
+- ``azgym``: ``scripts/selfplay.py`` with its defaults (the cpu preset: MCTS per move, 4
+  simulations, the played path trained) and ``--seed``;
+- ``azgym_tree``: tree self-play (``--selfplay tree --simulations 8 --leaves-per-round 2``: one
+  search tree per problem, every node rolled out, every response trained with TreeRL advantages);
 - ``azgym_simulations_1``: the same loop with ``--simulations 1`` (no search; the ablation).
 
 Each (learner, seed) writes ``<out-dir>/<learner>/seed-<s>.json`` when it has finished and been
@@ -46,10 +47,10 @@ from run_trl_anchor import ANCHOR
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHOR_LR = 2e-4  # the anchor's documented learning rate
-LEARNERS = ("trl", "trl_azgym_lr", "azgym", "azgym_moves", "azgym_simulations_1")
+LEARNERS = ("trl", "trl_azgym_lr", "azgym", "azgym_tree", "azgym_simulations_1")
 EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym": [],
-    "azgym_moves": ["--selfplay", "moves", "--simulations", "4", "--leaves-per-round", "1"],
+    "azgym_tree": ["--selfplay", "tree", "--simulations", "8", "--leaves-per-round", "2"],
     "azgym_simulations_1": ["--simulations", "1"],
 }
 DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")

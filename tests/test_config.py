@@ -45,7 +45,7 @@ def test_every_flag_is_documented_and_every_field_has_a_flag():
 
 
 def test_precedence_preset_then_env_var_then_flag():
-    assert run_config([]).search.num_simulations == 8  # the cpu preset
+    assert run_config([]).search.num_simulations == 4  # the cpu preset
     assert run_config([], {"NUM_MCTS_ITERATIONS": "7"}).search.num_simulations == 7
     assert run_config(["--simulations", "3"], {"NUM_MCTS_ITERATIONS": "7"}).search.num_simulations == 3
     config = run_config(["--preset", "gpu"], {"MAX_TREE_DEPTH": "5", "MAX_TOKENS": "99"})

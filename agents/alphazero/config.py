@@ -33,7 +33,7 @@ class LoopConfig:
     num_examples: int = option(2, "problems per iteration")
     group_size: int = option(4, "moves self-play: episodes per problem (the GRPO group); all are searched in "
                              "lockstep")  # fmt: skip
-    selfplay: str = option("tree", "self-play: tree (one search tree per problem, every node rolled out by the "
+    selfplay: str = option("moves", "self-play: tree (one search tree per problem, every node rolled out by the "
                            "student and every response trained with the tree's step advantages; needs "
                            "--simulations >= 2) or moves (group_size episodes per problem, a search per move, the "
                            "played path trained)", choices=("tree", "moves"))  # fmt: skip
@@ -111,7 +111,7 @@ class RunConfig:
     env: EnvConfig = field(default_factory=lambda: EnvConfig(
         task="arithmetic", num_right=2, num_wrong=1, chunk_tokens=16, max_steps=4, max_tokens=64,
         rewards="outcome", answer="flexible", prompt="bare"))  # fmt: skip
-    search: SearchConfig = field(default_factory=lambda: SearchConfig(num_simulations=8, leaves_per_round=2))
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(num_simulations=4))
     student: StudentConfig = field(default_factory=StudentConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
