@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_mcts_agent import scripted_env as scripted_env_and_lm
 
 from agents.alphazero.selfplay import to_samples
 from agents.alphazero.tree_play import Ending, TreeData, TreeSelfPlay, episodes_of_tree, node_values, step_advantage
@@ -17,19 +18,11 @@ from agents.policy import constant_value
 from agents.training import losses
 from agents.training.learner import Learner, LearnerConfig, Sample
 from azgym.env import ReasoningEnv
-from azgym.tasks import Problem
-from helpers import ScriptedLM
-
-PROBLEM = Problem(id="p0", question="What is 2 + 3?", gold="5")
-SCRIPT = {
-    "": [("2 + 3 = 5\n", False), ("2 + 3 = 6\n", False)],
-    "2 + 3 = 5\n": [("#### 5\n", False), ("#### 6\n", False)],
-    "2 + 3 = 6\n": [("#### 6\n", False), ("", True)],
-}
 
 
 def scripted_env():
-    return ReasoningEnv([PROBLEM], model=ScriptedLM(SCRIPT), num_right=1, num_wrong=1, rewards="outcome")
+    """2 + 3 with a right and a wrong first step (the MCTS agent tests' script)."""
+    return scripted_env_and_lm()[0]
 
 
 def hand_tree(env):
