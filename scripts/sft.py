@@ -64,8 +64,8 @@ PRESETS = {"cpu": cpu_preset, "gpu": gpu_preset}
 def parse(argv: list[str]) -> SFTRunConfig:
     """The config: preset < ``--params`` file < flags; a bad params file ends the script with one line."""
     early = argparse.ArgumentParser(add_help=False)
-    early.add_argument("--params", default="")
-    early.add_argument("--preset", default="cpu")
+    early.add_argument("--params", default="", help="a best_params.json from hpo.py (read before the flags)")
+    early.add_argument("--preset", default="cpu", help="starting values of every setting (cpu or gpu)")
     known = early.parse_known_args(argv)[0]
     params = {}
     if known.params:
