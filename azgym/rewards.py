@@ -159,6 +159,20 @@ def process_reward(token_logprobs) -> float:
     return mean
 
 
+def inverse_perplexity(token_logprobs) -> float:
+    """``exp(mean token log-prob)`` = 1 / perplexity, in (0, 1]: 1 for a response the scoring model
+    finds certain, toward 0 for an unlikely one (0.0 for an empty response). The perplexity reward of
+    the verifiers adapter (``azgym_verifiers``): ``exp(PRE)`` of the whole response.
+
+    >>> round(inverse_perplexity([-0.5, -0.5]), 6)
+    0.606531
+    >>> inverse_perplexity([]), inverse_perplexity([0.0])
+    (0.0, 1.0)
+    """
+    values = list(token_logprobs)
+    return math.exp(process_reward(values)) if values else 0.0
+
+
 def direction_bonus(label: str, config: RewardConfig) -> float:
     """+right_bonus for a "right" step, -wrong_penalty for a "wrong" one.
 
