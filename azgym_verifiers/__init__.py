@@ -5,7 +5,9 @@ takes the ``Taskset``, ``Harness`` and ``Env`` subclasses it exports in ``__all_
 (problems, solve prompt and rubric, :mod:`azgym_verifiers.taskset`), :class:`AzgymHarness` (one chat
 completion per problem, :mod:`azgym_verifiers.harness`) and :class:`AzgymEnv` (one agent, run locally).
 In Python, :func:`load_environment` builds the same environment from the seed system's keyword arguments.
-Install with ``pip install -e ".[verifiers]"``.
+Install with ``pip install -e ".[verifiers]"``. A top-level package beside ``azgym/`` because verifiers imports
+a taskset id as one module name (``azgym.verifiers`` would not resolve), and so that ``azgym`` itself never
+imports verifiers.
 """
 
 from azgym_verifiers.env import AzgymEnv
