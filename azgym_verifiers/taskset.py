@@ -3,7 +3,8 @@
 One task per problem of ``task_name`` (``gsm8k``, ``arithmetic`` or ``countdown``, from
 :func:`azgym.tasks.load_problems`): the prompt is the question, the system prompt the task's solve
 prompt (:func:`azgym.prompts.system_prompt`), the same chat the environment and the evaluator give the
-student. The rubric, as the seed system's (``vf-eval alphazero-llm-trainer``) with the issue's weights:
+student. The rubric is the seed system's (``vf-eval alphazero-llm-trainer``: correctness and perplexity),
+weighted as azgym's seed reward preset weights HRE and PRE (:class:`azgym.rewards.RewardConfig`):
 
     reward = 0.4 * correct + 0.6 * perplexity
 
@@ -29,13 +30,14 @@ import verifiers.v1 as vf
 from pydantic import Field, field_validator
 
 from azgym.prompts import system_prompt
+from azgym.rewards import RewardConfig
 from azgym.tasks import get_task, load_problems
 from azgym.teachers.loading import TIERS
 from azgym_verifiers.scoring import score_response, scoring_model_name
 
 TASKSET_ID = "azgym-verifiers"  # the id `vf-eval` imports (as the module azgym_verifiers)
-CORRECTNESS_WEIGHT = 0.4
-PERPLEXITY_WEIGHT = 0.6
+CORRECTNESS_WEIGHT = RewardConfig.hre_weight  # 0.4
+PERPLEXITY_WEIGHT = RewardConfig.pre_weight  # 0.6
 
 
 class AzgymData(vf.TaskData):

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("verifiers", reason="the verifiers adapter needs `pip install -e '.[verifiers]'` (Python >= 3.11)")
-import verifiers.v1 as vf  # noqa: E402
+vf = pytest.importorskip("verifiers.v1", reason="the adapter needs verifiers >= 0.4: pip install -e '.[verifiers]'")
 
 import azgym_verifiers  # noqa: E402
 from azgym.prompts import TASK_SYSTEM_PROMPTS  # noqa: E402
