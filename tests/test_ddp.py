@@ -3,37 +3,18 @@ resume in another number of processes."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from agents.training.checkpoint import load_checkpoint, save_checkpoint
 from ddp_worker import CASES, DISTILL, SAMPLES, make_learner, run_case
+from helpers import REPO, torchrun
 
-REPO = Path(__file__).resolve().parents[1]
 GRADIENTS = dict(atol=1e-7, rtol=1e-5)  # float rounding of sums taken in another order
 # AdamW's early updates are about lr * sign(gradient), so an element whose gradient cancels to ~ Adam's eps
 # (measured: 7.6e-9, rounded differently by 5e-11) moves ~1e-3 lr differently: the parameters are compared to
 # 1% of a step (lr 1e-2), the gradients above exactly
 PARAMETERS = dict(atol=1e-4, rtol=1e-5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), str(REPO / "tests" / "ddp_worker.py"), *args]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +24,7 @@ def two_processes(tmp_path_factory):
     learner = make_learner("token")
     learner.step(SAMPLES, DISTILL)
     save_checkpoint(out / "alone", learner)
-    done = torchrun(2, str(out), str(out / "alone" / "step-000001"))
+    done = torchrun(2, REPO / "tests" / "ddp_worker.py", str(out), str(out / "alone" / "step-000001"))
     assert done.returncode == 0, done.stderr[-4000:]
     return out, [torch.load(out / f"results-{rank}.pt", weights_only=False) for rank in (0, 1)]
 

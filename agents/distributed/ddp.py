@@ -54,6 +54,10 @@ BUCKET_BYTES = 64 * 2**20  # gradients are summed in flat buckets of at most thi
 TIMEOUT = timedelta(hours=2)
 
 
+class SetupError(ValueError):
+    """A data-parallel run that cannot start as configured."""
+
+
 class Alone:
     """A process on its own: rank 0 of 1, every collective call a no-op."""
 
@@ -66,6 +70,9 @@ class Alone:
         return True
 
     def all_reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        pass
+
+    def broadcast_parameters(self, params: Sequence[torch.nn.Parameter]) -> None:
         pass
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -125,8 +132,7 @@ class ProcessGroup(Alone):
         dist.barrier()
 
     def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown()
 
 
 def from_env(device: str = "cpu") -> Alone | ProcessGroup:
@@ -148,6 +154,26 @@ def from_env(device: str = "cpu") -> Alone | ProcessGroup:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     logger.info("process %d of %d (%s)", rank, world_size, "nccl" if cuda else "gloo")
     return ProcessGroup(rank, world_size, local_rank, torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_split(num_problems: int, group: Alone) -> None:
+    """Every process needs at least one problem of each iteration to play.
+
+    >>> check_split(2, ProcessGroup(0, 4, 0, torch.device("cpu")))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    agents.distributed.ddp.SetupError: --num-examples 2 is fewer than the 4 processes: each plays at least one ...
+    """
+    if num_problems < group.world_size:
+        raise SetupError(f"--num-examples {num_problems} is fewer than the {group.world_size} processes: each plays "
+                         f"at least one problem; raise --num-examples to {group.world_size} or start fewer processes "
+                         "(torchrun --nproc_per_node)")  # fmt: skip
 
 
 def per_process_device(device: str, group: Alone) -> str:
