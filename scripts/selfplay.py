@@ -5,6 +5,7 @@
     python scripts/selfplay.py --preset gpu --data openai/gsm8k  # one GPU
     python scripts/selfplay.py --run-name demo --resume          # continue a stopped run
     python scripts/selfplay.py --help                            # every setting, its meaning and default
+    torchrun --nproc_per_node 2 scripts/selfplay.py ...          # data-parallel over 2 processes
     tensorboard --logdir runs
 
 Every flag is a field of :class:`agents.alphazero.config.RunConfig` (env / search / student /
@@ -12,19 +13,23 @@ learner / loop sections); ``--preset`` picks the starting values. The seed syste
 variables override a preset's value when its flag is not given: ``NUM_MCTS_ITERATIONS``
 (``--simulations``), ``MAX_TREE_DEPTH`` (``--max-steps``), ``MAX_TOKENS`` (``--max-tokens``).
 The settings that ran are written to ``runs/<run-name>/config.json``. Ctrl-C stops cleanly and
-leaves a resumable run.
+leaves a resumable run. Under ``torchrun`` every process plays its share of the problems and
+learns each step together with the others (:mod:`agents.distributed.ddp`); rank 0 logs, writes and
+reports.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
 from agents.alphazero.config import ALIASES, PRESETS, RunConfig
 from agents.alphazero.evaluate import before_after_table
 from agents.alphazero.run import Run, RunExistsError
+from agents.distributed.ddp import SetupError, shutdown
 from azgym.cli import parse_config
 
 logger = logging.getLogger("selfplay")
@@ -32,11 +37,14 @@ logger = logging.getLogger("selfplay")
 
 def main(argv=None) -> int:
     config = parse_config(RunConfig, argv, presets=PRESETS, default_preset="cpu", aliases=ALIASES)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun the others log warnings only
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
         run = Run(config)
-    except RunExistsError as err:
-        sys.exit(f"selfplay.py: error: {err}")
+    except (RunExistsError, SetupError) as err:
+        shutdown()
+        sys.exit(f"selfplay.py: error: {err}" if main_process else 1)
     started = time.perf_counter()
     try:
         final = run.run()
@@ -45,7 +53,10 @@ def main(argv=None) -> int:
         logger.warning("interrupted; finished iterations are saved. Continue with: python scripts/selfplay.py "
                        "--run-name %s --resume", config.loop.run_name)  # fmt: skip
         return 130
-    report(run, final, time.perf_counter() - started)
+    finally:
+        run.group.close()
+    if run.is_main:
+        report(run, final, time.perf_counter() - started)
     return 0
 
 

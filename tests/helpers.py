@@ -1,14 +1,33 @@
-"""Test helpers: a tiny seeded Llama, a scripted language model for exact reward arithmetic, a one-step bandit."""
+"""Test helpers: a tiny seeded Llama, a scripted language model for exact reward arithmetic, a one-step bandit,
+``torchrun`` in a subprocess."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from agents.mcts.search import Expansion, Step
 from azgym.lm.base import Generation, broadcast
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(nproc: int, script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``script`` in ``nproc`` processes started by ``python -m torch.distributed.run`` on a free local port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(port), str(script), *args]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 
 def tiny_llama(vocab_size: int, seed: int = 0):

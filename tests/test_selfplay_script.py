@@ -1,4 +1,4 @@
-"""scripts/selfplay.py end to end on a tiny model: run directory, TensorBoard, resume, SIGKILL."""
+"""scripts/selfplay.py end to end on a tiny model: run directory, TensorBoard, resume, SIGKILL, torchrun."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import tiny_llama
+from helpers import tiny_llama, torchrun
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--iterations", "1", "--num-examples", "2", "--group-size", "2", "--simulations", "2", "--train-steps", "1",
@@ -137,3 +137,24 @@ def test_two_teacher_ensemble_and_the_similarity_agent(tiny_dir, tmp_path, token
     similar = selfplay(["--model", str(tiny_dir), "--run-name", "sim", "--agent", "similarity", *TINY], tmp_path)
     assert similar.returncode == 0, similar.stderr[-3000:]
     assert (tmp_path / "sim" / "replay" / "iter-000000.jsonl").is_file()
+
+
+def test_two_torchrun_processes_then_resumed_in_one(tiny_dir, tmp_path):
+    script, args = REPO / "scripts" / "selfplay.py", ["--model", str(tiny_dir), *TINY]
+    shared = torchrun(2, script, "--runs-dir", str(tmp_path), "--run-name", "ddp", *args)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    run = tmp_path / "ddp"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1 and shared.stdout.count("accuracy (95% CI)") == 1
+    episodes = (run / "replay" / "iter-000000.jsonl").read_text().splitlines()
+    assert len(episodes) == 4 and len({json.loads(e)["problem_id"] for e in episodes}) == 2  # both processes' plays
+    assert (run / "checkpoints" / "step-000001" / "meta.json").is_file()
+
+    longer = list(args)
+    longer[longer.index("--iterations") + 1] = "2"
+    alone = selfplay(["--run-name", "ddp", "--resume", *longer], tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "continuing at iteration 1" in alone.stderr and (run / "checkpoints" / "step-000002").is_dir()
+
+    too_many = torchrun(3, script, "--runs-dir", str(tmp_path), "--run-name", "three", *args)  # 2 problems, 3 processes
+    assert too_many.returncode != 0 and not (tmp_path / "three").exists()
+    assert (too_many.stderr + too_many.stdout).count("--num-examples 2 is fewer than the 3 processes") == 1

@@ -4,7 +4,9 @@ iterate self-play -> replay -> learner steps -> evaluation -> checkpoint, loggin
 Everything goes under ``<runs_dir>/<run_name>/``: ``config.json`` (the resolved settings that ran),
 TensorBoard events, ``eval-*.json``, ``checkpoints/step-N``, ``replay/iter-N.jsonl``. ``resume``
 continues from the newest checkpoint; an iteration whose replay shard was written before the stop
-is not played again.
+is not played again. Started by ``torchrun --nproc_per_node N`` it is data-parallel
+(:mod:`agents.distributed.ddp`): each process plays its share of the problems, all learn each step
+together, and rank 0 alone writes the run directory and evaluates.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from agents.alphazero.config import RunConfig, sampling_temperature
 from agents.alphazero.evaluate import METRICS, evaluate
 from agents.alphazero.selfplay import self_play, train
 from agents.alphazero.tree_play import TreeSelfPlay
+from agents.distributed import ddp
 from agents.mcts import MCTSAgent
 from agents.policy import Agent, PriorAgent
 from agents.similarity import SimilarityAgent
@@ -63,25 +66,33 @@ class Run:
 
         self.config = config
         loop = config.loop
+        self.group = ddp.from_env(config.student.device)  # torchrun's processes, or this one alone
+        self.is_main = self.group.is_main
+        ddp.check_split(loop.num_examples, self.group)
         self.dir = Path(loop.runs_dir) / loop.run_name
         self.checkpoints = Path(loop.checkpoint_dir) if loop.checkpoint_dir else self.dir / "checkpoints"
         if self.dir.exists() and any(self.dir.iterdir()) and not loop.resume:
             raise RunExistsError(
                 f"{self.dir} already holds a run; pass --resume to continue it or --run-name NAME for a new one"
             )
+        self.group.barrier()  # every process has looked before rank 0 writes
         self.task = get_task(config.env.task)
         self.eval_problems = load_problems(config.env.task, config.env.data, "test")[: loop.eval_size]
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(loop.seed)
-        self.student = Student.from_config(config.student)
-        self.lm = self.student.backend(name=config.student.model)  # the student proposes as this teacher
-        self.env = ReasoningEnv.from_config(config.env, model=self.lm, split="train", device=config.student.device)
+        student = replace(config.student, device=ddp.per_process_device(config.student.device, self.group))
+        self.student = Student.from_config(student)
+        self.lm = self.student.backend(name=student.model)  # the student proposes as this teacher
+        self.env = ReasoningEnv.from_config(config.env, model=self.lm, split="train", device=student.device)
         self.agent = make_agent(config, self.student, self.lm)
         learner = config.learner
         if not learner.max_completion_tokens:  # Dr. GRPO's constant: the response budget and its end token
             learner = replace(learner, max_completion_tokens=config.env.max_tokens + 1)
-        self.learner = Learner(self.student, learner)
-        self.replay = ReplayBuffer(self.dir / "replay", capacity_iterations=loop.capacity_iterations)
+        self.learner = Learner(self.student, learner, self.group if self.group.world_size > 1 else None)
+        self.replay = ReplayBuffer(self.dir / "replay", capacity_iterations=loop.capacity_iterations,
+                                   persist=self.is_main)  # fmt: skip
+        self.replay.shards = self.group.broadcast_object(self.replay.shards)  # rank 0 read them
         self.rng = np.random.default_rng(loop.seed)
         self.start_iteration = 0
         self.base_result: dict | None = None
@@ -91,8 +102,10 @@ class Run:
         self.elapsed_before = 0.0
         if loop.resume:
             self._resume()
-        (self.dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
-        self.writer = SummaryWriter(str(self.dir))
+        self.group.broadcast_parameters(self.student.trainable_parameters())  # as DDP does; alone a no-op
+        if self.is_main:
+            (self.dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+        self.writer = SummaryWriter(str(self.dir)) if self.is_main else ddp.NullWriter()
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.checkpoints)
@@ -118,7 +131,7 @@ class Run:
     def run(self) -> dict | None:
         """Iterate until ``loop.iterations`` or the time budget; return the last evaluation (None if none ran)."""
         loop = self.config.loop
-        if self.start_iteration == 0 and loop.eval_every and loop.eval_base:
+        if self.start_iteration == 0 and loop.eval_every and loop.eval_base and self.is_main:
             self.base_result = self.evaluate(0, tag="base")
         self.started = time.perf_counter() - self.elapsed_before
         last = None
@@ -149,13 +162,7 @@ class Run:
                 self.env.set_sampling_temperature(temperature)
                 writer.add_scalar("charts/temperature", temperature, iteration)
             problems = self.rng.choice(len(self.env.problems), size=loop.num_examples, replace=False).tolist()
-            if isinstance(self.agent, TreeSelfPlay):
-                episodes, stats = self.agent.play(self.env, problems, self.rng, iteration=iteration,
-                                                  weights_version=self.learner.step_count)  # fmt: skip
-            else:
-                episodes, stats = self_play(self.env, self.agent, problems, loop.group_size, self.rng,
-                                            iteration=iteration, weights_version=self.learner.step_count,
-                                            progress=loop.progress)  # fmt: skip
+            episodes, stats = self._play(iteration, problems)
             self.replay.add(iteration, episodes)
             self.generated_tokens += stats.generated_tokens
             self._log_self_play(iteration, episodes, stats)
@@ -170,14 +177,18 @@ class Run:
         start = time.perf_counter()
         history = train(self.learner, self.replay, loop.train_steps, loop.groups_per_step, self.rng,
                         self.lm.eos_token_id, distill=self.config.learner.distill_coef > 0,
-                        value_target=loop.value_target, on_step=on_step, progress=loop.progress)  # fmt: skip
+                        value_target=loop.value_target, on_step=on_step,
+                        progress=loop.progress and self.is_main)  # fmt: skip
         writer.add_scalar("perf/train_seconds", time.perf_counter() - start, iteration)
         logger.info("iteration %d: %d learner steps (step %d -> %d), loss %.4f", iteration, len(history),
                     global_step, self.learner.step_count, history[-1]["loss"])  # fmt: skip
         if self.over_budget():
             logger.info("time budget of %.1f min reached after iteration %d", loop.budget_min, iteration)
             final = True
+        final = self.group.broadcast_object(final)  # rank 0's clock decides for every process
         result = None
+        if not self.is_main:  # rank 0 evaluates and writes; the others wait for it at the next collective call
+            return result, final
         if loop.eval_every and ((iteration + 1) % loop.eval_every == 0 or final):
             result = self.evaluate(iteration + 1, tag=f"iter-{iteration:04d}")
         agent_rng = getattr(self.agent, "rng", None)
@@ -195,6 +206,28 @@ class Run:
             logger.info("checkpoint %s", save_checkpoint(self.checkpoints, self.learner, extra=extra))
         writer.flush()
         return result, final
+
+    def _play(self, iteration: int, problems: list[int]):
+        """Self-play on ``problems``; with several processes, process r plays every N-th from the r-th with its own
+        random streams (:func:`~agents.distributed.ddp.play_rng`) and every process gets all the episodes."""
+        loop, group, rng = self.config.loop, self.group, self.rng
+        everyone = problems
+        if group.world_size > 1:
+            problems = problems[group.rank :: group.world_size]
+            rng = ddp.play_rng(loop.seed, iteration, group.rank)
+            if hasattr(self.agent, "rng"):
+                self.agent.rng = ddp.play_rng(loop.seed, iteration, group.rank, stream=1)
+        if isinstance(self.agent, TreeSelfPlay):
+            episodes, stats = self.agent.play(self.env, problems, rng, iteration=iteration,
+                                              weights_version=self.learner.step_count)  # fmt: skip
+        else:
+            episodes, stats = self_play(self.env, self.agent, problems, loop.group_size, rng, iteration=iteration,
+                                        weights_version=self.learner.step_count,
+                                        progress=loop.progress and self.is_main)  # fmt: skip
+        if group.world_size > 1:
+            episodes, stats = ddp.gather_episodes(group, episodes, stats, [self.env.problems[p].id for p in everyone])
+            self.env.load_state_dict(group.broadcast_object(self.env.state_dict()))  # rank 0's teacher weights
+        return episodes, stats
 
     def _log_self_play(self, iteration: int, episodes, stats) -> None:
         w = self.writer

@@ -3,6 +3,13 @@
 Losses are chosen by name from :data:`POLICY_LOSSES` (``grpo`` / ``legacy`` / ``apo``), plus the value
 regression and, optionally, distillation of MCTS visit counts. A step splits its batch into
 micro-batches, accumulates their gradients, clips the global norm and steps AdamW.
+
+Every term of a step's loss is a sum over its samples (or tokens, value positions, distilled states)
+divided by a count taken over the *whole* batch, so the micro-batches' shares add up to the batch's
+loss whatever the micro-batch size. That is also what makes data parallelism exact: with a
+:class:`Collective` (:mod:`agents.distributed.ddp`) each of W processes is handed the same batch,
+computes the advantages and counts on all of it, runs forward and backward on its contiguous slice
+(:func:`shard`) only, and the summed gradients are the single-process gradient.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 
@@ -112,12 +120,39 @@ class LearnerConfig:
         }))  # fmt: skip
 
 
-class Learner:
-    """Owns the optimizer and scheduler of a :class:`~agents.student.Student`."""
+class Collective(Protocol):
+    """The processes that share every learner step (:class:`agents.distributed.ddp.ProcessGroup`)."""
 
-    def __init__(self, student: Student, config: LearnerConfig | None = None):
+    rank: int
+    world_size: int
+
+    def all_reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Replace every ``p.grad`` (None counts as zeros) by its sum over the processes."""
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``obj`` of every process, in rank order."""
+
+
+def shard(n: int, rank: int, world_size: int) -> slice:
+    """The contiguous slice of ``n`` items that process ``rank`` of ``world_size`` takes (sizes differ by <= 1).
+
+    >>> [shard(7, r, 3) for r in range(3)]
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 7, None)]
+    """
+    return slice(n * rank // world_size, n * (rank + 1) // world_size)
+
+
+class Learner:
+    """Owns the optimizer and scheduler of a :class:`~agents.student.Student`.
+
+    With a ``collective`` of W > 1 processes, every process is handed the same batches and trains on its
+    :func:`shard` of each; gradients are summed before the clip, so every process takes the same step.
+    """
+
+    def __init__(self, student: Student, config: LearnerConfig | None = None, collective: Collective | None = None):
         self.student = student
         self.config = config or LearnerConfig()
+        self.collective = collective
         params = student.trainable_parameters()
         if not params:
             raise ValueError("the student has no trainable parameters")
@@ -130,6 +165,7 @@ class Learner:
         self.reference_cache_size = 65536  # samples whose reference (and old) log-probs are remembered
         self._ref_cache: dict[tuple, tuple[float, ...]] = {}
         self._old_cache: dict[tuple, tuple[float, ...]] = {}
+        self._fresh_old: dict[tuple, tuple[float, ...]] = {}  # entries this step added to _old_cache
         self._ref_version = student.reference_version
 
     def step(self, samples: Sequence[Sample], distill: Sequence[DistillSample] = ()) -> dict[str, float]:
@@ -152,23 +188,29 @@ class Learner:
             else rewards
         )
         totals: dict[str, float] = {}
-        total = len(samples)
         trained = [s for s in samples if not (config.drop_truncated and s.truncated)]
         scale = {  # the step's sequences and tokens: micro-batches add up to the loss of the whole batch
             "num_sequences": len(trained),
             "num_tokens": sum(len(s.completion_ids) for s in trained),
             "max_tokens": config.max_completion_tokens,
         }
-        for start in range(0, total, config.micro_batch_size):
-            part = slice(start, start + config.micro_batch_size)
-            weight = len(samples[part]) / total
-            metrics = self._micro_step(samples[part], advantages[part], rewards[part], weight, scale)
+        counts = {"values": sum(len(s.value_positions) for s in samples),  # the step's, for the metrics too
+                  "tokens": sum(len(s.completion_ids) for s in samples)}  # fmt: skip
+        rank, world_size = (self.collective.rank, self.collective.world_size) if self.collective else (0, 1)
+        mine = shard(len(samples), rank, world_size)
+        self._fresh_old = {}
+        for start in range(mine.start, mine.stop, config.micro_batch_size):
+            part = slice(start, min(start + config.micro_batch_size, mine.stop))
+            metrics = self._micro_step(samples[part], advantages[part], rewards[part], scale, counts)
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v * weight
-        if distill and config.distill_coef > 0:
-            loss = config.distill_coef * self._distill_loss(distill)
+                totals[k] = totals.get(k, 0.0) + v
+        states = distill[shard(len(distill), rank, world_size)] if config.distill_coef > 0 else ()
+        if states:  # this process's share of the mean over all the step's distilled states
+            loss = config.distill_coef * self._distill_loss(states) * (len(states) / len(distill))
             loss.backward()
             totals["distill"] = float(loss.detach()) / config.distill_coef
+        if world_size > 1:
+            totals = self._synchronise(samples, totals)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.trainable_parameters(), config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
@@ -185,12 +227,14 @@ class Learner:
             self.student.refresh_reference()
         totals["grad_norm"] = float(grad_norm)
         totals["advantage_abs"] = float(advantages.abs().mean()) if samples else 0.0
-        totals["trained_fraction"] = len(trained) / max(total, 1)
+        totals["trained_fraction"] = len(trained) / max(len(samples), 1)
         return totals
 
-    def _micro_step(self, samples, advantages, rewards, weight, scale) -> dict[str, float]:
-        """Forward and backward one micro-batch; the policy loss is its share of the step's (``scale``),
-        the value loss its mean weighted by the micro-batch's share of the samples (``weight``)."""
+    def _micro_step(self, samples, advantages, rewards, scale, counts) -> dict[str, float]:
+        """Forward and backward one micro-batch: the policy loss is its share of the step's (``scale``), the
+        value loss its squared errors over the step's value positions (``counts``). Returns the metrics as this
+        micro-batch's shares of the step's (the caller sums them): per-token means weigh by its share of the
+        step's tokens, so neither the loss nor the metrics depend on how the batch is cut."""
         config, student = self.config, self.student
         sequences = [(s.prompt_ids, s.completion_ids) for s in samples]
         fwd, ids, mask = student.forward_batch(sequences, [s.value_positions for s in samples])
@@ -212,16 +256,39 @@ class Learner:
                 )
             targets[i, : len(s.value_targets)] = torch.tensor(s.value_targets, dtype=targets.dtype)
         has_values = bool(fwd.value_mask.sum() > 0)
-        v_loss = losses.value_loss(fwd.values, targets, fwd.value_mask) if has_values else fwd.values.sum() * 0
-        (policy + config.value_coef * v_loss * weight).backward()
-        # per-micro-batch metrics are averaged with ``weight`` by the caller: scale the policy share back
-        loss = policy.detach() / weight + config.value_coef * v_loss.detach()
-        metrics = {"loss": float(loss), "entropy": float(fwd.entropy)}
-        metrics.update({k: float(v) / weight if k == "policy" else float(v) for k, v in parts.items()})
+        v_loss = (
+            losses.value_loss(fwd.values, targets, fwd.value_mask, num_values=counts["values"])
+            if has_values
+            else fwd.values.sum() * 0
+        )
+        (policy + config.value_coef * v_loss).backward()
+        tokens = float(fwd.mask.sum()) / max(counts["tokens"], 1)  # entropy: over every completion token
+        trained = float(policy_mask.sum()) / max(scale["num_tokens"], 1)  # KL, clip fraction: the trained ones
+        metrics = {"loss": float(policy.detach() + config.value_coef * v_loss.detach()),
+                   "entropy": float(fwd.entropy) * tokens}  # fmt: skip
+        metrics.update({k: float(v) if k == "policy" else float(v) * trained for k, v in parts.items()})
         if has_values:
-            error = ((fwd.values.detach() - targets).abs() * fwd.value_mask).sum() / fwd.value_mask.sum()
+            error = ((fwd.values.detach() - targets).abs() * fwd.value_mask).sum() / counts["values"]
             metrics.update({"value_loss": float(v_loss.detach()), "value_error": float(error)})
         return metrics
+
+    def _synchronise(self, samples: Sequence[Sample], totals: dict[str, float]) -> dict[str, float]:
+        """Sum the gradients and metrics of every process, and give each the old-policy log-probs all of them
+        remembered this step, in the batch's order (so every process, and a checkpoint, holds the same)."""
+        self.collective.all_reduce_gradients(self.student.trainable_parameters())
+        gathered = self.collective.all_gather_object((totals, self._fresh_old))
+        fresh = {k: v for _, part in gathered for k, v in part.items()}
+        for s in samples:
+            key = (s.group, s.prompt_ids, s.completion_ids)
+            if key in fresh:
+                self._old_cache.pop(key, None)
+                self._old_cache[key] = fresh.pop(key)
+        self._trim(self._old_cache)
+        summed: dict[str, float] = {}
+        for part, _ in gathered:
+            for k, v in part.items():
+                summed[k] = summed.get(k, 0.0) + v
+        return summed
 
     def _token_advantages(self, samples, advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """[B] group advantages, or [B, T-1] per token where some sample carries its own (tree self-play),
@@ -248,7 +315,9 @@ class Learner:
             start, key = len(s.prompt_ids) - 1, (s.group, s.prompt_ids, s.completion_ids)
             values = s.old_logprobs if s.old_logprobs is not None else self._old_cache.get(key)
             if values is None:
-                self._old_cache[key] = tuple(old[i, start : start + len(s.completion_ids)].tolist())
+                self._old_cache[key] = self._fresh_old[key] = tuple(
+                    old[i, start : start + len(s.completion_ids)].tolist()
+                )
                 continue
             if len(values) != len(s.completion_ids):
                 raise ValueError(f"sample {i}: {len(values)} old_logprobs for {len(s.completion_ids)} completion "

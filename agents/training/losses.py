@@ -161,13 +161,21 @@ def apo_loss(
     return loss, {"kl": masked_mean(kl.detach(), mask, "token")}
 
 
-def value_loss(values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def value_loss(
+    values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *, num_values: float | None = None
+) -> torch.Tensor:
     """Mean squared error of the value head against its targets (final outcome or MCTS Q).
+
+    The squared errors are summed over the masked positions and divided by ``num_values``, the step's
+    value positions (default: this batch's), so micro-batches' shares add up to the step's mean.
 
     >>> value_loss(torch.tensor([0.5, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]))
     tensor(0.1250)
+    >>> value_loss(torch.tensor([0.5, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), num_values=5)
+    tensor(0.0500)
     """
-    return (((values - targets) ** 2) * mask).sum() / mask.sum().clamp(min=1)
+    count = mask.sum().clamp(min=1) if num_values is None else max(float(num_values), 1.0)
+    return (((values - targets) ** 2) * mask).sum() / count
 
 
 def visit_distillation_loss(

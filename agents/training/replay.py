@@ -3,7 +3,8 @@
 Each iteration's episodes go to ``<dir>/iter-000007.jsonl`` (one JSON episode per line), written
 to a temporary file and renamed, so a shard is either complete or absent. On load, a shard that
 cannot be read is reported, moved aside to ``*.corrupt`` and skipped; the other shards load. When
-more than ``capacity_iterations`` shards exist, the oldest are deleted.
+more than ``capacity_iterations`` shards exist, the oldest are deleted. With ``persist=False`` the buffer
+lives in memory only and never touches the directory (the processes of a data-parallel run but rank 0).
 """
 
 from __future__ import annotations
@@ -69,16 +70,18 @@ class Episode:
 
 
 class ReplayBuffer:
-    """Episodes of the last ``capacity_iterations`` iterations, persisted under ``directory``."""
+    """Episodes of the last ``capacity_iterations`` iterations, persisted under ``directory`` (with ``persist``)."""
 
-    def __init__(self, directory: str | Path, capacity_iterations: int = 4):
+    def __init__(self, directory: str | Path, capacity_iterations: int = 4, *, persist: bool = True):
         if capacity_iterations < 1:
             raise ValueError(f"capacity_iterations must be at least 1, got {capacity_iterations}")
         self.directory = Path(directory)
         self.capacity_iterations = capacity_iterations
+        self.persist = persist
         self.shards: dict[int, list[Episode]] = {}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._load()
+        if persist:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._load()
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.shards.values())
@@ -88,19 +91,21 @@ class ReplayBuffer:
         return [e for i in sorted(self.shards) for e in self.shards[i]]
 
     def add(self, iteration: int, episodes: list[Episode]) -> Path:
-        """Write the iteration's shard atomically, then drop shards past capacity."""
+        """Write the iteration's shard atomically (with ``persist``), then drop shards past capacity."""
         path = self.directory / f"iter-{iteration:06d}.jsonl"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with tmp.open("w", encoding="utf-8") as f:
-            for episode in episodes:
-                f.write(episode.to_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if self.persist:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            with tmp.open("w", encoding="utf-8") as f:
+                for episode in episodes:
+                    f.write(episode.to_json() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
         self.shards[iteration] = list(episodes)
         for old in sorted(self.shards)[: -self.capacity_iterations]:
             del self.shards[old]
-            (self.directory / f"iter-{old:06d}.jsonl").unlink(missing_ok=True)
+            if self.persist:
+                (self.directory / f"iter-{old:06d}.jsonl").unlink(missing_ok=True)
         return path
 
     def groups(self) -> dict[str, list[Episode]]:
