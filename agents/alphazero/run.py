@@ -20,18 +20,12 @@ import torch
 
 from agents.alphazero.config import RunConfig, sampling_temperature
 from agents.alphazero.evaluate import METRICS, evaluate
-from agents.alphazero.selfplay import self_play, train
-from agents.alphazero.tree_play import TreeSelfPlay
-from agents.mcts import MCTSAgent
-from agents.policy import Agent, PriorAgent
-from agents.similarity import SimilarityAgent
-from agents.student import LMValueFunction, Student
+from agents.alphazero.player import Player
+from agents.alphazero.selfplay import train
 from agents.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agents.training.learner import Learner
 from agents.training.replay import ReplayBuffer
 from azgym.cli import to_dict
-from azgym.env import ReasoningEnv
-from azgym.lm.hf import HFBackend
 from azgym.tasks import get_task, load_problems
 
 logger = logging.getLogger(__name__)
@@ -41,22 +35,9 @@ class RunExistsError(FileExistsError):
     """The run directory already holds a run and ``resume`` was not asked for."""
 
 
-def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | TreeSelfPlay:
-    """The self-play agent the config asks for: tree self-play (the default), MCTS per move, no search
-    (``num_simulations`` 1, the ablation) or similarity."""
-    if config.loop.agent == "similarity":
-        return SimilarityAgent(lm, epsilon=config.loop.epsilon, seed=config.loop.seed)
-    if config.search.num_simulations <= 1:
-        return PriorAgent()
-    value_fn = LMValueFunction(lm, student.value_head)
-    if config.loop.selfplay == "tree":
-        return TreeSelfPlay(lm, config.search, value_fn=value_fn, value_weight=config.loop.value_weight,
-                            temperature=config.loop.rollout_temperature, seed=config.loop.seed)  # fmt: skip
-    return MCTSAgent(value_fn, config=config.search, seed=config.loop.seed, reuse_tree=False)
-
-
 class Run:
-    """Everything one run holds: directories, student, env, agent, learner, replay, writer."""
+    """Everything one run holds: directories, student, env, agent, learner, replay, writer (and with
+    ``loop.workers``, the Ray self-play workers; the learner stays here)."""
 
     def __init__(self, config: RunConfig):
         from torch.utils.tensorboard import SummaryWriter
@@ -72,11 +53,9 @@ class Run:
         self.task = get_task(config.env.task)
         self.eval_problems = load_problems(config.env.task, config.env.data, "test")[: loop.eval_size]
         self.dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(loop.seed)
-        self.student = Student.from_config(config.student)
-        self.lm = self.student.backend(name=config.student.model)  # the student proposes as this teacher
-        self.env = ReasoningEnv.from_config(config.env, model=self.lm, split="train", device=config.student.device)
-        self.agent = make_agent(config, self.student, self.lm)
+        self.player = Player.from_config(config)
+        self.student, self.lm, self.env, self.agent = (self.player.student, self.player.lm, self.player.env,
+                                                       self.player.agent)  # fmt: skip
         learner = config.learner
         if not learner.max_completion_tokens:  # Dr. GRPO's constant: the response budget and its end token
             learner = replace(learner, max_completion_tokens=config.env.max_tokens + 1)
@@ -92,6 +71,11 @@ class Run:
         if loop.resume:
             self._resume()
         (self.dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+        self.workers = None
+        if loop.workers:  # Ray is imported here only
+            from agents.distributed.ray_selfplay import RaySelfPlay
+
+            self.workers = RaySelfPlay(config, self.student.config)
         self.writer = SummaryWriter(str(self.dir))
 
     def _resume(self) -> None:
@@ -126,9 +110,15 @@ class Run:
             last, final = self.iteration(iteration, final=iteration + 1 == loop.iterations)
             if final:
                 break
-        self.writer.close()
+        self.close()
         logger.info("run finished: %s (tensorboard --logdir %s)", self.dir, loop.runs_dir)
         return last
+
+    def close(self) -> None:
+        """Flush the logs and stop the self-play workers (if any)."""
+        self.writer.close()
+        if self.workers is not None:
+            self.workers.shutdown()
 
     def over_budget(self) -> bool:
         budget = self.config.loop.budget_min
@@ -149,16 +139,18 @@ class Run:
                 self.env.set_sampling_temperature(temperature)
                 writer.add_scalar("charts/temperature", temperature, iteration)
             problems = self.rng.choice(len(self.env.problems), size=loop.num_examples, replace=False).tolist()
-            if isinstance(self.agent, TreeSelfPlay):
-                episodes, stats = self.agent.play(self.env, problems, self.rng, iteration=iteration,
-                                                  weights_version=self.learner.step_count)  # fmt: skip
+            starts = self.player.starts(problems, self.rng)
+            if self.workers is None:
+                episodes, stats, tree_stats = self.player.play(starts, iteration=iteration, progress=loop.progress,
+                                                               weights_version=self.learner.step_count)  # fmt: skip
             else:
-                episodes, stats = self_play(self.env, self.agent, problems, loop.group_size, self.rng,
-                                            iteration=iteration, weights_version=self.learner.step_count,
-                                            progress=loop.progress)  # fmt: skip
+                self.workers.sync(self.learner.step_count, self.student)
+                episodes, stats, tree_stats = self.workers.play(
+                    starts, self.player.group_size, self.env, iteration=iteration, temperature=temperature
+                )
             self.replay.add(iteration, episodes)
             self.generated_tokens += stats.generated_tokens
-            self._log_self_play(iteration, episodes, stats)
+            self._log_self_play(iteration, episodes, stats, tree_stats)
         global_step = self.learner.step_count
 
         def on_step(step, metrics, samples):
@@ -196,7 +188,7 @@ class Run:
         writer.flush()
         return result, final
 
-    def _log_self_play(self, iteration: int, episodes, stats) -> None:
+    def _log_self_play(self, iteration: int, episodes, stats, tree_stats) -> None:
         w = self.writer
         returns = np.array([e.episode_return for e in episodes])
         w.add_scalar("charts/return", returns.mean(), iteration)
@@ -218,7 +210,6 @@ class Run:
             w.add_histogram("mcts/root_values", np.array(stats.root_values), iteration)
         if stats.visit_entropies:
             w.add_histogram("mcts/visit_entropy", np.array(stats.visit_entropies), iteration)
-        tree_stats = getattr(self.agent, "last_tree_stats", None)
         if tree_stats is not None:
             for key, value in vars(tree_stats).items():
                 if np.isfinite(value):
