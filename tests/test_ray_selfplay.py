@@ -16,13 +16,6 @@ from agents.alphazero.config import cpu_preset  # noqa: E402
 from agents.alphazero.run import Run  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield
-    ray.shutdown()
-
-
 def tiny_config(model, runs_dir, name: str, workers: int):
     base = cpu_preset()
     return replace(

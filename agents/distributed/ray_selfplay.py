@@ -81,6 +81,10 @@ class SelfPlayWorker:
         self.player = Player.from_config(config)
         self.version = -1  # no weights from the driver yet
 
+    def ready(self) -> bool:
+        """Answers once the worker is built (its model loaded)."""
+        return True
+
     def set_weights(self, version: int, weights: dict) -> None:
         """Load the learner's trainable weights (LoRA adapter and value head) as ``version``."""
         self.player.student.load_trainable_state(weights)  # the prefix cache sees the change and empties
