@@ -4,7 +4,9 @@ iterate self-play -> replay -> learner steps -> evaluation -> checkpoint, loggin
 Everything goes under ``<runs_dir>/<run_name>/``: ``config.json`` (the resolved settings that ran),
 TensorBoard events, ``eval-*.json``, ``checkpoints/step-N``, ``replay/iter-N.jsonl``. ``resume``
 continues from the newest checkpoint; an iteration whose replay shard was written before the stop
-is not played again.
+is not played again. With ``loop.workers`` self-play runs in Ray actors
+(:mod:`agents.distributed.ray_selfplay`, imported only then) on the same starting states; the learner,
+evaluation and checkpoints stay here.
 """
 
 from __future__ import annotations
