@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from agents.alphazero.selfplay import SelfPlayStats
+from agents.mcts.agent import NOISE_SALT
 from agents.mcts.env_model import EnvSearchModel
 from agents.mcts.search import MCTS, SearchConfig, SearchResult
 from agents.mcts.tree import NO_PARENT, ROOT_INDEX
@@ -43,7 +44,6 @@ from azgym import rewards as rw
 from azgym.env import EnvState, ReasoningEnv
 
 ROLLOUT_SEED_SALT = 7919  # separates a node's rollout seed from its episode seed
-NOISE_SALT = 1  # the root noise's per-state generator (as MCTSAgent's)
 
 
 @dataclass(frozen=True)
