@@ -54,6 +54,26 @@ def sample_action(policy_row: np.ndarray, rng: np.random.Generator) -> int:
     return int(rng.choice(len(policy_row), p=policy_row / total))
 
 
+def state_rng(state: EnvState, *salt: int) -> np.random.Generator:
+    """A generator fixed by ``state`` (its problem, episode seed and depth) and ``salt`` (non-negative ints).
+
+    What it draws does not depend on the other states of a batch, so a batch split over processes (Ray
+    self-play workers) plays the same episodes as the whole batch in one process, as the candidates
+    (seeded per state by the proposer) and the rollouts already do.
+
+    >>> from azgym.state import EnvState
+    >>> a, b = EnvState(3, (), 0, seed=7), EnvState(3, (5,), 1, seed=7)
+    >>> state_rng(a, 1).random() == state_rng(a, 1).random() != state_rng(b, 1).random()
+    True
+    """
+    return np.random.default_rng([*salt, state.problem_index, state.seed, state.depth])
+
+
+def base_seed(seed: int | None) -> int:
+    """An agent's seed as a non-negative int for :func:`state_rng` (None: a fresh random one)."""
+    return int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1)
+
+
 def prior_probs(env: ReasoningEnv, states: Sequence[EnvState]) -> np.ndarray:
     """[B, K] the teachers' priors of each state's candidates (zero on empty slots)."""
     out = np.zeros((len(states), env.action_space.n))

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agents.policy import Policy, base_env, sample_action
+from agents.policy import Policy, base_env, base_seed, sample_action, state_rng
 from azgym.env import EnvState
 
 SIMILARITIES = ("lexical", "embedding")
+OWN_STEP_SALT = 2  # separates the student's own-step seed from other per-state draws
 
 
 def lexical_similarity(a: str, b: str, n: int = 3) -> float:
@@ -42,7 +43,8 @@ class SimilarityAgent:
         epsilon: probability of a uniformly random valid candidate (the seed system used 0.3).
         similarity: ``"lexical"`` or ``"embedding"``.
         temperature: sampling temperature of the student's own step (0: greedy).
-        seed: seeds the agent's choices and the student's samples.
+        seed: seeds the agent's choices and the student's samples (each state's own step is seeded by
+            the seed and the state, so it does not depend on the other states of a batch).
     """
 
     def __init__(self, lm, *, epsilon: float = 0.3, similarity: str = "lexical", temperature: float = 0.7,
@@ -57,6 +59,7 @@ class SimilarityAgent:
             )
         self.lm, self.epsilon, self.similarity, self.temperature = lm, epsilon, similarity, temperature
         self.rng = np.random.default_rng(seed)
+        self.seed = base_seed(seed)
 
     def policy(self, env, states: Sequence[EnvState]) -> Policy:
         """[B, K] action distributions: ``1 - epsilon`` on the most similar candidate, ``epsilon``
@@ -80,7 +83,7 @@ class SimilarityAgent:
     def _own_steps(self, env, states: Sequence[EnvState]) -> list[str]:
         prompts = [env.solve_prompt(s) + list(s.response_ids) for s in states]
         budgets = [env.step_budget(s) for s in states]
-        seeds = [int(x) for x in self.rng.integers(0, 2**31 - 1, size=len(states))]
+        seeds = [int(state_rng(s, OWN_STEP_SALT, self.seed).integers(0, 2**31 - 1)) for s in states]
         samples = self.lm.generate(prompts, max_tokens=budgets, stop=env.step_stop, temperature=self.temperature,
                                    seed=seeds)  # fmt: skip
         return [s[0].text for s in samples]

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     try:
         final = run.run()
     except KeyboardInterrupt:
-        run.writer.close()
+        run.close()
         logger.warning("interrupted; finished iterations are saved. Continue with: python scripts/selfplay.py "
                        "--run-name %s --resume", config.loop.run_name)  # fmt: skip
         return 130

@@ -48,3 +48,14 @@ def tiny_lm(tokenizer):
     from azgym.lm import HFBackend
 
     return HFBackend(tiny_llama(len(tokenizer)), tokenizer, name="tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray instance on 2 CPUs, shared by the Ray tests (they skip where Ray is not installed)."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()

@@ -143,3 +143,23 @@ def test_the_search_core_imports_nothing_from_azgym_and_modules_stay_small():
         assert not {m for m in _imports(path) if m.split(".")[0] == "verifiers"} or "azgym_verifiers" in path.parts, (
             f"{path} imports verifiers (only the optional adapter azgym_verifiers/ may)"
         )
+
+
+def test_only_the_ray_module_imports_ray_and_workers_without_ray_is_one_line(monkeypatch, capsys):
+    import subprocess
+
+    import agents.alphazero.config as config
+
+    code = "import sys, agents.alphazero.run, agents.distributed; assert 'ray' not in sys.modules, 'ray imported'"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+
+    real = config.importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(SystemExit):
+        run_config(["--workers", "2"])
+    assert "--workers: needs Ray, which is not installed: pip install 'azgym[ray]'" in capsys.readouterr().err
+    assert run_config([]).loop.workers == 0  # the default never looks for Ray
+    with pytest.raises(SystemExit):
+        run_config(["--ray-address", "auto"])
+    assert "--ray-address: must be '' without --workers" in capsys.readouterr().err

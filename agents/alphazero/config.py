@@ -13,6 +13,7 @@ resolved values.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field, replace
 
 from agents.mcts.search import SearchConfig
@@ -69,6 +70,11 @@ class LoopConfig:
                                              "(none: off, the proposer's own temperatures)")  # fmt: skip
     temperature_end: float | None = option(None, "self-play sampling temperature at the last iteration (none: "
                                            "off; set both or neither)")  # fmt: skip
+    workers: int = option(0, "self-play in N Ray actors, each with its own env and student copy; the learner stays "
+                          "in this process (0: self-play in this process, Ray never imported; needs "
+                          "pip install 'azgym[ray]')")  # fmt: skip
+    ray_address: str = option("", "with --workers: the Ray cluster to join (e.g. ray://head:10001 or auto; '': "
+                              "start a local Ray instance)")  # fmt: skip
 
     def __post_init__(self):
         at_least_one = ("iterations", "num_examples", "group_size", "train_steps", "groups_per_step", "eval_size",
@@ -80,11 +86,20 @@ class LoopConfig:
             "value_weight": (0 <= self.value_weight <= 1, "in [0, 1]"),
             "rollout_temperature": (self.rollout_temperature > 0, "> 0"),
             "budget_min": (self.budget_min >= 0, ">= 0"),
+            "workers": (self.workers >= 0, ">= 0"),
+            "ray_address": (not self.ray_address or self.workers > 0, "'' without --workers (no Ray without workers)"),
             "run_name": (bool(self.run_name.strip()) and "/" not in self.run_name, "a non-empty name without '/'"),
             **{name: ((self.temperature_start is None) == (self.temperature_end is None) and (
                 getattr(self, name) is None or getattr(self, name) > 0), "> 0, with temperature_start and "
                 "temperature_end both set or both none") for name in ("temperature_start", "temperature_end")},
-        }))  # fmt: skip
+        }) + _ray_missing(self.workers))  # fmt: skip
+
+
+def _ray_missing(workers: int) -> list[tuple[str, str]]:
+    """The problem of asking for workers without Ray installed (found without importing it)."""
+    if workers > 0 and importlib.util.find_spec("ray") is None:
+        return [("workers", "needs Ray, which is not installed: pip install 'azgym[ray]' (or -e \".[ray]\")")]
+    return []
 
 
 def sampling_temperature(loop: LoopConfig, iteration: int) -> float | None:

@@ -6,7 +6,9 @@ TensorBoard events, ``eval-*.json``, ``checkpoints/step-N``, ``replay/iter-N.jso
 continues from the newest checkpoint; an iteration whose replay shard was written before the stop
 is not played again. Started by ``torchrun --nproc_per_node N`` it is data-parallel
 (:mod:`agents.distributed.ddp`): each process plays its share of the problems, all learn each step
-together, and rank 0 alone writes the run directory and evaluates.
+together, and rank 0 alone writes the run directory and evaluates. With ``loop.workers`` self-play runs in
+Ray actors instead (:mod:`agents.distributed.ray_selfplay`, imported only then) on the same starting states;
+the learner, evaluation and checkpoints stay here.
 """
 
 from __future__ import annotations
@@ -22,19 +24,13 @@ import torch
 
 from agents.alphazero.config import RunConfig, sampling_temperature
 from agents.alphazero.evaluate import METRICS, evaluate
-from agents.alphazero.selfplay import self_play, train
-from agents.alphazero.tree_play import TreeSelfPlay
+from agents.alphazero.player import Player
+from agents.alphazero.selfplay import train
 from agents.distributed import ddp
-from agents.mcts import MCTSAgent
-from agents.policy import Agent, PriorAgent
-from agents.similarity import SimilarityAgent
-from agents.student import LMValueFunction, Student
 from agents.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from agents.training.learner import Learner
 from agents.training.replay import ReplayBuffer
 from azgym.cli import to_dict
-from azgym.env import ReasoningEnv
-from azgym.lm.hf import HFBackend
 from azgym.tasks import get_task, load_problems
 
 logger = logging.getLogger(__name__)
@@ -44,22 +40,9 @@ class RunExistsError(FileExistsError):
     """The run directory already holds a run and ``resume`` was not asked for."""
 
 
-def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | TreeSelfPlay:
-    """The self-play agent the config asks for: tree self-play (the default), MCTS per move, no search
-    (``num_simulations`` 1, the ablation) or similarity."""
-    if config.loop.agent == "similarity":
-        return SimilarityAgent(lm, epsilon=config.loop.epsilon, seed=config.loop.seed)
-    if config.search.num_simulations <= 1:
-        return PriorAgent()
-    value_fn = LMValueFunction(lm, student.value_head)
-    if config.loop.selfplay == "tree":
-        return TreeSelfPlay(lm, config.search, value_fn=value_fn, value_weight=config.loop.value_weight,
-                            temperature=config.loop.rollout_temperature, seed=config.loop.seed)  # fmt: skip
-    return MCTSAgent(value_fn, config=config.search, seed=config.loop.seed, reuse_tree=False)
-
-
 class Run:
-    """Everything one run holds: directories, student, env, agent, learner, replay, writer."""
+    """Everything one run holds: directories, student, env, agent, learner, replay, writer (and with
+    ``loop.workers``, the Ray self-play workers; the learner stays here)."""
 
     def __init__(self, config: RunConfig):
         from torch.utils.tensorboard import SummaryWriter
@@ -80,12 +63,10 @@ class Run:
         self.eval_problems = load_problems(config.env.task, config.env.data, "test")[: loop.eval_size]
         if self.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(loop.seed)
         student = replace(config.student, device=ddp.per_process_device(config.student.device, self.group))
-        self.student = Student.from_config(student)
-        self.lm = self.student.backend(name=student.model)  # the student proposes as this teacher
-        self.env = ReasoningEnv.from_config(config.env, model=self.lm, split="train", device=student.device)
-        self.agent = make_agent(config, self.student, self.lm)
+        self.player = Player.from_config(replace(config, student=student))
+        self.student, self.lm, self.env, self.agent = (self.player.student, self.player.lm, self.player.env,
+                                                       self.player.agent)  # fmt: skip
         learner = config.learner
         if not learner.max_completion_tokens:  # Dr. GRPO's constant: the response budget and its end token
             learner = replace(learner, max_completion_tokens=config.env.max_tokens + 1)
@@ -105,6 +86,11 @@ class Run:
         self.group.broadcast_parameters(self.student.trainable_parameters())  # as DDP does; alone a no-op
         if self.is_main:
             (self.dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+        self.workers = None
+        if loop.workers:  # Ray is imported here only
+            from agents.distributed.ray_selfplay import RaySelfPlay
+
+            self.workers = RaySelfPlay(config, self.student.config)
         self.writer = SummaryWriter(str(self.dir)) if self.is_main else ddp.NullWriter()
 
     def _resume(self) -> None:
@@ -139,9 +125,15 @@ class Run:
             last, final = self.iteration(iteration, final=iteration + 1 == loop.iterations)
             if final:
                 break
-        self.writer.close()
+        self.close()
         logger.info("run finished: %s (tensorboard --logdir %s)", self.dir, loop.runs_dir)
         return last
+
+    def close(self) -> None:
+        """Flush the logs and stop the self-play workers (if any)."""
+        self.writer.close()
+        if self.workers is not None:
+            self.workers.shutdown()
 
     def over_budget(self) -> bool:
         budget = self.config.loop.budget_min
@@ -162,10 +154,10 @@ class Run:
                 self.env.set_sampling_temperature(temperature)
                 writer.add_scalar("charts/temperature", temperature, iteration)
             problems = self.rng.choice(len(self.env.problems), size=loop.num_examples, replace=False).tolist()
-            episodes, stats = self._play(iteration, problems)
+            episodes, stats, tree_stats = self._play(iteration, problems, temperature)
             self.replay.add(iteration, episodes)
             self.generated_tokens += stats.generated_tokens
-            self._log_self_play(iteration, episodes, stats)
+            self._log_self_play(iteration, episodes, stats, tree_stats)
         global_step = self.learner.step_count
 
         def on_step(step, metrics, samples):
@@ -207,29 +199,27 @@ class Run:
         writer.flush()
         return result, final
 
-    def _play(self, iteration: int, problems: list[int]):
-        """Self-play on ``problems``; with several processes, process r plays every N-th from the r-th with its own
-        random streams (:func:`~agents.distributed.ddp.play_rng`) and every process gets all the episodes."""
-        loop, group, rng = self.config.loop, self.group, self.rng
-        everyone = problems
+    def _play(self, iteration: int, problems: list[int], temperature: float | None):
+        """Self-play on ``problems``: here, in Ray workers, or (under torchrun) process r plays every N-th
+        problem's starts; every process draws all the starts from the same stream, so the episodes equal a
+        single process's, and every process gets all of them (tree statistics: rank 0's share)."""
+        starts = self.player.starts(problems, self.rng)
+        version = self.learner.step_count
+        if self.workers is not None:
+            self.workers.sync(version, self.student)
+            return self.workers.play(starts, self.player.group_size, self.env, iteration=iteration,
+                                     temperature=temperature)  # fmt: skip
+        group, size = self.group, self.player.group_size
         if group.world_size > 1:
-            problems = problems[group.rank :: group.world_size]
-            rng = ddp.play_rng(loop.seed, iteration, group.rank)
-            if hasattr(self.agent, "rng"):
-                self.agent.rng = ddp.play_rng(loop.seed, iteration, group.rank, stream=1)
-        if isinstance(self.agent, TreeSelfPlay):
-            episodes, stats = self.agent.play(self.env, problems, rng, iteration=iteration,
-                                              weights_version=self.learner.step_count)  # fmt: skip
-        else:
-            episodes, stats = self_play(self.env, self.agent, problems, loop.group_size, rng, iteration=iteration,
-                                        weights_version=self.learner.step_count,
-                                        progress=loop.progress and self.is_main)  # fmt: skip
+            starts = [s for i, s in enumerate(starts) if (i // size) % group.world_size == group.rank]
+        episodes, stats, tree_stats = self.player.play(starts, iteration=iteration, weights_version=version,
+                                                       progress=self.config.loop.progress and self.is_main)  # fmt: skip
         if group.world_size > 1:
-            episodes, stats = ddp.gather_episodes(group, episodes, stats, [self.env.problems[p].id for p in everyone])
+            episodes, stats = ddp.gather_episodes(group, episodes, stats, [self.env.problems[p].id for p in problems])
             self.env.load_state_dict(group.broadcast_object(self.env.state_dict()))  # rank 0's teacher weights
-        return episodes, stats
+        return episodes, stats, tree_stats
 
-    def _log_self_play(self, iteration: int, episodes, stats) -> None:
+    def _log_self_play(self, iteration: int, episodes, stats, tree_stats) -> None:
         w = self.writer
         returns = np.array([e.episode_return for e in episodes])
         w.add_scalar("charts/return", returns.mean(), iteration)
@@ -251,7 +241,6 @@ class Run:
             w.add_histogram("mcts/root_values", np.array(stats.root_values), iteration)
         if stats.visit_entropies:
             w.add_histogram("mcts/visit_entropy", np.array(stats.visit_entropies), iteration)
-        tree_stats = getattr(self.agent, "last_tree_stats", None)
         if tree_stats is not None:
             for key, value in vars(tree_stats).items():
                 if np.isfinite(value):

@@ -3,7 +3,10 @@
 Self-play runs ``group_size`` episodes on each of a batch of problems, all B = problems x group
 states handed to the agent together: every move is one :meth:`~agents.policy.Agent.policy` call
 over the live episodes (for MCTS, one batched search: B trees in lockstep), then an action per
-episode sampled from its policy. Any agent works: :class:`~agents.mcts.MCTSAgent`,
+episode sampled from its policy by a generator fixed by the state (:func:`~agents.policy.state_rng`).
+The caller's ``rng`` only draws the episode seeds, so what an episode plays does not depend on the
+other episodes of the batch: the batch split over Ray workers (:mod:`agents.distributed`) plays the
+same episodes. Any agent works: :class:`~agents.mcts.MCTSAgent`,
 :class:`~agents.policy.PriorAgent` (no search, the ablation) or
 :class:`~agents.similarity.SimilarityAgent` (the seed system's ε-greedy similarity rule).
 """
@@ -17,13 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from agents.policy import Agent
+from agents.policy import Agent, state_rng
 from agents.training.learner import DistillSample, Learner, Sample
 from agents.training.replay import Episode, ReplayBuffer, StepRecord
 from azgym.env import EnvState, ReasoningEnv
 from azgym.rewards import outcome
 
 logger = logging.getLogger(__name__)
+
+ACTION_SALT = 0  # separates the move's per-state generator from other per-state draws
 
 
 @dataclass
@@ -39,6 +44,13 @@ class SelfPlayStats:
     root_values: list[float]
 
 
+def initial_states(env: ReasoningEnv, problem_indices: list[int], group_size: int,
+                   rng: np.random.Generator) -> list[EnvState]:  # fmt: skip
+    """``group_size`` starting states per problem (a problem's group together), each with its own episode
+    seed drawn from ``rng`` in that order."""
+    return [env.initial_state(p, int(rng.integers(0, 2**31 - 1))) for p in problem_indices for _ in range(group_size)]
+
+
 def self_play(
     env: ReasoningEnv,
     agent: Agent,
@@ -51,9 +63,21 @@ def self_play(
     progress: bool = True,
 ) -> tuple[list[Episode], SelfPlayStats]:
     """Play ``group_size`` episodes per problem, all searched in lockstep; return them finished."""
-    states: list[EnvState] = [
-        env.initial_state(p, int(rng.integers(0, 2**31 - 1))) for p in problem_indices for _ in range(group_size)
-    ]
+    states = initial_states(env, problem_indices, group_size, rng)
+    return play_episodes(env, agent, states, iteration=iteration, weights_version=weights_version, progress=progress)
+
+
+def play_episodes(
+    env: ReasoningEnv,
+    agent: Agent,
+    starts: list[EnvState],
+    *,
+    iteration: int,
+    weights_version: int,
+    progress: bool = True,
+) -> tuple[list[Episode], SelfPlayStats]:
+    """Play one episode from each starting state, all searched in lockstep; return them finished, in order."""
+    states = list(starts)
     steps: list[list[StepRecord]] = [[] for _ in states]
     grades: list[dict | None] = [None] * len(states)
     live = list(range(len(states)))
@@ -77,8 +101,9 @@ def self_play(
         for row, i in enumerate(live):
             p = policy[row] / policy[row].sum()
             stats.visit_entropies.append(float(-(p[p > 0] * np.log(p[p > 0])).sum()))
-            chosen = -1 if result.actions is None else int(result.actions[row])
-            action = chosen if chosen >= 0 else int(rng.choice(len(p), p=p))  # the Gumbel root's own choice
+            action = -1 if result.actions is None else int(result.actions[row])  # the Gumbel root's own choice
+            if action < 0:  # none: a draw from the policy
+                action = int(state_rng(states[i], ACTION_SALT).choice(len(p), p=p))
             step = env.transition(states[i], action)
             cands = candidates[row]
             stats.generated_tokens += sum(len(c.token_ids) for c in cands)

@@ -34,10 +34,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from agents.alphazero.selfplay import SelfPlayStats
+from agents.mcts.agent import NOISE_SALT
 from agents.mcts.env_model import EnvSearchModel
 from agents.mcts.search import MCTS, SearchConfig, SearchResult
 from agents.mcts.tree import NO_PARENT, ROOT_INDEX
-from agents.policy import ValueFn
+from agents.policy import ValueFn, base_seed, state_rng
 from agents.training.replay import Episode, StepRecord
 from azgym import rewards as rw
 from azgym.env import EnvState, ReasoningEnv
@@ -130,7 +131,7 @@ class TreeSelfPlay:
         value_fn: the student's value head: mixed into leaf values (``value_weight``) and ranked
             against the tree's Monte Carlo values every phase.
         temperature: the rollouts' sampling temperature.
-        seed: the search's root noise.
+        seed: the search's root noise (with each root state: a tree does not depend on the others).
     """
 
     def __init__(self, lm, config: SearchConfig, *, value_fn: ValueFn | None = None, value_weight: float = 0.0,
@@ -140,17 +141,23 @@ class TreeSelfPlay:
         self.mcts = MCTS(config)
         self.value_fn = value_fn
         self.value_weight = value_weight
-        self.rng = np.random.default_rng(seed)
+        self.seed = base_seed(seed)
         self.last_tree_stats: TreeStats | None = None
 
     def play(self, env: ReasoningEnv, problem_indices: list[int], rng: np.random.Generator, *, iteration: int,
              weights_version: int) -> tuple[list[Episode], SelfPlayStats]:  # fmt: skip
         """Search one tree per problem (all in lockstep) and return one episode per tree node."""
-        start = time.perf_counter()
         roots = [env.initial_state(p, int(rng.integers(0, 2**31 - 1))) for p in problem_indices]
+        return self.play_roots(env, roots, iteration=iteration, weights_version=weights_version)
+
+    def play_roots(self, env: ReasoningEnv, roots: list[EnvState], *, iteration: int,
+                   weights_version: int) -> tuple[list[Episode], SelfPlayStats]:  # fmt: skip
+        """Search one tree from each root state (all in lockstep); its episodes in root order."""
+        start = time.perf_counter()
         rollout = RolloutValue(self.lm, value_fn=self.value_fn, value_weight=self.value_weight,
                                temperature=self.temperature)  # fmt: skip
-        result = self.mcts.search(EnvSearchModel(env, rollout), roots, self.rng)
+        noise = [state_rng(r, NOISE_SALT, self.seed) for r in roots]
+        result = self.mcts.search(EnvSearchModel(env, rollout), roots, noise)
         episodes, proposed, trained, ranks = [], 0, 0, []
         for b in range(len(roots)):
             ends = node_endings(env, result, b, rollout.endings)
@@ -200,6 +207,32 @@ class TreeSelfPlay:
                     right_v += _agrees(head[x], head[y], better)
                     right_p += _agrees(prior_x, prior_y, better)
         return right_v, right_p, pairs
+
+
+def merge_tree_stats(parts: list[tuple[TreeStats, int, int]]) -> TreeStats:
+    """The stats of several tree self-play phases as one: ``(stats, trees, generated tokens)`` each.
+
+    >>> a, b = TreeStats(2.0, 0.5, 1.0, 1.0, 2), TreeStats(4.0, 1.0, 0.5, 0.0, 2)
+    >>> merged = merge_tree_stats([(a, 1, 10), (b, 3, 30)])
+    >>> merged.samples_per_tree, merged.trained_token_fraction, merged.value_rank_accuracy, merged.sibling_pairs
+    (3.5, 0.875, 0.75, 4)
+    """
+    trees = sum(n for _, n, _ in parts)
+    generated = sum(g for _, _, g in parts)
+    pairs = sum(s.sibling_pairs for s, _, _ in parts)
+
+    def by_pairs(name: str) -> float:
+        ranked = [(getattr(s, name), s.sibling_pairs) for s, _, _ in parts if s.sibling_pairs]
+        finite = ranked and all(math.isfinite(v) for v, _ in ranked)
+        return sum(v * n for v, n in ranked) / pairs if finite else math.nan
+
+    return TreeStats(
+        samples_per_tree=sum(s.samples_per_tree * n for s, n, _ in parts) / max(trees, 1),
+        trained_token_fraction=sum(s.trained_token_fraction * max(g, 1) for s, _, g in parts) / max(generated, 1),
+        value_rank_accuracy=by_pairs("value_rank_accuracy"),
+        prior_rank_accuracy=by_pairs("prior_rank_accuracy"),
+        sibling_pairs=pairs,
+    )
 
 
 def _agrees(score_x: float, score_y: float, x_better: bool) -> float:

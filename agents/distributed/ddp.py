@@ -43,7 +43,6 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -185,12 +184,6 @@ def per_process_device(device: str, group: Alone) -> str:
     if group.world_size > 1 and device.startswith("cuda"):
         return f"cuda:{group.local_rank}"
     return device
-
-
-def play_rng(seed: int, iteration: int, rank: int, stream: int = 0) -> np.random.Generator:
-    """A process's own random stream for one iteration's self-play (``stream`` 1: its agent's), derived from
-    the seed alone so that it needs no checkpoint and does not depend on how many processes resume."""
-    return np.random.default_rng([seed, iteration, rank, stream])
 
 
 def gather_episodes(group: Alone, episodes: list, stats, problem_ids: Sequence[str]):

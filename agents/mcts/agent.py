@@ -9,8 +9,10 @@ import numpy as np
 from agents.mcts.env_model import EnvSearchModel
 from agents.mcts.search import MCTS, SearchConfig, SearchResult
 from agents.mcts.tree import ROOT_INDEX
-from agents.policy import Policy, ValueFn, base_env, constant_value
+from agents.policy import Policy, ValueFn, base_env, base_seed, constant_value, state_rng
 from azgym.env import EnvState
+
+NOISE_SALT = 1  # separates the root noise's per-state generator from other per-state draws
 
 
 class MCTSAgent:
@@ -26,7 +28,9 @@ class MCTSAgent:
         config: a :class:`~agents.mcts.search.SearchConfig`; ``**settings`` replace its fields
             (``num_simulations``, ``c_puct``, ``temperature``, ``dirichlet_fraction``, ...).
         reuse_tree: :meth:`act` keeps the subtree under the chosen action for the next move (PUCT only).
-        seed: seeds the root noise (Dirichlet or Gumbel) and the sampling of actions from the visit policy.
+        seed: seeds the root noise (Dirichlet or Gumbel) and :meth:`act`'s sampling of actions from the
+            visit policy. A root's noise is drawn from a generator fixed by the seed and the root state
+            (:func:`~agents.policy.state_rng`), so a search does not depend on the other states of its batch.
     """
 
     def __init__(self, value_fn: ValueFn | None = None, *, config: SearchConfig | None = None,
@@ -35,12 +39,13 @@ class MCTSAgent:
         self.value_fn = value_fn or constant_value(0.0)
         self.reuse_tree = reuse_tree
         self.rng = np.random.default_rng(seed)
+        self.seed = base_seed(seed)
         self.last_result: SearchResult | None = None
         self._next_root: tuple[SearchResult, int] | None = None  # (search, node) the env should be at next
 
     def search(self, env, states: Sequence[EnvState]) -> SearchResult:
         """Search from B states of ``env`` at once (B trees in lockstep)."""
-        return self.mcts.search(EnvSearchModel(base_env(env), self.value_fn), list(states), self.rng)
+        return self.mcts.search(EnvSearchModel(base_env(env), self.value_fn), list(states), self._noise(states))
 
     def policy(self, env, states: Sequence[EnvState]) -> Policy:
         """A fresh search's policy from each state (visits, or Gumbel's improved policy), with its statistics."""
@@ -58,7 +63,7 @@ class MCTSAgent:
             previous, node = self._next_root
             if previous.states[0, node] == state:
                 reuse = (previous.tree, previous.states, np.array([node]))
-        result = self.mcts.search(EnvSearchModel(base, self.value_fn), [state], self.rng, reuse=reuse)
+        result = self.mcts.search(EnvSearchModel(base, self.value_fn), [state], self._noise([state]), reuse=reuse)
         action = int(result.choose(self.rng)[0])
         if action < 0:
             raise RuntimeError("the agent found no valid action in a live state: the proposer returned no candidates")
@@ -66,3 +71,6 @@ class MCTSAgent:
         child = int(result.tree.children_index[0, ROOT_INDEX, action])
         self._next_root = (result, child) if child >= 0 else None
         return action
+
+    def _noise(self, states: Sequence[EnvState]) -> list[np.random.Generator]:
+        return [state_rng(s, NOISE_SALT, self.seed) for s in states]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
@@ -178,11 +179,14 @@ class MCTS:
         self,
         model: SearchModel,
         roots: np.ndarray | list,
-        rng: np.random.Generator,
+        rng: np.random.Generator | Sequence[np.random.Generator],
         *,
         reuse: tuple[Tree, np.ndarray, np.ndarray] | None = None,
     ) -> SearchResult:
         """Search from each of the B ``roots``.
+
+        ``rng`` draws the root noise (Dirichlet or Gumbel): one generator for all trees, or one per tree
+        (B of them; a tree's search then does not depend on the other trees of the batch).
 
         ``reuse``: ``(tree, states, new_roots)`` of an earlier search whose node ``new_roots[b]``
         is this search's root b; its subtree, visits included, is kept and extended (PUCT only:
@@ -196,7 +200,7 @@ class MCTS:
         if self.config.root == "gumbel":
             if reuse is not None:
                 raise ValueError("subtree reuse needs root='puct': a Gumbel search halves a fresh budget at the root")
-            gumbel = self.config.gumbel_scale * rng.gumbel(size=(batch, k))
+            gumbel = self.config.gumbel_scale * _draw(rng, batch, k, lambda g, size: g.gumbel(size=size))
         if reuse is not None:
             tree, states = self._reused(reuse, sims, rng)
         else:
@@ -272,18 +276,19 @@ class MCTS:
                 tree, leaves, params, backup_width=last, new=children, reward=reward, select_width=width
             )
 
-    def _noisy(self, prior: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _noisy(self, prior: np.ndarray, valid: np.ndarray, rng) -> np.ndarray:
         """Root priors mixed with Dirichlet(alpha) noise over the valid actions."""
         prior = np.asarray(prior, np.float32)
         if self.config.dirichlet_fraction == 0:
             return prior
-        gamma = rng.gamma(self.config.dirichlet_alpha, size=prior.shape) * valid
+        alpha = self.config.dirichlet_alpha
+        gamma = _draw(rng, *prior.shape, lambda g, size: g.gamma(alpha, size=size)) * valid
         total = gamma.sum(axis=1, keepdims=True)
         noise = np.divide(gamma, total, out=np.zeros_like(gamma), where=total > 0)
         eps = self.config.dirichlet_fraction
         return ((1 - eps) * prior + eps * noise).astype(np.float32)
 
-    def _reused(self, reuse, sims: int, rng: np.random.Generator) -> tuple[Tree, np.ndarray]:
+    def _reused(self, reuse, sims: int, rng) -> tuple[Tree, np.ndarray]:
         old, old_states, new_roots = reuse
         capacity = int(old.num_nodes.max()) + sims  # a subtree is never larger than its tree
         tree = new_tree(old.batch_size, capacity, old.num_actions)
@@ -297,6 +302,15 @@ class MCTS:
         root = (slice(None), ROOT_INDEX)
         tree.children_prior[root] = self._noisy(tree.children_prior[root], tree.children_valid[root], rng)
         return tree, states
+
+
+def _draw(rng, batch: int, k: int, draw) -> np.ndarray:
+    """[batch, k] from ``draw(generator, size)``: one generator for all rows, or one per row."""
+    if isinstance(rng, np.random.Generator):
+        return draw(rng, (batch, k))
+    if len(rng) != batch:
+        raise ValueError(f"one generator per tree: {batch} trees, {len(rng)} generators")
+    return np.stack([draw(g, k) for g in rng]) if batch else np.zeros((0, k))
 
 
 class _ModelTimer:

@@ -1,0 +1,81 @@
+"""What plays self-play: the student, its backend, the env it proposes in and the agent, built from a
+:class:`~agents.alphazero.config.RunConfig`, and the one call that plays episodes from their starting states.
+
+The learner's process (:class:`~agents.alphazero.run.Run`) and every Ray self-play worker
+(:mod:`agents.distributed.ray_selfplay`) build theirs here, so both play alike. The starting states
+(problem and episode seed) are drawn by the caller; everything random after that is seeded by the
+states themselves, so the episodes of a batch do not depend on how it is split over processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from agents.alphazero.config import RunConfig
+from agents.alphazero.selfplay import SelfPlayStats, initial_states, play_episodes
+from agents.alphazero.tree_play import TreeSelfPlay, TreeStats
+from agents.mcts import MCTSAgent
+from agents.policy import Agent, PriorAgent
+from agents.similarity import SimilarityAgent
+from agents.student import LMValueFunction, Student
+from agents.training.replay import Episode
+from azgym.env import EnvState, ReasoningEnv
+from azgym.lm.hf import HFBackend
+
+
+def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | TreeSelfPlay:
+    """The self-play agent the config asks for: MCTS per move (the default), tree self-play, no search
+    (``num_simulations`` 1, the ablation) or similarity."""
+    if config.loop.agent == "similarity":
+        return SimilarityAgent(lm, epsilon=config.loop.epsilon, seed=config.loop.seed)
+    if config.search.num_simulations <= 1:
+        return PriorAgent()
+    value_fn = LMValueFunction(lm, student.value_head)
+    if config.loop.selfplay == "tree":
+        return TreeSelfPlay(lm, config.search, value_fn=value_fn, value_weight=config.loop.value_weight,
+                            temperature=config.loop.rollout_temperature, seed=config.loop.seed)  # fmt: skip
+    return MCTSAgent(value_fn, config=config.search, seed=config.loop.seed, reuse_tree=False)
+
+
+@dataclass
+class Player:
+    """The student (with its value head), its backend, the training env and the self-play agent."""
+
+    config: RunConfig
+    student: Student
+    lm: HFBackend
+    env: ReasoningEnv
+    agent: Agent | TreeSelfPlay
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> Player:
+        torch.manual_seed(config.loop.seed)
+        student = Student.from_config(config.student)
+        lm = student.backend(name=config.student.model)  # the student proposes as this teacher
+        env = ReasoningEnv.from_config(config.env, model=lm, split="train", device=config.student.device)
+        return cls(config, student, lm, env, make_agent(config, student, lm))
+
+    @property
+    def group_size(self) -> int:
+        """Starting states per problem: the GRPO group, or one tree's root."""
+        return 1 if isinstance(self.agent, TreeSelfPlay) else self.config.loop.group_size
+
+    def starts(self, problem_indices: list[int], rng: np.random.Generator) -> list[EnvState]:
+        """The starting states of ``problem_indices`` (``group_size`` each, a problem's together), episode
+        seeds drawn from ``rng`` in order."""
+        return initial_states(self.env, problem_indices, self.group_size, rng)
+
+    def play(self, starts: list[EnvState], *, iteration: int, weights_version: int,
+             progress: bool = False) -> tuple[list[Episode], SelfPlayStats, TreeStats | None]:  # fmt: skip
+        """Self-play from ``starts``: the episodes (in the order of their starts), the statistics, and the
+        tree statistics of tree self-play (None for move-by-move play)."""
+        if isinstance(self.agent, TreeSelfPlay):
+            episodes, stats = self.agent.play_roots(self.env, starts, iteration=iteration,
+                                                    weights_version=weights_version)  # fmt: skip
+            return episodes, stats, self.agent.last_tree_stats
+        episodes, stats = play_episodes(self.env, self.agent, starts, iteration=iteration,
+                                        weights_version=weights_version, progress=progress)  # fmt: skip
+        return episodes, stats, None
