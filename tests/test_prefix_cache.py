@@ -203,3 +203,49 @@ def test_a_learner_step_on_a_lora_student_refreshes_its_backend(tokenizer):
     assert np.abs(after - before).max() > 1e-3  # the step moved the policy: a stale cache would not show it
     with pytest.raises(ValueError, match="prefix_cache_mib"):
         StudentConfig(prefix_cache_mib=-1)
+
+
+def test_scoring_in_length_buckets_gives_what_the_uncached_path_gives(pair):
+    cached, plain = pair
+    cached.max_batch_size = 3  # several batches, and rows of one prompt split among them
+    first, second = chat(cached, "What is 2 + 3?"), chat(cached, "And 7 + 8, please?")
+    conts = [[5] * 12, [8], [9, 10], [], [11] * 7, [12, 13, 14], [15] * 12, [16]]
+    prompts = [first, second, first, second, [first[0]], first, second, second]  # a one-token prompt too
+    for _ in range(2):  # the second time, every prompt and child is cached
+        for x, y in zip(cached.score(prompts, conts), plain.score(prompts, conts), strict=True):
+            assert x.shape == y.shape and x.dtype == np.float32
+            np.testing.assert_allclose(x, y, atol=1e-4)
+    cached.stats.reset()
+    states = [p + c for p, c in zip(prompts, conts, strict=True)] + [first, second]  # children and parents
+    torch.testing.assert_close(cached.last_hidden(states), plain.last_hidden(states), atol=1e-4, rtol=0)
+    assert cached.stats.valued == 0  # their scoring passes left every hidden state in the cache
+
+
+def test_length_buckets_cover_every_row_once_and_pay_off():
+    from azgym.lm.hf_prefix import length_buckets
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = rng.integers(1, 40, size=rng.integers(1, 30)).tolist()
+        max_rows, call_cost = int(rng.integers(1, 9)), int(rng.integers(0, 20))
+        buckets = length_buckets(lengths, max_rows, call_cost)
+        assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+        assert all(1 <= len(b) <= max_rows for b in buckets)
+
+        chunks = [list(range(s, min(s + max_rows, len(lengths)))) for s in range(0, len(lengths), max_rows)]
+        assert padded_cost(buckets, lengths, call_cost) <= padded_cost(chunks, lengths, call_cost)  # never worse
+
+
+def padded_cost(split, lengths, call_cost):
+    """Padded positions of batches run as split (rows x longest row each), plus ``call_cost`` per batch."""
+    return sum(len(b) * max(lengths[i] for i in b) + call_cost for b in split)
+
+
+def test_last_hidden_hook_sees_every_position_whatever_logits_are_kept(tiny_lm):
+    from azgym.lm.prefix_cache import LastHidden
+
+    ids = torch.tensor([chat(tiny_lm, "What is 2 + 3?")])
+    with torch.inference_mode(), LastHidden(tiny_lm.model) as hidden:
+        out = tiny_lm.model(input_ids=ids, logits_to_keep=1, output_hidden_states=True)
+    assert out.logits.shape[1] == 1 and hidden.value.shape[1] == ids.shape[1]
+    torch.testing.assert_close(hidden.value, out.hidden_states[-1])

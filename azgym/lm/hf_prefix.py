@@ -1,6 +1,7 @@
 """Prefix reuse for the transformers backend: prompts of one call that share a head run it once,
 and (the mixin) the cross-call prefix cache's side of :class:`~azgym.lm.hf.HFBackend`: run each prompt
-after its longest cached prefix, put what ran in the cache, drop it when the weights change.
+after its longest cached prefix, put what ran in the cache, drop it when the weights change, and score
+continuations in one pass per batch of similar lengths on top of their cached prompts.
 
 Also the token counters and timers every backend call updates.
 """
@@ -9,14 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from azgym.lm.prefix_cache import LastHidden, PrefixCache, common_prefix, past_from, row_kv, weights_fingerprint
 
 SHARED_HEAD_TOKENS = 16  # prompts of one call sharing at least this many leading tokens prefill them once
+CALL_COST_TOKENS = 8  # a forward pass's fixed cost in padded positions: what a split by length must save
 
 
 def shared_heads(prompts: list[list[int]], min_shared: int) -> tuple[list[int], list[list[int]]] | None:
@@ -52,6 +58,38 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def logits_keyword(model) -> str | None:
+    """The keyword that limits a model's logits to the last positions (``logits_to_keep``, formerly
+    ``num_logits_to_keep``), or None where its forward takes neither (it returns every position's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(base.forward).parameters
+    return next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in parameters), None)
+
+
+def length_buckets(lengths: Sequence[int], max_rows: int, call_cost: int = CALL_COST_TOKENS) -> list[list[int]]:
+    """Rows split into batches of similar length, as lists of row indices (shortest rows first): the split
+    with the fewest padded positions (each batch costs its rows x its longest row) plus ``call_cost`` per
+    batch, at most ``max_rows`` rows in a batch (dynamic programming over the rows sorted by length).
+
+    >>> length_buckets([16, 2, 15, 3, 16], max_rows=32, call_cost=4)
+    [[1, 3], [2, 0, 4]]
+    >>> length_buckets([5, 5, 5], max_rows=2)
+    [[0], [1, 2]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)  # best[j]: cost of the j shortest rows
+    for j in range(1, len(order) + 1):
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + (j - i) * lengths[order[j - 1]] + call_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    buckets, j = [], len(order)
+    while j:
+        buckets.append(order[cut[j] : j])
+        j = cut[j]
+    return buckets[::-1]
+
+
 def cache_of(output):
     """The KV cache a forward pass returned, under either transformers name."""
     cache = getattr(output, "cache", None)
@@ -82,6 +120,19 @@ class TokenStats:
             setattr(self, f.name, f.default)
 
 
+class Ran(NamedTuple):
+    """What :meth:`PrefixCacheMixin._run_cached` ran: the batch KV cache, the logits of the last ``keep``
+    positions ``[B, keep, V]`` (float32), the attention mask, the last position id ``[B, 1]``, the final
+    hidden state of every position run ``[B, T, hidden]`` and the cached prefix length of each row."""
+
+    cache: object
+    logits: torch.Tensor
+    mask: torch.Tensor
+    position: torch.Tensor
+    hidden: torch.Tensor
+    matched: list[int]
+
+
 @contextlib.contextmanager
 def timed(stats: TokenStats, name: str):
     """Add the seconds the block takes to ``stats.<name>``."""
@@ -100,6 +151,8 @@ class PrefixCacheMixin:
     stats: TokenStats
     _fingerprint: int
     _cache_arg: str
+    _logits_arg: str | None
+    max_batch_size: int
 
     def clear_prefix_cache(self) -> None:
         """Drop every cached prefix (done by itself when a parameter changes)."""
@@ -112,21 +165,24 @@ class PrefixCacheMixin:
             self._fingerprint = fingerprint
             self.clear_prefix_cache()
 
-    def _run_cached(self, prompts: list[list[int]], counter: str = "prefill"):
-        """Run each prompt after its longest cached prefix (at least its last token runs) and cache it.
-
-        Returns the KV cache, the last position's logits, the attention mask, the last position id and
-        the final hidden state at the last position, one row per prompt (None for no prompts).
+    def _run_cached(self, sequences: list[list[int]], counter: str | None = "prefill", *,
+                    limits: Sequence[int] | None = None, keep: int = 1) -> Ran | None:  # fmt: skip
+        """Run each sequence after its longest cached prefix within ``limits`` (default: all but its last
+        token, so at least that token runs) and cache it. ``keep``: positions whose logits are computed,
+        counted from the end (left padding puts every row's last token in the last column). ``counter``:
+        the stat the tokens run are added to (None: the caller counts them).
         """
-        if not prompts:
+        if not sequences:
             return None
         device, tree = self.device, self.prefix_cache
-        matched = [tree.match_pieces(p, len(p) - 1) for p in prompts]
+        limits = [len(s) - 1 for s in sequences] if limits is None else limits
+        matched = [tree.match_pieces(s, limit) for s, limit in zip(sequences, limits, strict=True)]
         lengths = [m for m, _ in matched]
-        ids, tail_mask = self.left_pad([p[m:] for p, m in zip(prompts, lengths, strict=True)])
+        ids, tail_mask = self.left_pad([s[m:] for s, m in zip(sequences, lengths, strict=True)])
         ids, tail_mask = ids.to(device), tail_mask.to(device)
         self.stats.reused += sum(lengths)
-        setattr(self.stats, counter, getattr(self.stats, counter) + int(tail_mask.sum()))
+        if counter is not None:
+            setattr(self.stats, counter, getattr(self.stats, counter) + int(tail_mask.sum()))
         start = torch.tensor(lengths, device=device).unsqueeze(1)
         position = (start + tail_mask.cumsum(-1) - 1).clamp(min=0)  # cached keys sit at positions 0..m-1
         mask, past = tail_mask, {}
@@ -134,10 +190,57 @@ class PrefixCacheMixin:
             cache, past_mask = past_from([pieces for _, pieces in matched], self.model.config)
             mask, past = torch.cat([past_mask, tail_mask], dim=1), {self._cache_arg: cache}
         with LastHidden(self.model) as hidden:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **past)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
+                             **past, **self._logits_kept(keep))  # fmt: skip
         cache = cache_of(out)
-        self._remember(prompts, cache, mask, hidden.value)
-        return cache, out.logits[:, -1, :].float(), mask, position[:, -1:], hidden.value[:, -1, :]
+        self._remember(sequences, cache, mask, hidden.value)
+        logits = out.logits[:, -keep:].float()
+        return Ran(cache, logits, mask, position[:, -1:], hidden.value, lengths)
+
+    def _logits_kept(self, keep: int) -> dict:
+        return {self._logits_arg: keep} if self._logits_arg else {}
+
+    def _run_shared_heads(self, prompts: list[list[int]]) -> None:
+        """Cache, once, the heads (instructions and question) several of ``prompts`` share and the cache lacks."""
+        groups = shared_heads(prompts, SHARED_HEAD_TOKENS)
+        if groups is not None:
+            group_of, heads = groups
+            shared = [h for g, h in enumerate(heads) if group_of.count(g) > 1]
+            self._run_cached([h for h in shared if self.prefix_cache.match_pieces(h)[0] < len(h)])
+
+    def _score_cached(self, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+        """Log-probs of each continuation given its prompt: each row runs its prompt's last token and the
+        continuation on top of the cached rest of the prompt, in one forward pass per batch of rows of
+        similar lengths; prompt + continuation (a child state) is cached whole, hidden states included,
+        and so is the prompt's last token's (the parent's value). What a prompt lacks before its last
+        token runs first, once per distinct prompt."""
+        tree = self.prefix_cache
+        todo = list(dict.fromkeys(tuple(p[:-1]) for p, _ in pairs if tree.match_pieces(p, len(p) - 1)[0] < len(p) - 1))
+        for start in range(0, len(todo), self.max_batch_size):
+            chunk = [list(t) for t in todo[start : start + self.max_batch_size]]
+            self._run_shared_heads(chunk)
+            self._run_cached(chunk)
+        lengths = [len(p) - tree.match_pieces(p, len(p) - 1)[0] + len(c) for p, c in pairs]
+        result: list[np.ndarray] = [np.zeros(0, np.float32)] * len(pairs)
+        for bucket in length_buckets(lengths, self.max_batch_size):
+            rows = [pairs[i] for i in bucket]
+            keep = max(len(c) for _, c in rows) + 1
+            ran = self._run_cached([p + c for p, c in rows], None, limits=[len(p) - 1 for p, _ in rows], keep=keep)
+            self.stats.prefill += sum(len(p) - m for (p, _), m in zip(rows, ran.matched, strict=True))
+            self.stats.scored += sum(len(c) for _, c in rows)
+            # the kept logits end at each row's last token: position keep - 1 - len(c) + t predicts c[t]
+            row_of = [r for r, (_, c) in enumerate(rows) for _ in c]
+            column = [keep - 1 - len(c) + t for _, c in rows for t in range(len(c))]
+            if not row_of:
+                continue
+            device = ran.logits.device
+            picked = ran.logits[torch.tensor(row_of, device=device), torch.tensor(column, device=device)]
+            targets = torch.tensor([t for _, c in rows for t in c], device=device).unsqueeze(-1)
+            log_p = torch.log_softmax(picked, dim=-1).gather(-1, targets).squeeze(-1).cpu().numpy()
+            ends = np.cumsum([len(c) for _, c in rows])
+            for i, piece in zip(bucket, np.split(log_p, ends[:-1]), strict=True):
+                result[i] = piece.astype(np.float32)
+        return result
 
     def _remember(self, sequences, cache, mask: torch.Tensor, hidden: torch.Tensor | None = None, rows=None) -> None:
         """Put each sequence in the prefix cache: batch row ``rows[i]`` (default ``i``) holds its keys and
@@ -159,10 +262,11 @@ class PrefixCacheMixin:
 
     def _hidden_of(self, sequences: list[list[int]]) -> torch.Tensor:
         if self.prefix_cache is not None:
-            return self._run_cached(sequences, counter="valued")[4]
+            return self._run_cached(sequences, counter="valued").hidden[:, -1, :]
         ids, mask = self.left_pad(sequences)
         ids, mask = ids.to(self.device), mask.to(self.device)
         self.stats.valued += int(mask.sum())
         with LastHidden(self.model) as hidden:
-            self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+            self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                       **self._logits_kept(1))  # fmt: skip
         return hidden.value[:, -1, :]

@@ -281,19 +281,29 @@ def past_from(rows: Sequence[Sequence[torch.Tensor]], config):
 
 
 class LastHidden:
-    """Within the block, ``.value`` holds the input of the model's output layer in its last forward
-    pass: the final hidden state of every position (``hidden_states[-1]``), at no extra cost."""
+    """Within the block, ``.value`` holds the final hidden state of every position (``hidden_states[-1]``) of
+    the model's last forward pass, at no extra cost: the decoder's output, whichever positions the output
+    layer then reads (``logits_to_keep``); for a model with no separate decoder, the output layer's input."""
 
     def __init__(self, model):
-        self.module = model.get_output_embeddings()
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        self.decoder = decoder if isinstance(decoder, torch.nn.Module) and decoder is not model else None
+        self.module = self.decoder or model.get_output_embeddings()
         self.value: torch.Tensor | None = None
 
     def __enter__(self) -> LastHidden:
-        self._handle = self.module.register_forward_pre_hook(self._hook)
+        if self.decoder is not None:
+            self._handle = self.module.register_forward_hook(self._decoder_hook)
+        else:
+            self._handle = self.module.register_forward_pre_hook(self._head_hook)
         return self
 
     def __exit__(self, *exc) -> None:
         self._handle.remove()
 
-    def _hook(self, _module, args) -> None:
+    def _decoder_hook(self, _module, _args, output) -> None:
+        hidden = getattr(output, "last_hidden_state", None)
+        self.value = hidden if hidden is not None else output[0]
+
+    def _head_hook(self, _module, args) -> None:
         self.value = args[0]
