@@ -209,12 +209,18 @@ def test_scoring_in_length_buckets_gives_what_the_uncached_path_gives(pair):
     cached, plain = pair
     cached.max_batch_size = 3  # several batches, and rows of one prompt split among them
     first, second = chat(cached, "What is 2 + 3?"), chat(cached, "And 7 + 8, please?")
-    conts = [[5] * 12, [8], [9, 10], [], [11] * 7, [12, 13, 14], [15] * 12, [16]]
-    prompts = [first, second, first, second, [first[0]], first, second, second]  # a one-token prompt too
-    for _ in range(2):  # the second time, every prompt and child is cached
-        for x, y in zip(cached.score(prompts, conts), plain.score(prompts, conts), strict=True):
-            assert x.shape == y.shape and x.dtype == np.float32
-            np.testing.assert_allclose(x, y, atol=1e-4)
+    conts = [[5] * 12, [8], [9, 10], [], [11] * 7, [12, 13, 14], [15] * 12, [16], [5] * 12]
+    prompts = [first, second, first, second, [first[0]], first, second, second, first]  # a one-token prompt too
+    scores = cached.score(prompts, conts)
+    for x, y in zip(scores, plain.score(prompts, conts), strict=True):
+        assert x.shape == y.shape and x.dtype == np.float32
+        np.testing.assert_allclose(x, y, atol=1e-4)
+    assert cached.stats.scored == sum(len(c) for c in conts[:-1])  # the repeated pair ran once
+    cached.stats.reset()
+    again = cached.score(prompts[::-1], conts[::-1])  # every pair was scored since the weights last changed
+    assert cached.stats.scored == cached.stats.prefill == 0
+    for x, y in zip(again[::-1], scores, strict=True):
+        np.testing.assert_array_equal(x, y)
     cached.stats.reset()
     states = [p + c for p, c in zip(prompts, conts, strict=True)] + [first, second]  # children and parents
     torch.testing.assert_close(cached.last_hidden(states), plain.last_hidden(states), atol=1e-4, rtol=0)
@@ -227,18 +233,18 @@ def test_length_buckets_cover_every_row_once_and_pay_off():
     rng = np.random.default_rng(0)
     for _ in range(50):
         lengths = rng.integers(1, 40, size=rng.integers(1, 30)).tolist()
-        max_rows, call_cost = int(rng.integers(1, 9)), int(rng.integers(0, 20))
-        buckets = length_buckets(lengths, max_rows, call_cost)
+        max_rows, min_tokens = int(rng.integers(1, 9)), int(rng.integers(1, 100))
+        buckets = length_buckets(lengths, max_rows, min_tokens)
         assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
         assert all(1 <= len(b) <= max_rows for b in buckets)
-
         chunks = [list(range(s, min(s + max_rows, len(lengths)))) for s in range(0, len(lengths), max_rows)]
-        assert padded_cost(buckets, lengths, call_cost) <= padded_cost(chunks, lengths, call_cost)  # never worse
+        assert padded_cost(buckets, lengths, min_tokens) <= padded_cost(chunks, lengths, min_tokens)  # never worse
+    assert length_buckets([3, 40, 2, 39], max_rows=4, min_tokens=1000) == [[2, 0, 3, 1]]  # one pass: too cheap to split
 
 
-def padded_cost(split, lengths, call_cost):
-    """Padded positions of batches run as split (rows x longest row each), plus ``call_cost`` per batch."""
-    return sum(len(b) * max(lengths[i] for i in b) + call_cost for b in split)
+def padded_cost(split, lengths, min_tokens):
+    """Padded positions of batches run as split (rows x longest row each, at least ``min_tokens`` a batch)."""
+    return sum(max(len(b) * max(lengths[i] for i in b), min_tokens) for b in split)
 
 
 def test_last_hidden_hook_sees_every_position_whatever_logits_are_kept(tiny_lm):

@@ -119,6 +119,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         self.eos_token_id = int(tokenizer.eos_token_id if tokenizer.eos_token_id in self.eos_ids else min(self.eos_ids))
         self._cache_arg = cache_argument(model)
         self._logits_arg = logits_keyword(model)
+        self._scored = {}  # (prompt, continuation) -> its log-probs, while the prefix cache holds
         self.prefix_cache: PrefixCache | None = None
         if prefix_reuse and prefix_cache_bytes:
             if supports_prefix_cache(model):

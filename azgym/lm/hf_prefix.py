@@ -22,7 +22,11 @@ import torch
 from azgym.lm.prefix_cache import LastHidden, PrefixCache, common_prefix, past_from, row_kv, weights_fingerprint
 
 SHARED_HEAD_TOKENS = 16  # prompts of one call sharing at least this many leading tokens prefill them once
-CALL_COST_TOKENS = 8  # a forward pass's fixed cost in padded positions: what a split by length must save
+# a forward pass costs at least as much as this many positions (its weights are read whatever the batch): on a
+# CPU a pass of a few positions takes as long as ~30 (measured on SmolLM2-135M); an accelerator, thousands
+MIN_PASS_TOKENS = {"cpu": 32}
+MIN_PASS_TOKENS_ACCELERATOR = 4096
+SCORE_MEMO_ENTRIES = 1 << 14  # scored (prompt, continuation) pairs remembered with the prefix cache
 
 
 def shared_heads(prompts: list[list[int]], min_shared: int) -> tuple[list[int], list[list[int]]] | None:
@@ -66,21 +70,21 @@ def logits_keyword(model) -> str | None:
     return next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in parameters), None)
 
 
-def length_buckets(lengths: Sequence[int], max_rows: int, call_cost: int = CALL_COST_TOKENS) -> list[list[int]]:
+def length_buckets(lengths: Sequence[int], max_rows: int, min_tokens: int) -> list[list[int]]:
     """Rows split into batches of similar length, as lists of row indices (shortest rows first): the split
-    with the fewest padded positions (each batch costs its rows x its longest row) plus ``call_cost`` per
-    batch, at most ``max_rows`` rows in a batch (dynamic programming over the rows sorted by length).
+    of least cost, a batch costing its padded positions (rows x its longest row) but at least ``min_tokens``,
+    at most ``max_rows`` rows in a batch (dynamic programming over the rows sorted by length).
 
-    >>> length_buckets([16, 2, 15, 3, 16], max_rows=32, call_cost=4)
-    [[1, 3], [2, 0, 4]]
-    >>> length_buckets([5, 5, 5], max_rows=2)
-    [[0], [1, 2]]
+    >>> length_buckets([16, 2, 16, 3, 16], max_rows=32, min_tokens=16)
+    [[1, 3], [0, 2, 4]]
+    >>> length_buckets([2, 16, 3], max_rows=32, min_tokens=64)
+    [[0, 2, 1]]
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     best, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)  # best[j]: cost of the j shortest rows
     for j in range(1, len(order) + 1):
         for i in range(max(0, j - max_rows), j):
-            cost = best[i] + (j - i) * lengths[order[j - 1]] + call_cost
+            cost = best[i] + max((j - i) * lengths[order[j - 1]], min_tokens)
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     buckets, j = [], len(order)
@@ -152,12 +156,14 @@ class PrefixCacheMixin:
     _fingerprint: int
     _cache_arg: str
     _logits_arg: str | None
+    _scored: dict[tuple[tuple[int, ...], tuple[int, ...]], np.ndarray]
     max_batch_size: int
 
     def clear_prefix_cache(self) -> None:
         """Drop every cached prefix (done by itself when a parameter changes)."""
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
+        self._scored.clear()
 
     def _check_weights(self) -> None:
         fingerprint = weights_fingerprint(self.model)
@@ -209,11 +215,21 @@ class PrefixCacheMixin:
             self._run_cached([h for h in shared if self.prefix_cache.match_pieces(h)[0] < len(h)])
 
     def _score_cached(self, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
-        """Log-probs of each continuation given its prompt: each row runs its prompt's last token and the
-        continuation on top of the cached rest of the prompt, in one forward pass per batch of rows of
-        similar lengths; prompt + continuation (a child state) is cached whole, hidden states included,
-        and so is the prompt's last token's (the parent's value). What a prompt lacks before its last
-        token runs first, once per distinct prompt."""
+        """Log-probs of each continuation given its prompt (see :meth:`_run_scoring`); a pair scored before
+        since the weights last changed, or twice in this call, runs once."""
+        keys = [(tuple(p), tuple(c)) for p, c in pairs]
+        todo = {k: pair for k, pair in zip(keys, pairs, strict=True) if k not in self._scored}
+        if len(self._scored) + len(todo) > SCORE_MEMO_ENTRIES:
+            self._scored.clear()
+        found = dict(zip(todo, self._run_scoring(list(todo.values())), strict=True))
+        self._scored.update(found)
+        return [(found[k] if k in found else self._scored[k]).copy() for k in keys]
+
+    def _run_scoring(self, pairs: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+        """Each row runs its prompt's last token and the continuation on top of the cached rest of the
+        prompt, in one forward pass per batch of rows of similar lengths; prompt + continuation (a child
+        state) is cached whole, hidden states included, and so is the prompt's last token's (the parent's
+        value). What a prompt lacks before its last token runs first, once per distinct prompt."""
         tree = self.prefix_cache
         todo = list(dict.fromkeys(tuple(p[:-1]) for p, _ in pairs if tree.match_pieces(p, len(p) - 1)[0] < len(p) - 1))
         for start in range(0, len(todo), self.max_batch_size):
@@ -221,8 +237,9 @@ class PrefixCacheMixin:
             self._run_shared_heads(chunk)
             self._run_cached(chunk)
         lengths = [len(p) - tree.match_pieces(p, len(p) - 1)[0] + len(c) for p, c in pairs]
+        min_tokens = MIN_PASS_TOKENS.get(self.device.type, MIN_PASS_TOKENS_ACCELERATOR)
         result: list[np.ndarray] = [np.zeros(0, np.float32)] * len(pairs)
-        for bucket in length_buckets(lengths, self.max_batch_size):
+        for bucket in length_buckets(lengths, self.max_batch_size, min_tokens):
             rows = [pairs[i] for i in bucket]
             keep = max(len(c) for _, c in rows) + 1
             ran = self._run_cached([p + c for p, c in rows], None, limits=[len(p) - 1 for p, _ in rows], keep=keep)
