@@ -233,18 +233,19 @@ def test_length_buckets_cover_every_row_once_and_pay_off():
     rng = np.random.default_rng(0)
     for _ in range(50):
         lengths = rng.integers(1, 40, size=rng.integers(1, 30)).tolist()
-        max_rows, min_tokens = int(rng.integers(1, 9)), int(rng.integers(1, 100))
-        buckets = length_buckets(lengths, max_rows, min_tokens)
+        max_rows, pass_tokens = int(rng.integers(1, 9)), int(rng.integers(0, 100))
+        buckets = length_buckets(lengths, max_rows, pass_tokens)
         assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
         assert all(1 <= len(b) <= max_rows for b in buckets)
         chunks = [list(range(s, min(s + max_rows, len(lengths)))) for s in range(0, len(lengths), max_rows)]
-        assert padded_cost(buckets, lengths, min_tokens) <= padded_cost(chunks, lengths, min_tokens)  # never worse
-    assert length_buckets([3, 40, 2, 39], max_rows=4, min_tokens=1000) == [[2, 0, 3, 1]]  # one pass: too cheap to split
+        assert padded_cost(buckets, lengths, pass_tokens) <= padded_cost(chunks, lengths, pass_tokens)  # never worse
+    assert length_buckets([3, 40, 2, 39], max_rows=4, pass_tokens=1000) == [[2, 0, 3, 1]]  # a pass costs too much
+    assert length_buckets([3, 40, 2, 39], max_rows=4, pass_tokens=0) == [[2], [0], [3], [1]]  # passes are free
 
 
-def padded_cost(split, lengths, min_tokens):
-    """Padded positions of batches run as split (rows x longest row each, at least ``min_tokens`` a batch)."""
-    return sum(max(len(b) * max(lengths[i] for i in b), min_tokens) for b in split)
+def padded_cost(split, lengths, pass_tokens):
+    """Padded positions of batches run as split (rows x longest row each), plus ``pass_tokens`` a batch."""
+    return sum(len(b) * max(lengths[i] for i in b) + pass_tokens for b in split)
 
 
 def test_last_hidden_hook_sees_every_position_whatever_logits_are_kept(tiny_lm):

@@ -22,10 +22,10 @@ import torch
 from azgym.lm.prefix_cache import LastHidden, PrefixCache, common_prefix, past_from, row_kv, weights_fingerprint
 
 SHARED_HEAD_TOKENS = 16  # prompts of one call sharing at least this many leading tokens prefill them once
-# a forward pass costs at least as much as this many positions (its weights are read whatever the batch): on a
-# CPU a pass of a few positions takes as long as ~30 (measured on SmolLM2-135M); an accelerator, thousands
-MIN_PASS_TOKENS = {"cpu": 32}
-MIN_PASS_TOKENS_ACCELERATOR = 4096
+# a forward pass's fixed cost (its weights are read whatever the batch) in positions' worth of compute: on a
+# CPU a pass costs ~60 ms + ~1.9 ms a position (SmolLM2-135M, one core), so ~32; on an accelerator thousands
+PASS_COST_TOKENS = {"cpu": 32}
+PASS_COST_TOKENS_ACCELERATOR = 4096
 SCORE_MEMO_ENTRIES = 1 << 14  # scored (prompt, continuation) pairs remembered with the prefix cache
 
 
@@ -70,21 +70,21 @@ def logits_keyword(model) -> str | None:
     return next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in parameters), None)
 
 
-def length_buckets(lengths: Sequence[int], max_rows: int, min_tokens: int) -> list[list[int]]:
+def length_buckets(lengths: Sequence[int], max_rows: int, pass_tokens: int) -> list[list[int]]:
     """Rows split into batches of similar length, as lists of row indices (shortest rows first): the split
-    of least cost, a batch costing its padded positions (rows x its longest row) but at least ``min_tokens``,
-    at most ``max_rows`` rows in a batch (dynamic programming over the rows sorted by length).
+    of least cost, a batch costing its padded positions (rows x its longest row) plus ``pass_tokens``, at
+    most ``max_rows`` rows in a batch (dynamic programming over the rows sorted by length).
 
-    >>> length_buckets([16, 2, 16, 3, 16], max_rows=32, min_tokens=16)
+    >>> length_buckets([16, 2, 16, 3, 16], max_rows=32, pass_tokens=16)
     [[1, 3], [0, 2, 4]]
-    >>> length_buckets([2, 16, 3], max_rows=32, min_tokens=64)
+    >>> length_buckets([2, 16, 3], max_rows=32, pass_tokens=32)
     [[0, 2, 1]]
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     best, cut = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)  # best[j]: cost of the j shortest rows
     for j in range(1, len(order) + 1):
         for i in range(max(0, j - max_rows), j):
-            cost = best[i] + max((j - i) * lengths[order[j - 1]], min_tokens)
+            cost = best[i] + (j - i) * lengths[order[j - 1]] + pass_tokens
             if cost < best[j]:
                 best[j], cut[j] = cost, i
     buckets, j = [], len(order)
@@ -237,9 +237,9 @@ class PrefixCacheMixin:
             self._run_shared_heads(chunk)
             self._run_cached(chunk)
         lengths = [len(p) - tree.match_pieces(p, len(p) - 1)[0] + len(c) for p, c in pairs]
-        min_tokens = MIN_PASS_TOKENS.get(self.device.type, MIN_PASS_TOKENS_ACCELERATOR)
+        pass_tokens = PASS_COST_TOKENS.get(self.device.type, PASS_COST_TOKENS_ACCELERATOR)
         result: list[np.ndarray] = [np.zeros(0, np.float32)] * len(pairs)
-        for bucket in length_buckets(lengths, self.max_batch_size, min_tokens):
+        for bucket in length_buckets(lengths, self.max_batch_size, pass_tokens):
             rows = [pairs[i] for i in bucket]
             keep = max(len(c) for _, c in rows) + 1
             ran = self._run_cached([p + c for p, c in rows], None, limits=[len(p) - 1 for p, _ in rows], keep=keep)
