@@ -11,7 +11,7 @@ from agents.mcts import MCTSAgent
 from agents.student.value import LMValueFunction, ValueHead
 from azgym.env import ReasoningEnv
 from azgym.lm import HFBackend
-from azgym.lm.prefix_cache import PrefixCache, supports_prefix_cache
+from azgym.lm.prefix_cache import PrefixCache, stack_batches, supports_prefix_cache
 
 HEAD = 4  # head size of the toy keys and values below
 
@@ -256,3 +256,19 @@ def test_last_hidden_hook_sees_every_position_whatever_logits_are_kept(tiny_lm):
         out = tiny_lm.model(input_ids=ids, logits_to_keep=1, output_hidden_states=True)
     assert out.logits.shape[1] == 1 and hidden.value.shape[1] == ids.shape[1]
     torch.testing.assert_close(hidden.value, out.hidden_states[-1])
+
+
+def test_prompts_of_unlike_lengths_prefill_in_passes_of_their_own_and_sample_the_same(pair, monkeypatch):
+    import azgym.lm.hf_prefix as hf_prefix
+
+    cached, plain = pair
+    stacked = []
+    monkeypatch.setattr(hf_prefix, "stack_batches", lambda parts, config: stacked.append(len(parts)) or
+                        stack_batches(parts, config))  # fmt: skip
+    first = chat(cached, "What is 2 + 3?")
+    sample = cached.generate([first], max_tokens=6, seed=[1])[0][0]
+    long = chat(cached, "Some words to make a prompt that the cache has never seen, and long: 27 + 15?")
+    prompts = [first + list(sample.token_ids), long, first + list(sample.token_ids)[:2], long[:-3]]
+    kwargs = dict(n=2, max_tokens=[4, 6, 5, 3], temperature=[1.0, 0.7, 0.0, 1.0], seed=[5, 6, 7, 8])
+    assert_same_generations(cached.generate(prompts, **kwargs), plain.generate(prompts, **kwargs))
+    assert stacked and stacked[0] >= 2  # the cached rows and the long new prompts ran apart

@@ -177,7 +177,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device).unsqueeze(1)
         live = list(range(num))  # row of each batch position
         while True:
-            log_p = torch.log_softmax(logits, dim=-1)
+            log_total = torch.logsumexp(logits, dim=-1).cpu()  # log-prob of a token: its logit minus this
+            logits_cpu = logits.cpu()
             scaled = (logits / temps).cpu()
             next_ids = torch.full((len(live),), self.pad_id, dtype=torch.long)
             for pos, i in enumerate(live):
@@ -185,15 +186,15 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
                     continue
                 if greedy[i]:
                     token = int(scaled[pos].argmax())
-                else:  # Gumbel-max with this row's own generator
+                else:  # Gumbel-max with this row's own generator: argmax of scaled - log(-log u), in place
                     u = torch.rand(scaled.shape[-1], generator=generators[i]).clamp_(1e-10, 1.0)
-                    token = int((scaled[pos] - torch.log(-torch.log(u))).argmax())
+                    token = int(u.log_().neg_().log_().neg_().add_(scaled[pos]).argmax())
                 next_ids[pos] = token
                 if token in self.eos_ids:
                     finish[i] = "eos"
                     continue
                 tokens[i].append(token)
-                logprobs[i].append(float(log_p[pos, token]))
+                logprobs[i].append(float(logits_cpu[pos, token] - log_total[pos]))
                 if stop and any(s in self.decode(tokens[i]) for s in stop):
                     finish[i] = "stop"
                 elif len(tokens[i]) >= budgets[i]:
@@ -241,10 +242,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             distinct = [list(p) for p in first]
         else:
             index, distinct = list(range(len(prompts))), prompts
-        if self.prefix_cache is not None:  # heads shared in this call and not cached yet run once, cached
-            self._run_shared_heads(distinct)
-            ran = self._run_cached(distinct)
-            return self._spread(ran.cache, ran.logits[:, -1, :], ran.mask, ran.position, index, len(distinct))
+        if self.prefix_cache is not None:
+            return self._spread(*self._prefill_cached(distinct), index, len(distinct))
         groups = shared_heads(distinct, SHARED_HEAD_TOKENS) if self.prefix_reuse else None
         if groups is None:
             cache, logits, mask, position = self._forward_padded(distinct)

@@ -19,7 +19,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from azgym.lm.prefix_cache import LastHidden, PrefixCache, common_prefix, past_from, row_kv, weights_fingerprint
+from azgym.lm.prefix_cache import (
+    LastHidden,
+    PrefixCache,
+    common_prefix,
+    past_from,
+    row_kv,
+    stack_batches,
+    weights_fingerprint,
+)
 
 SHARED_HEAD_TOKENS = 16  # prompts of one call sharing at least this many leading tokens prefill them once
 # a forward pass's fixed cost (its weights are read whatever the batch) in positions' worth of compute: on a
@@ -203,6 +211,29 @@ class PrefixCacheMixin:
         logits = out.logits[:, -keep:].float()
         return Ran(cache, logits, mask, position[:, -1:], hidden.value, lengths)
 
+    def _prefill_cached(self, prompts: list[list[int]]):
+        """Run prompts to sample from (after their longest cached prefixes), rows of similar lengths in one
+        pass each, stacked back into one batch: the KV cache, the last position's logits, the mask and the
+        last position id, one row per prompt in order."""
+        self._run_shared_heads(prompts)
+        tree = self.prefix_cache
+        lengths = [len(p) - tree.match_pieces(p, len(p) - 1)[0] for p in prompts]
+        buckets = length_buckets(lengths, len(prompts), self._pass_tokens())
+        if len(buckets) == 1:
+            ran = self._run_cached(prompts)
+            return ran.cache, ran.logits[:, -1], ran.mask, ran.position
+        runs = [self._run_cached([prompts[i] for i in bucket]) for bucket in buckets]
+        device = runs[0].logits.device
+        rows = [torch.tensor(bucket, device=device) for bucket in buckets]
+        cache, mask = stack_batches([(r.cache, r.mask, b) for r, b in zip(runs, rows, strict=True)], self.model.config)
+        order = torch.cat(rows).argsort()  # row of the concatenated runs that holds each prompt
+        logits = torch.cat([r.logits[:, -1] for r in runs])[order]
+        position = torch.cat([r.position for r in runs])[order]
+        return cache, logits, mask, position
+
+    def _pass_tokens(self) -> int:
+        return PASS_COST_TOKENS.get(self.device.type, PASS_COST_TOKENS_ACCELERATOR)
+
     def _logits_kept(self, keep: int) -> dict:
         return {self._logits_arg: keep} if self._logits_arg else {}
 
@@ -237,9 +268,8 @@ class PrefixCacheMixin:
             self._run_shared_heads(chunk)
             self._run_cached(chunk)
         lengths = [len(p) - tree.match_pieces(p, len(p) - 1)[0] + len(c) for p, c in pairs]
-        pass_tokens = PASS_COST_TOKENS.get(self.device.type, PASS_COST_TOKENS_ACCELERATOR)
         result: list[np.ndarray] = [np.zeros(0, np.float32)] * len(pairs)
-        for bucket in length_buckets(lengths, self.max_batch_size, pass_tokens):
+        for bucket in length_buckets(lengths, self.max_batch_size, self._pass_tokens()):
             rows = [pairs[i] for i in bucket]
             keep = max(len(c) for _, c in rows) + 1
             ran = self._run_cached([p + c for p, c in rows], None, limits=[len(p) - 1 for p, _ in rows], keep=keep)
