@@ -34,7 +34,7 @@ SHARED_HEAD_TOKENS = 16  # prompts of one call sharing at least this many leadin
 # CPU a pass costs ~60 ms + ~1.9 ms a position (SmolLM2-135M, one core), so ~32; on an accelerator thousands
 PASS_COST_TOKENS = {"cpu": 32}
 PASS_COST_TOKENS_ACCELERATOR = 4096
-SCORE_MEMO_ENTRIES = 1 << 14  # scored (prompt, continuation) pairs remembered with the prefix cache
+SCORE_MEMO_ENTRIES = 4096  # scored (prompt, continuation) pairs remembered with the prefix cache (~4 KB each)
 
 
 def shared_heads(prompts: list[list[int]], min_shared: int) -> tuple[list[int], list[list[int]]] | None:
