@@ -14,11 +14,15 @@ In one run, on the same model and problems:
 2. Plain batched sampling with transformers' ``model.generate`` of the same solve prompts at the
    mean batch size (rows per call) that self-play's generate calls had, ``chunk_tokens`` new tokens.
 
-Printed: per run its tokens/s, the three shares of its time (generate / score / value; the rest is
-the tree, the env and the driver), prefill tokens per generated token (prompt tokens only, the figure
-recorded before; and every token run besides decoding: prompts, scored steps, value passes), then
-last the ratio self-play tokens/s / plain generate tokens/s of the first run (1.0 = search costs
-nothing on top of sampling the candidates).
+The search's numba kernels are compiled (or loaded from numba's disk cache) on a small synthetic search
+before anything is timed: a one-off cost of a process (seconds when the cache is cold, as after a fresh
+checkout), printed on its own line, not a cost of self-play.
+
+Printed: per run its tokens/s, the shares of its time (the backend's generate / score / value, the
+search tree's own work; other: the env, the proposer's Python and the driver), prefill tokens per
+generated token (prompt tokens only, the figure recorded before; and every token run besides decoding:
+prompts, scored steps, value passes), then last the ratio self-play tokens/s / plain generate tokens/s
+of the first run (1.0 = search costs nothing on top of sampling the candidates).
 """
 
 from __future__ import annotations
@@ -67,6 +71,17 @@ class BenchConfig:
     bench: BenchOptions = field(default_factory=BenchOptions)
 
 
+def warm_search_kernels(search: SearchConfig, num_actions: int) -> float:
+    """Seconds to compile (or load from numba's cache) the kernels of this search, on a synthetic tree."""
+    from agents.mcts import MCTS
+    from agents.mcts.synthetic import HashTreeModel
+
+    start = time.perf_counter()
+    model = HashTreeModel(num_actions=num_actions, max_depth=4)
+    MCTS(search).search(model, model.roots(2), np.random.default_rng(0))
+    return time.perf_counter() - start
+
+
 def self_play_run(backend, problems, config: BenchConfig) -> dict:
     from agents.alphazero.selfplay import self_play
     from agents.mcts import MCTSAgent
@@ -76,6 +91,15 @@ def self_play_run(backend, problems, config: BenchConfig) -> dict:
     env = ReasoningEnv.from_config(config.env, model=backend, data=problems)
     seed = config.bench.seed
     agent = MCTSAgent(LMValueFunction(backend), config=config.search, seed=seed, reuse_tree=False)
+    tree_seconds = [0.0]
+    search = agent.search
+
+    def timed_search(env, states):  # the search tree's own time, apart from the model calls it makes
+        result = search(env, states)
+        tree_seconds[0] += result.seconds["tree"]
+        return result
+
+    agent.search = timed_search
     backend.stats.reset()
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -88,7 +112,8 @@ def self_play_run(backend, problems, config: BenchConfig) -> dict:
     return {"seconds": seconds, "episodes": len(episodes), "moves": stats.moves, **c,
             "tokens_per_s": c["sampled"] / seconds, "prefill_per_token": c["prefill"] / sampled,
             "run_per_token": (c["prefill"] + c["scored"] + c["valued"]) / sampled,
-            "shares": {k: c[f"{k}_s"] / seconds for k in ("generate", "score", "value")},
+            "shares": {**{k: c[f"{k}_s"] / seconds for k in ("generate", "score", "value")},
+                       "tree": tree_seconds[0] / seconds},
             "cache_peak_mib": tree.peak_bytes / 2**20 if tree else 0.0, "cache_evicted": tree.evicted if tree else 0,
             "batch": c["generate_rows"] / max(c["generate_calls"], 1)}  # fmt: skip
 
@@ -127,6 +152,7 @@ def main(argv=None) -> None:
     from azgym.tasks import load_problems
 
     problems = load_problems(env.task, env.data, "train")[: bench.problems]
+    warm = warm_search_kernels(search, env.num_right + env.num_wrong)
     lm = HFBackend.from_name(bench.model, device=bench.device, prefix_cache_bytes=0)
     budget = bench.prefix_cache_mib * 2**20
     variants = {"prefix cache": {"prefix_cache_bytes": budget}, "no cache (before)": {"prefix_cache_bytes": 0}}
@@ -147,11 +173,12 @@ def main(argv=None) -> None:
     print(f"{bench.model} on {bench.device}, {env.task}:{env.data or 'default'}; {bench.problems} problems x "
           f"{bench.group_size} episodes, {search.num_simulations} simulations, K={env.num_right + env.num_wrong}, "
           f"chunk {env.chunk_tokens} tokens")  # fmt: skip
+    print(f"  search kernels compiled or loaded before timing: {warm:.1f} s (once per process)")
     for name, r in runs.items():
         shares = "  ".join(f"{k} {v:4.0%}" for k, v in r["shares"].items())
         print(f"  self-play, {name:18s} {r['seconds']:7.1f} s  {r['sampled']:6d} tokens sampled  "
               f"{r['tokens_per_s']:7.1f} tok/s  mean generate batch {r['batch']:.1f} rows")  # fmt: skip
-        print(f"      time: {shares}  other {1 - sum(r['shares'].values()):4.0%}")
+        print(f"      time: {shares}  other (env, proposer, driver) {1 - sum(r['shares'].values()):4.0%}")
         print(f"      prefill {r['prefill']:7d} ({r['prefill_per_token']:.2f} per generated token); run besides "
               f"decoding (prefill + scored + valued) {r['prefill'] + r['scored'] + r['valued']:7d} "
               f"({r['run_per_token']:.2f} per generated token); from the cache {r['reused']:7d}")  # fmt: skip

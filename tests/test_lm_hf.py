@@ -128,8 +128,11 @@ def test_prefix_reuse_prefills_a_shared_prompt_once(tiny_lm, prompt, cache_bytes
         lm.stats.reset()
         lm.clear_prefix_cache()
         lm.score([prompt] * 3, [[5, 6, 7], [8], [9, 10]])
-    # with the cache every continuation token runs (its child state is cached whole), else all but the last
-    assert tiny_lm.stats.prefill == len(prompt) and tiny_lm.stats.scored == (6 if cache_bytes else 3)
+    # with the cache every continuation token runs (its child state is cached whole), else all but the last;
+    # with it, the prompt's last token runs in each continuation's row (one pass for the prompt's last token
+    # and the continuations), the rest of the prompt once
+    assert tiny_lm.stats.prefill == len(prompt) + (2 if cache_bytes else 0)
+    assert tiny_lm.stats.scored == (6 if cache_bytes else 3)
     assert plain.stats.prefill == 3 * len(prompt) + 6
 
 

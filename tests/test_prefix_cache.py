@@ -11,7 +11,7 @@ from agents.mcts import MCTSAgent
 from agents.student.value import LMValueFunction, ValueHead
 from azgym.env import ReasoningEnv
 from azgym.lm import HFBackend
-from azgym.lm.prefix_cache import PrefixCache, supports_prefix_cache
+from azgym.lm.prefix_cache import PrefixCache, stack_batches, supports_prefix_cache
 
 HEAD = 4  # head size of the toy keys and values below
 
@@ -203,3 +203,72 @@ def test_a_learner_step_on_a_lora_student_refreshes_its_backend(tokenizer):
     assert np.abs(after - before).max() > 1e-3  # the step moved the policy: a stale cache would not show it
     with pytest.raises(ValueError, match="prefix_cache_mib"):
         StudentConfig(prefix_cache_mib=-1)
+
+
+def test_scoring_in_length_buckets_gives_what_the_uncached_path_gives(pair):
+    cached, plain = pair
+    cached.max_batch_size = 3  # several batches, and rows of one prompt split among them
+    first, second = chat(cached, "What is 2 + 3?"), chat(cached, "And 7 + 8, please?")
+    conts = [[5] * 12, [8], [9, 10], [], [11] * 7, [12, 13, 14], [15] * 12, [16], [5] * 12]
+    prompts = [first, second, first, second, [first[0]], first, second, second, first]  # a one-token prompt too
+    scores = cached.score(prompts, conts)
+    for x, y in zip(scores, plain.score(prompts, conts), strict=True):
+        assert x.shape == y.shape and x.dtype == np.float32
+        np.testing.assert_allclose(x, y, atol=1e-4)
+    assert cached.stats.scored == sum(len(c) for c in conts[:-1])  # the repeated pair ran once
+    cached.stats.reset()
+    again = cached.score(prompts[::-1], conts[::-1])  # every pair was scored since the weights last changed
+    assert cached.stats.scored == cached.stats.prefill == 0
+    for x, y in zip(again[::-1], scores, strict=True):
+        np.testing.assert_array_equal(x, y)
+    cached.stats.reset()
+    states = [p + c for p, c in zip(prompts, conts, strict=True)] + [first, second]  # children and parents
+    torch.testing.assert_close(cached.last_hidden(states), plain.last_hidden(states), atol=1e-4, rtol=0)
+    assert cached.stats.valued == 0  # their scoring passes left every hidden state in the cache
+
+
+def test_length_buckets_cover_every_row_once_and_pay_off():
+    from azgym.lm.hf_prefix import length_buckets
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = rng.integers(1, 40, size=rng.integers(1, 30)).tolist()
+        max_rows, pass_tokens = int(rng.integers(1, 9)), int(rng.integers(0, 100))
+        buckets = length_buckets(lengths, max_rows, pass_tokens)
+        assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+        assert all(1 <= len(b) <= max_rows for b in buckets)
+        chunks = [list(range(s, min(s + max_rows, len(lengths)))) for s in range(0, len(lengths), max_rows)]
+        assert padded_cost(buckets, lengths, pass_tokens) <= padded_cost(chunks, lengths, pass_tokens)  # never worse
+    assert length_buckets([3, 40, 2, 39], max_rows=4, pass_tokens=1000) == [[2, 0, 3, 1]]  # a pass costs too much
+    assert length_buckets([3, 40, 2, 39], max_rows=4, pass_tokens=0) == [[2], [0], [3], [1]]  # passes are free
+
+
+def padded_cost(split, lengths, pass_tokens):
+    """Padded positions of batches run as split (rows x longest row each), plus ``pass_tokens`` a batch."""
+    return sum(len(b) * max(lengths[i] for i in b) + pass_tokens for b in split)
+
+
+def test_last_hidden_hook_sees_every_position_whatever_logits_are_kept(tiny_lm):
+    from azgym.lm.prefix_cache import LastHidden
+
+    ids = torch.tensor([chat(tiny_lm, "What is 2 + 3?")])
+    with torch.inference_mode(), LastHidden(tiny_lm.model) as hidden:
+        out = tiny_lm.model(input_ids=ids, logits_to_keep=1, output_hidden_states=True)
+    assert out.logits.shape[1] == 1 and hidden.value.shape[1] == ids.shape[1]
+    torch.testing.assert_close(hidden.value, out.hidden_states[-1])
+
+
+def test_prompts_of_unlike_lengths_prefill_in_passes_of_their_own_and_sample_the_same(pair, monkeypatch):
+    import azgym.lm.hf_prefix as hf_prefix
+
+    cached, plain = pair
+    stacked = []
+    monkeypatch.setattr(hf_prefix, "stack_batches", lambda parts, config: stacked.append(len(parts)) or
+                        stack_batches(parts, config))  # fmt: skip
+    first = chat(cached, "What is 2 + 3?")
+    sample = cached.generate([first], max_tokens=6, seed=[1])[0][0]
+    long = chat(cached, "Some words to make a prompt that the cache has never seen, and long: 27 + 15?")
+    prompts = [first + list(sample.token_ids), long, first + list(sample.token_ids)[:2], long[:-3]]
+    kwargs = dict(n=2, max_tokens=[4, 6, 5, 3], temperature=[1.0, 0.7, 0.0, 1.0], seed=[5, 6, 7, 8])
+    assert_same_generations(cached.generate(prompts, **kwargs), plain.generate(prompts, **kwargs))
+    assert stacked and stacked[0] >= 2  # the cached rows and the long new prompts ran apart

@@ -15,7 +15,10 @@ its keys and values (and final hidden states) in a :class:`~azgym.lm.prefix_cach
 radix tree over token ids bounded in bytes, and every call runs only what follows each prompt's
 longest cached prefix. A search then computes a state's prompt + response once, whether it is
 proposing that state's candidates, scoring them under the solve prompt or valuing it
-(:meth:`HFBackend.last_hidden` reads a hidden state a scoring pass already made). The cache is
+(:meth:`HFBackend.last_hidden` reads a hidden state a scoring pass already made). Scoring then runs
+each continuation with its prompt's last token in one pass, rows of similar lengths batched together
+(:func:`~azgym.lm.hf_prefix.length_buckets`); passes that only need the next token's logits compute
+them at the last position alone (``logits_to_keep``). The cache is
 dropped whenever a parameter of the model changes (a learner step; call ``clear_prefix_cache`` after
 moving the model to another device or dtype, which keeps the values), and is off for models whose KV
 cache is not one plain full-attention layer per block (sliding windows, recurrent state).
@@ -40,10 +43,11 @@ from azgym.lm.hf_prefix import (
     TokenStats,
     cache_argument,
     cache_of,
+    logits_keyword,
     shared_heads,
     timed,
 )
-from azgym.lm.prefix_cache import LastHidden, PrefixCache, supports_prefix_cache, weights_fingerprint
+from azgym.lm.prefix_cache import PrefixCache, supports_prefix_cache, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +118,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             raise ValueError(f"{name}: neither the model nor the tokenizer defines an end-of-sequence token")
         self.eos_token_id = int(tokenizer.eos_token_id if tokenizer.eos_token_id in self.eos_ids else min(self.eos_ids))
         self._cache_arg = cache_argument(model)
+        self._logits_arg = logits_keyword(model)
+        self._scored = {}  # (prompt, continuation) -> its log-probs, while the prefix cache holds
         self.prefix_cache: PrefixCache | None = None
         if prefix_reuse and prefix_cache_bytes:
             if supports_prefix_cache(model):
@@ -171,7 +177,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device).unsqueeze(1)
         live = list(range(num))  # row of each batch position
         while True:
-            log_p = torch.log_softmax(logits, dim=-1)
+            log_total = torch.logsumexp(logits, dim=-1).cpu()  # log-prob of a token: its logit minus this
+            logits_cpu = logits.cpu()
             scaled = (logits / temps).cpu()
             next_ids = torch.full((len(live),), self.pad_id, dtype=torch.long)
             for pos, i in enumerate(live):
@@ -179,15 +186,15 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
                     continue
                 if greedy[i]:
                     token = int(scaled[pos].argmax())
-                else:  # Gumbel-max with this row's own generator
+                else:  # Gumbel-max with this row's own generator: argmax of scaled - log(-log u), in place
                     u = torch.rand(scaled.shape[-1], generator=generators[i]).clamp_(1e-10, 1.0)
-                    token = int((scaled[pos] - torch.log(-torch.log(u))).argmax())
+                    token = int(u.log_().neg_().log_().neg_().add_(scaled[pos]).argmax())
                 next_ids[pos] = token
                 if token in self.eos_ids:
                     finish[i] = "eos"
                     continue
                 tokens[i].append(token)
-                logprobs[i].append(float(log_p[pos, token]))
+                logprobs[i].append(float(logits_cpu[pos, token] - log_total[pos]))
                 if stop and any(s in self.decode(tokens[i]) for s in stop):
                     finish[i] = "stop"
                 elif len(tokens[i]) >= budgets[i]:
@@ -235,14 +242,10 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             distinct = [list(p) for p in first]
         else:
             index, distinct = list(range(len(prompts))), prompts
-        groups = shared_heads(distinct, SHARED_HEAD_TOKENS) if self.prefix_reuse else None
         if self.prefix_cache is not None:
-            if groups is not None:  # heads shared in this call and not cached yet: run them once, cached
-                group_of, heads = groups
-                shared = [h for g, h in enumerate(heads) if group_of.count(g) > 1]
-                self._run_cached([h for h in shared if self.prefix_cache.match_pieces(h)[0] < len(h)])
-            cache, logits, mask, position, _ = self._run_cached(distinct)
-        elif groups is None:
+            return self._spread(*self._prefill_cached(distinct), index, len(distinct))
+        groups = shared_heads(distinct, SHARED_HEAD_TOKENS) if self.prefix_reuse else None
+        if groups is None:
             cache, logits, mask, position = self._forward_padded(distinct)
         else:  # prompts sharing a head (the instructions and question): the head once, then each tail
             group_of, heads = groups
@@ -254,13 +257,18 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             position = position[owner, -1:] + tail_mask.cumsum(-1)
             mask = torch.cat([mask[owner], tail_mask], dim=1)
             self.stats.prefill += int(tail_mask.sum())
-            out = self.model(input_ids=tail_ids, attention_mask=mask, position_ids=position, **{self._cache_arg: cache})
+            out = self.model(input_ids=tail_ids, attention_mask=mask, position_ids=position,
+                             **{self._cache_arg: cache}, **self._logits_kept(1))  # fmt: skip
             cache, logits = cache_of(out), out.logits[:, -1, :].float()
-        if len(distinct) < len(prompts):
-            rows = torch.tensor(index, device=device)
+        return self._spread(cache, logits, mask, position[:, -1:], index, len(distinct))
+
+    def _spread(self, cache, logits, mask, position, index: list[int], num_distinct: int):
+        """One row per prompt from one per distinct prompt (``index``: the distinct row of each prompt)."""
+        if num_distinct < len(index):
+            rows = torch.tensor(index, device=logits.device)
             cache.reorder_cache(rows)
             logits, mask, position = logits[rows], mask[rows], position[rows]
-        return cache, logits, mask, position[:, -1:]
+        return cache, logits, mask, position
 
     @inference
     def last_hidden(self, prompts: Sequence[Prompt]) -> torch.Tensor:
@@ -294,6 +302,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         result: list[np.ndarray] = []
         with timed(self.stats, "score_s"):
             self._check_weights()
+            if self.prefix_cache is not None and pairs:  # one pass per batch of similar lengths, on cached prompts
+                return self._score_cached(pairs)
             for start in range(0, len(pairs), self.max_batch_size):
                 result.extend(self._score_pairs(pairs[start : start + self.max_batch_size]))
         return result
@@ -304,7 +314,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         ids, mask = ids.to(self.device), mask.to(self.device)
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         self.stats.prefill += int(mask.sum())
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
+                         **self._logits_kept(1))  # fmt: skip
         return cache_of(out), out.logits[:, -1, :].float(), mask, position
 
     def _score_pairs(self, pairs) -> list[np.ndarray]:
@@ -314,27 +325,21 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         cache, last_logits, mask, position = self._prefill([p for p, _ in pairs])
         first = torch.log_softmax(last_logits, dim=-1)  # predicts each continuation's first token
         width = max(1, max(len(c) for _, c in pairs))
-        # the tokens run on top of the prompt: all but the last of each continuation, or with the prefix
-        # cache all of them, so that prompt + continuation (a child state) is cached whole, hidden state too
-        keep = self.prefix_cache is not None
-        feed = width if keep else width - 1
+        # all but the last token of each continuation run on top of the prompt (right-padded)
         conts = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
-        fed = torch.zeros((len(pairs), feed), dtype=torch.long)
+        fed = torch.zeros((len(pairs), width - 1), dtype=torch.long)
         for i, (_, c) in enumerate(pairs):
             conts[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-            fed[i, : len(c) if keep else max(len(c) - 1, 0)] = 1
+            fed[i, : max(len(c) - 1, 0)] = 1
         conts, fed = conts.to(device), fed.to(device)
         token_log_p = first.gather(-1, conts[:, :1]).cpu()
-        if feed:  # the rest of each continuation, on top of the cached prompt (right-padded)
-            steps = torch.arange(1, feed + 1, device=device).unsqueeze(0)
+        if width > 1:
+            steps = torch.arange(1, width, device=device).unsqueeze(0)
             self.stats.scored += int(fed.sum())
             mask = torch.cat([mask, fed], dim=1)
-            with LastHidden(self.model) as hidden:
-                out = self.model(input_ids=conts[:, :feed], attention_mask=mask, position_ids=position + steps,
-                                 use_cache=keep, **{self._cache_arg: cache})  # fmt: skip
-            if keep:
-                self._remember([p + c for p, c in pairs], cache_of(out), mask, hidden.value)
-            logits = out.logits[:, : width - 1].float()
+            out = self.model(input_ids=conts[:, : width - 1], attention_mask=mask, position_ids=position + steps,
+                             use_cache=False, **{self._cache_arg: cache})  # fmt: skip
+            logits = out.logits.float()
             rest = torch.log_softmax(logits, dim=-1).gather(-1, conts[:, 1:].unsqueeze(-1)).squeeze(-1)
             token_log_p = torch.cat([token_log_p, rest.cpu()], dim=1)
         token_log_p = token_log_p.numpy()
@@ -364,7 +369,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         ids, mask = self.left_pad([self.encode(t) or [self.eos_token_id] for t in texts])
         ids, mask = ids.to(self.device), mask.to(self.device)
         position = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=position, output_hidden_states=True)
+        hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=position, output_hidden_states=True,
+                            **self._logits_kept(1))  # fmt: skip
         last = hidden.hidden_states[-1].float() * mask.unsqueeze(-1)
         pooled = last.sum(1) / mask.sum(1, keepdim=True)
         return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()

@@ -280,20 +280,57 @@ def past_from(rows: Sequence[Sequence[torch.Tensor]], config):
     return DynamicCache([(past[layer, 0], past[layer, 1]) for layer in range(num_layers)], config=config), mask
 
 
+def stack_batches(parts: Sequence[tuple[object, torch.Tensor, torch.Tensor]], config):
+    """One left-padded batch KV cache from several, and its attention mask: ``parts`` as (KV cache, ``[b, t]``
+    mask, the ``b`` rows of the stacked batch that its rows become). Keys and values are copied once,
+    right-aligned; the padding is masked, and kept finite."""
+    from transformers.cache_utils import DynamicCache
+
+    width = max(mask.shape[1] for _, mask, _ in parts)
+    num_rows = sum(mask.shape[0] for _, mask, _ in parts)
+    like = parts[0][1]
+    mask = like.new_zeros((num_rows, width))
+    layers = []
+    for layer in range(len(parts[0][0].layers)):
+        k = parts[0][0].layers[layer].keys
+        keys, values = (
+            k.new_zeros((num_rows, k.shape[1], width, k.shape[3])),
+            k.new_zeros((num_rows, k.shape[1], width, k.shape[3])),
+        )
+        for cache, part_mask, rows in parts:
+            t = part_mask.shape[1]
+            keys[rows, :, width - t :] = cache.layers[layer].keys
+            values[rows, :, width - t :] = cache.layers[layer].values
+        layers.append((keys, values))
+    for _, part_mask, rows in parts:
+        mask[rows, width - part_mask.shape[1] :] = part_mask
+    return DynamicCache(layers, config=config), mask
+
+
 class LastHidden:
-    """Within the block, ``.value`` holds the input of the model's output layer in its last forward
-    pass: the final hidden state of every position (``hidden_states[-1]``), at no extra cost."""
+    """Within the block, ``.value`` holds the final hidden state of every position (``hidden_states[-1]``) of
+    the model's last forward pass, at no extra cost: the decoder's output, whichever positions the output
+    layer then reads (``logits_to_keep``); for a model with no separate decoder, the output layer's input."""
 
     def __init__(self, model):
-        self.module = model.get_output_embeddings()
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        self.decoder = decoder if isinstance(decoder, torch.nn.Module) and decoder is not model else None
+        self.module = self.decoder or model.get_output_embeddings()
         self.value: torch.Tensor | None = None
 
     def __enter__(self) -> LastHidden:
-        self._handle = self.module.register_forward_pre_hook(self._hook)
+        if self.decoder is not None:
+            self._handle = self.module.register_forward_hook(self._decoder_hook)
+        else:
+            self._handle = self.module.register_forward_pre_hook(self._head_hook)
         return self
 
     def __exit__(self, *exc) -> None:
         self._handle.remove()
 
-    def _hook(self, _module, args) -> None:
+    def _decoder_hook(self, _module, _args, output) -> None:
+        hidden = getattr(output, "last_hidden_state", None)
+        self.value = hidden if hidden is not None else output[0]
+
+    def _head_hook(self, _module, args) -> None:
         self.value = args[0]
