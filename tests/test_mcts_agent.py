@@ -144,3 +144,20 @@ def test_a_wrong_answer_is_never_worth_more_than_a_state_the_head_expects_to_fai
     with torch.no_grad():
         head.linear.bias.fill_(-1e4)
         assert float(head(torch.zeros(1, 8))) >= LOSS
+
+
+def test_gumbel_self_play_records_the_improved_policy_as_the_distillation_target():
+    from agents.alphazero.selfplay import self_play, to_distill
+
+    env, _ = scripted_env()
+    agent = MCTSAgent(root="gumbel", num_simulations=4, seed=0, reuse_tree=False)
+    episodes, _ = self_play(env, agent, [0], 1, np.random.default_rng(0), iteration=0, weights_version=0,
+                            progress=False)  # fmt: skip
+    step = episodes[0].steps[0]
+    assert step.policy is not None and abs(sum(step.policy) - 1) < 1e-5
+    assert step.policy != [v / sum(step.visits) for v in step.visits]  # completed Q, not the visit counts
+    assert to_distill(episodes)[0].visit_probs == tuple(step.policy)
+    env, _ = scripted_env()
+    puct, _ = self_play(env, MCTSAgent(num_simulations=4, seed=0, reuse_tree=False), [0], 1,
+                        np.random.default_rng(0), iteration=0, weights_version=0, progress=False)  # fmt: skip
+    assert puct[0].steps[0].policy is None  # PUCT: the visit fractions stay the target

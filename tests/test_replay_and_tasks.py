@@ -61,6 +61,10 @@ def test_samples_and_distillation_targets():
     assert q_sample.value_targets == (0.5, 1.0, 1.0)
     (distill,) = to_distill([good])  # the one-candidate move carries no policy target
     assert distill.state_ids == (1, 2) and distill.visit_probs == (0.75, 0.25)
+    gumbel = episode()
+    gumbel.steps[0].policy = [0.9, 0.1]  # a Gumbel root's improved policy: the target, not the visit fractions
+    (improved,) = to_distill([gumbel])
+    assert improved.visit_probs == (0.9, 0.1)
 
 
 def test_arithmetic_problems_are_seeded_and_splits_disjoint():

@@ -117,6 +117,7 @@ def play_episodes(
                     q_values=[None if np.isnan(q) else float(q) for q in q_values[row, : len(cands)]],
                     action=action,
                     reward=step.reward,
+                    policy=None if result.actions is None else [round(float(x), 6) for x in p[: len(cands)]],
                 )
             )
             states[i] = step.state
@@ -193,15 +194,17 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
 
 
 def to_distill(episodes: list[Episode]) -> list[DistillSample]:
-    """Visit-distillation targets from every searched move with at least two candidates."""
+    """Distillation targets from every searched move with at least two candidates: the search's policy
+    target where the step recorded it (the completed-Q improved policy of a Gumbel root, the visit fractions
+    of PUCT), else the visit fractions."""
     out = []
     for e in episodes:
         for s in e.steps:
             total = sum(s.visits)
             if total > 0 and len(s.candidates) > 1:
                 state = tuple(e.prompt_ids) + tuple(e.response_ids[: s.response_len])
-                out.append(DistillSample(state, tuple(tuple(c) for c in s.candidates),
-                                         tuple(v / total for v in s.visits)))  # fmt: skip
+                target = tuple(s.policy) if s.policy else tuple(v / total for v in s.visits)
+                out.append(DistillSample(state, tuple(tuple(c) for c in s.candidates), target))
     return out
 
 

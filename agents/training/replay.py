@@ -36,6 +36,7 @@ class StepRecord:
     q_values: list[float | None]  # Q(root, a), None for actions never tried
     action: int
     reward: float
+    policy: list[float] | None = None  # the search's policy target at the root (None: the visit fractions)
 
 
 @dataclass
