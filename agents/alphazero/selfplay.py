@@ -43,6 +43,16 @@ class SelfPlayStats:
     visit_entropies: list[float]
     root_values: list[float]
 
+    @classmethod
+    def merged(cls, parts: list[SelfPlayStats], seconds: float) -> SelfPlayStats:
+        """Several processes' or workers' statistics as one phase of ``seconds``: counts add up, lists join."""
+        lists = ("tree_nodes", "tree_depths", "simulations_per_s", "visit_entropies", "root_values")
+        return cls(
+            episodes=sum(p.episodes for p in parts), moves=max((p.moves for p in parts), default=0), seconds=seconds,
+            generated_tokens=sum(p.generated_tokens for p in parts),
+            **{name: [x for p in parts for x in getattr(p, name)] for name in lists},
+        )  # fmt: skip
+
 
 def initial_states(env: ReasoningEnv, problem_indices: list[int], group_size: int,
                    rng: np.random.Generator) -> list[EnvState]:  # fmt: skip
@@ -194,9 +204,8 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
 
 
 def to_distill(episodes: list[Episode]) -> list[DistillSample]:
-    """Distillation targets from every searched move with at least two candidates: the search's policy
-    target where the step recorded it (the completed-Q improved policy of a Gumbel root, the visit fractions
-    of PUCT), else the visit fractions."""
+    """Distillation targets from every searched move with at least two candidates: the policy the step
+    recorded (a Gumbel root's completed-Q improved policy), else its visit fractions (PUCT)."""
     out = []
     for e in episodes:
         for s in e.steps:

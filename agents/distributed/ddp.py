@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -193,15 +192,7 @@ def gather_episodes(group: Alone, episodes: list, stats, problem_ids: Sequence[s
     order = {pid: i for i, pid in enumerate(problem_ids)}
     merged = sorted((e for part, _ in parts for e in part), key=lambda e: order[e.problem_id])
     all_stats = [s for _, s in parts]
-    lists = ("tree_nodes", "tree_depths", "simulations_per_s", "visit_entropies", "root_values")
-    return merged, replace(
-        stats,
-        episodes=sum(s.episodes for s in all_stats),
-        moves=max(s.moves for s in all_stats),
-        seconds=max(s.seconds for s in all_stats),
-        generated_tokens=sum(s.generated_tokens for s in all_stats),
-        **{name: [x for s in all_stats for x in getattr(s, name)] for name in lists},
-    )
+    return merged, type(stats).merged(all_stats, seconds=max(s.seconds for s in all_stats))
 
 
 class NullWriter:

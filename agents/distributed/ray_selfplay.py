@@ -223,13 +223,7 @@ class RaySelfPlay:
 def merge_results(results: list[ChunkResult], seconds: float) -> tuple[list[Episode], SelfPlayStats,
                                                                          TreeStats | None]:  # fmt: skip
     """The chunks' episodes in order, their statistics as one phase of ``seconds`` (wall time), tree stats merged."""
-    parts = [r.stats for r in results]
-    stats = SelfPlayStats(
-        episodes=sum(p.episodes for p in parts), moves=max((p.moves for p in parts), default=0), seconds=seconds,
-        generated_tokens=sum(p.generated_tokens for p in parts),
-        **{name: [x for p in parts for x in getattr(p, name)] for name in (
-            "tree_nodes", "tree_depths", "simulations_per_s", "visit_entropies", "root_values")},
-    )  # fmt: skip
+    stats = SelfPlayStats.merged([r.stats for r in results], seconds)
     trees = [(r.tree_stats, r.num_starts, r.stats.generated_tokens) for r in results if r.tree_stats is not None]
     return [e for r in results for e in r.episodes], stats, merge_tree_stats(trees) if trees else None
 
