@@ -148,6 +148,20 @@ def test_the_checkpoint_loads_through_the_project_loader_and_init_from(tokenizer
     assert all(torch.equal(from_run.trainable_state()[k], v) for k, v in saved.items())
 
 
+def test_full_fine_tuning_in_bf16_mixed_precision_lowers_the_loss_and_keeps_float32_weights(
+    tokenizer, train_problems, tmp_path
+):
+    student = tiny_student(tokenizer, lora=False)
+    train_p, held_p = split_heldout(train_problems, 4, 8)
+    train, held = examples_of(student, train_p), examples_of(student, held_p)
+    before = {k: v.clone() for k, v in student.trainable_state().items()}
+    result = train_sft(small_config(tmp_path, bf16=True, learning_rate=3e-3), student, train, held)
+    assert result.evals[-1]["loss"] < result.evals[0]["loss"] - 0.01
+    after = student.trainable_state()
+    assert all(v.dtype == torch.float32 for v in after.values())  # bf16 only inside autocast
+    assert any("embed" in k and not torch.equal(before[k], after[k]) for k in after)  # every weight trains
+
+
 def test_a_time_budget_sizes_the_schedule_and_stops_with_a_checkpoint(tokenizer, train_problems, tmp_path):
     student = tiny_student(tokenizer)
     train_p, held_p = split_heldout(train_problems, 4, 16)

@@ -80,6 +80,8 @@ class SFTConfig:
     batch_size: int = option(8, "examples per optimizer step")
     micro_batch_size: int = option(4, "examples per forward pass (the step accumulates batch-size / this)")
     max_grad_norm: float = option(1.0, "global gradient-norm clip")
+    bf16: bool = option(False, "bfloat16 mixed precision (float32 weights, bfloat16 matmuls): ~1.4x faster on a "
+                        "CPU with AVX512-BF16/AMX or a recent GPU; --no-bf16 for float32 throughout")  # fmt: skip
     epochs: float = option(1.0, "passes over the training problems when --max-steps is 0")
     max_steps: int = option(0, "optimizer steps (0: --epochs passes, or fewer if --budget-min allows fewer)")
     budget_min: float = option(0.0, "wall-clock minutes of training: the schedule is sized to it by timing a "
@@ -189,6 +191,7 @@ def train_sft(
         lr_scheduler_type="linear",
         warmup_steps=round(config.warmup_ratio * max_steps),
         max_grad_norm=config.max_grad_norm,
+        bf16=config.bf16,
         eval_strategy="steps",
         eval_steps=config.eval_every,
         eval_on_start=save and resume_from is None,  # the held-out loss before training, for the record
@@ -270,7 +273,9 @@ def _seconds_per_example(student: Student, train: Sequence[dict], config: SFTCon
         picked = rng.choice(len(train), size=min(config.micro_batch_size, len(train)), replace=False)
         batch = {k: v.to(student.device) for k, v in collate([train[j] for j in picked]).items()}
         start = time.perf_counter()
-        model(**batch).loss.backward()
+        with torch.autocast(student.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            loss = model(**batch).loss
+        loss.backward()
         if i:
             times.append((time.perf_counter() - start) / len(picked))
     model.zero_grad(set_to_none=True)
