@@ -109,6 +109,10 @@ class EnvConfig:
                            "(also the model's 'is it complete?')", choices=("rule", "model"))  # fmt: skip
     num_right: int = option(2, "candidates per state from the 'continue correctly' prompt")
     num_wrong: int = option(2, "candidates per state from the 'plausible mistake' prompt")
+    right_prompt: str = option("teacher", "what the scoring model's right candidates are written under: teacher (the "
+                               "'continue correctly' prompt) or solve (the plain solve prompt: its own next steps, "
+                               "whose priors come from sampling, no scoring pass)",
+                               choices=("teacher", "solve"))  # fmt: skip
     chunk_tokens: int = option(48, "most tokens in one step (a step ends at a newline)")
     max_steps: int = option(12, "steps per episode before it is truncated",
                             aliases=("--max-depth",))  # fmt: skip

@@ -83,7 +83,8 @@ class ReasoningEnv(gym.Env):
     - ``proposer``: a ready :class:`~azgym.teachers.TeacherEnsemble` (or ``TeacherProposer``);
       overrides ``model``, ``teachers`` and the candidate settings.
     - the settings of :class:`~azgym.config.EnvConfig` (each documented there, with its default):
-      ``task``, ``num_right`` / ``num_wrong`` (candidates per state), ``chunk_tokens`` (step cap),
+      ``task``, ``num_right`` / ``num_wrong`` (candidates per state), ``right_prompt`` (``"solve"``: the
+      scoring model's right candidates are its own steps under the solve prompt), ``chunk_tokens`` (step cap),
       ``max_steps`` (env var ``MAX_TREE_DEPTH``) and ``max_tokens`` (env var ``MAX_TOKENS``; an
       explicit argument wins over the variable, which wins over the default), ``max_question_tokens``,
       ``rewards`` (a preset name or a :class:`~azgym.rewards.RewardConfig`), ``answer`` (replaces the
@@ -112,6 +113,7 @@ class ReasoningEnv(gym.Env):
         terminal: str | RuleTerminalChecker = ENV_DEFAULTS.terminal,
         num_right: int = ENV_DEFAULTS.num_right,
         num_wrong: int = ENV_DEFAULTS.num_wrong,
+        right_prompt: str = ENV_DEFAULTS.right_prompt,
         chunk_tokens: int = ENV_DEFAULTS.chunk_tokens,
         max_steps: int | None = None,
         max_tokens: int | None = None,
@@ -126,7 +128,7 @@ class ReasoningEnv(gym.Env):
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.task = get_task(task)
         settings = EnvConfig(  # validates every scalar setting at once
-            task=task, num_right=num_right, num_wrong=num_wrong, chunk_tokens=chunk_tokens,
+            task=task, num_right=num_right, num_wrong=num_wrong, right_prompt=right_prompt, chunk_tokens=chunk_tokens,
             max_steps=env_override("MAX_TREE_DEPTH", ENV_DEFAULTS.max_steps) if max_steps is None else max_steps,
             max_tokens=env_override("MAX_TOKENS", ENV_DEFAULTS.max_tokens) if max_tokens is None else max_tokens,
             max_question_tokens=max_question_tokens, prompt=prompt,
@@ -150,6 +152,7 @@ class ReasoningEnv(gym.Env):
                 system_prompt=system_prompt(self.task.NAME, prompt),
                 num_right=num_right,
                 num_wrong=num_wrong,
+                right_prompt=right_prompt,
                 chunk_tokens=chunk_tokens,
             )
             if teachers:
@@ -181,9 +184,9 @@ class ReasoningEnv(gym.Env):
         return cls(
             config.data if data is None else data, split, model, task=config.task,
             teachers=config.teachers or None, terminal=config.terminal, num_right=config.num_right,
-            num_wrong=config.num_wrong, chunk_tokens=config.chunk_tokens, max_steps=config.max_steps,
-            max_tokens=config.max_tokens, max_question_tokens=config.max_question_tokens, rewards=config.rewards,
-            answer=config.answer, device=device, prompt=config.prompt, **kwargs,
+            num_wrong=config.num_wrong, right_prompt=config.right_prompt, chunk_tokens=config.chunk_tokens,
+            max_steps=config.max_steps, max_tokens=config.max_tokens, max_question_tokens=config.max_question_tokens,
+            rewards=config.rewards, answer=config.answer, device=device, prompt=config.prompt, **kwargs,
         )  # fmt: skip
 
     # -- Gymnasium API ---------------------------------------------------------------------------

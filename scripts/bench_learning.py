@@ -16,7 +16,10 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
   simulations, the played path trained) and ``--seed``;
 - ``azgym_tree``: tree self-play (``--selfplay tree --simulations 8 --leaves-per-round 2``: one
   search tree per problem, every node rolled out, every response trained with TreeRL advantages);
-- ``azgym_simulations_1``: the same loop with ``--simulations 1`` (no search; the ablation).
+- ``azgym_simulations_1``: the same loop with ``--simulations 1`` (no search; the ablation);
+- ``azgym_solve`` / ``azgym_solve_simulations_1``: both with ``--right-prompt solve`` (the right
+  candidates are the student's own samples under the solve prompt, as TRL samples, not the
+  "continue correctly" prompt's).
 
 Each (learner, seed) writes ``<out-dir>/<learner>/seed-<s>.json`` when it has finished and been
 evaluated; a result on disk is never run again, so an interrupted benchmark resumes where it stopped
@@ -47,11 +50,21 @@ from run_trl_anchor import ANCHOR
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHOR_LR = 2e-4  # the anchor's documented learning rate
-LEARNERS = ("trl", "trl_azgym_lr", "azgym", "azgym_tree", "azgym_simulations_1")
+LEARNERS = (
+    "trl",
+    "trl_azgym_lr",
+    "azgym",
+    "azgym_tree",
+    "azgym_simulations_1",
+    "azgym_solve",
+    "azgym_solve_simulations_1",
+)
 EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym": [],
     "azgym_tree": ["--selfplay", "tree", "--simulations", "8", "--leaves-per-round", "2"],
     "azgym_simulations_1": ["--simulations", "1"],
+    "azgym_solve": ["--right-prompt", "solve"],
+    "azgym_solve_simulations_1": ["--right-prompt", "solve", "--simulations", "1"],
 }
 DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
 

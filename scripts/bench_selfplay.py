@@ -172,7 +172,7 @@ def main(argv=None) -> None:
 
     print(f"{bench.model} on {bench.device}, {env.task}:{env.data or 'default'}; {bench.problems} problems x "
           f"{bench.group_size} episodes, {search.num_simulations} simulations, K={env.num_right + env.num_wrong}, "
-          f"chunk {env.chunk_tokens} tokens")  # fmt: skip
+          f"chunk {env.chunk_tokens} tokens, right candidates under the {env.right_prompt} prompt")  # fmt: skip
     print(f"  search kernels compiled or loaded before timing: {warm:.1f} s (once per process)")
     for name, r in runs.items():
         shares = "  ".join(f"{k} {v:4.0%}" for k, v in r["shares"].items())

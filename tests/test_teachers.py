@@ -139,3 +139,25 @@ def test_load_teachers_skips_a_model_that_cannot_load(tiny_lm, caplog):
     assert "no-such-model" in caplog.text
     with pytest.raises(RuntimeError, match="no teacher could be loaded"):
         load_teachers("no-such-model", tiny_lm)
+
+
+def test_own_right_candidates_are_sampled_under_the_solve_prompt_and_carry_their_priors(tiny_lm, monkeypatch):
+    from azgym.prompts import solve_prompt_ids, teacher_messages
+
+    request = ProposalRequest(problem_id="p0", question=PROBLEM.question, response_ids=(5, 6), max_tokens=8, seed=3)
+    options = dict(system_prompt="Solve it.", num_right=3, num_wrong=1, chunk_tokens=6, refill_rounds=0)
+    scored, prompted = [], []
+    real_score, real_generate = tiny_lm.score, tiny_lm.generate
+    monkeypatch.setattr(tiny_lm, "score", lambda p, c: scored.extend(c) or real_score(p, c))
+    monkeypatch.setattr(tiny_lm, "generate", lambda p, **kw: prompted.extend(map(list, p)) or real_generate(p, **kw))
+    own = TeacherEnsemble(tiny_lm, [Teacher(tiny_lm)], right_prompt="solve", **options).propose([request])[0]
+    solve = solve_prompt_ids(tiny_lm, "Solve it.", PROBLEM.question) + [5, 6]
+    wrong = tiny_lm.chat_prompt(teacher_messages(WRONG, PROBLEM.question)) + [5, 6]
+    assert sorted(map(tuple, prompted)) == sorted([tuple(solve)] * 3 + [tuple(wrong)])
+    rights = [c for c in own if c.label == RIGHT]
+    assert rights and [c.label for c in own].count(WRONG) == 1
+    assert [tuple(c) for c in scored] == [next(c.token_ids for c in own if c.label == WRONG)]  # only it is scored
+    for c in rights:  # the carried prior is the scoring pass's mean log-prob of the same tokens
+        assert c.logprob == pytest.approx(float(np.mean(real_score([solve], [c.token_ids])[0])), abs=1e-4)
+    with pytest.raises(ValueError, match="right_prompt must be one of"):
+        TeacherEnsemble(tiny_lm, [Teacher(tiny_lm)], right_prompt="student", **options)

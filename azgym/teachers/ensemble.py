@@ -9,6 +9,11 @@ The prior of a candidate: its teacher's weight times the exponential of its mean
 under the plain solve prompt of the scoring model (the quantity the environment's process reward,
 PRE, uses), normalised over the candidates of its state.
 
+With ``right_prompt="solve"`` the scoring model writes its "right" candidates under that plain solve
+prompt instead of the "continue correctly" one: they are its own next steps (on-policy for a student
+that is the scorer), and they carry their log-probs from sampling, so only the other candidates
+(the "wrong" ones, other teachers' ones) take a scoring pass.
+
 An ensemble (:class:`TeacherEnsemble`) shares each state's slots among its teachers in proportion
 to their weights, which follow an exponential moving average of the episode returns their chosen
 candidates earned (:meth:`TeacherEnsemble.observe`). Teachers may use other tokenizers than the
@@ -92,6 +97,9 @@ class TeacherEnsemble:
         right_temperature / wrong_temperature: sampling temperatures of the two prompts.
         prior_temperature: softmax temperature over mean log-probs when forming priors.
         refill_rounds: extra sampling rounds to fill slots lost to duplicates.
+        right_prompt: ``"teacher"`` (the "continue correctly" prompt) or ``"solve"`` (the scorer's right
+            candidates are its own samples under the plain solve prompt, priors from their sampled
+            log-probs; other teachers keep the teacher prompt).
         cache_size: states kept in the per-state cache.
         weight_step: step size of each teacher's exponential moving average of returns (0 keeps weights fixed).
         weight_temperature: teacher weights are a softmax of those averages at this temperature.
@@ -111,6 +119,7 @@ class TeacherEnsemble:
         wrong_temperature: float = 1.0,
         prior_temperature: float = 1.0,
         refill_rounds: int = 2,
+        right_prompt: str = "teacher",
         cache_size: int = 4096,
         weight_step: float = 0.1,
         weight_temperature: float = 0.25,
@@ -123,6 +132,8 @@ class TeacherEnsemble:
             raise ValueError("prior_temperature and weight_temperature must be positive")
         if not teachers:
             raise ValueError("an ensemble needs at least one teacher")
+        if right_prompt not in RIGHT_PROMPTS:
+            raise ValueError(f"right_prompt must be one of {RIGHT_PROMPTS}, got {right_prompt!r}")
         names = [t.name for t in teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be distinct, got {names}")
@@ -136,6 +147,7 @@ class TeacherEnsemble:
         self._constructed_temperatures = dict(self.temperatures)
         self.prior_temperature = prior_temperature
         self.refill_rounds = refill_rounds
+        self.right_prompt = right_prompt
         self.cache_size = cache_size
         self.weight_step = weight_step
         self.weight_temperature = weight_temperature
@@ -229,7 +241,9 @@ class TeacherEnsemble:
         return [replace(c, prior=float(p)) for c, p in zip(candidates, raw, strict=True)]
 
     def _propose_uncached(self, requests: Sequence[ProposalRequest]) -> list[list[Candidate]]:
-        found: list[dict[str, tuple[str, tuple[int, ...], bool, str]]] = [{} for _ in requests]
+        # per request: text -> (label, scorer ids, finished, teacher, mean log-prob under the solve prompt
+        # when sampling already gave it, else None)
+        found: list[dict[str, tuple[str, tuple[int, ...], bool, str, float | None]]] = [{} for _ in requests]
         weights = self.weights
         wanted = [self._allocate(r, weights) for r in requests]  # per request: {(teacher, label): slots}
         rounds, round_index = 1 + self.refill_rounds, 0
@@ -261,7 +275,8 @@ class TeacherEnsemble:
                         wanted[i][(teacher.name, label)] += 1  # a duplicate: the slot stays open
                         pending = True
                         continue
-                    found[i][key] = (label, ids, sample.finish_reason == "eos", teacher.name)
+                    carried = float(np.mean(sample.logprobs)) if ids and self._on_solve_prompt(teacher, label) else None
+                    found[i][key] = (label, ids, sample.finish_reason == "eos", teacher.name, carried)
             if not pending and all(v <= 0 for w in wanted for v in w.values()):
                 break
             round_index += 1
@@ -318,7 +333,13 @@ class TeacherEnsemble:
     def _seed_tag(self, teacher: Teacher) -> str:
         return "" if teacher is self.teachers[0] else teacher.name
 
+    def _on_solve_prompt(self, teacher: Teacher, label: str) -> bool:
+        """Whether this teacher writes this label's candidates under the plain solve prompt (its own steps)."""
+        return self.right_prompt == "solve" and label == RIGHT and teacher.lm is self.lm
+
     def _teacher_prompt(self, teacher: Teacher, label: str, request: ProposalRequest) -> list[int]:
+        if self._on_solve_prompt(teacher, label):
+            return self.solve_prompt(request.question) + list(request.response_ids)
         if teacher.lm is self.lm:
             return self._chat(self.lm, label, request.question) + list(request.response_ids)
         response = self.lm.decode(request.response_ids)
@@ -341,7 +362,9 @@ class TeacherEnsemble:
         prompts, continuations, owners = [], [], []
         for i, r in enumerate(requests):
             solve = self.solve_prompt(r.question) + list(r.response_ids)
-            for _, ids, _, _ in found[i].values():
+            for _, ids, _, _, carried in found[i].values():
+                if carried is not None:  # sampled under this very prompt: its log-probs came with it
+                    continue
                 # an empty step (the teacher ended at once) is scored as its end-of-sequence token
                 prompts.append(solve)
                 continuations.append(ids or (self.lm.eos_token_id,))
@@ -350,7 +373,7 @@ class TeacherEnsemble:
         mean_logprob = {(i, ids): float(np.mean(s)) for (i, ids), s in zip(owners, scored, strict=True)}
         out = []
         for i, _ in enumerate(requests):
-            entries = [(*e, mean_logprob[(i, e[1])]) for e in found[i].values()]
+            entries = [(*e[:4], mean_logprob[(i, e[1])] if e[4] is None else e[4]) for e in found[i].values()]
             logits = np.array([e[4] for e in entries], dtype=np.float64) / self.prior_temperature
             priors = np.exp(logits - logits.max()) if len(entries) else logits
             priors = priors / priors.sum() if len(entries) else priors
@@ -389,6 +412,9 @@ class TeacherProposer(TeacherEnsemble):
 
     def __init__(self, lm: LanguageModel, *, system_prompt: str | None, **kwargs):
         super().__init__(lm, [Teacher(lm)], system_prompt=system_prompt, **kwargs)
+
+
+RIGHT_PROMPTS = ("teacher", "solve")
 
 
 def _state_seed(request: ProposalRequest, label: str, round_index: int, sample: int, teacher: str = "") -> int:
