@@ -74,3 +74,16 @@ def test_micro_batch_size_does_not_change_the_step():
     for metrics, state in runs[1:]:
         assert metrics == pytest.approx(runs[0][0], rel=1e-5, abs=1e-7)
         assert_tensors_close(state, runs[0][1], PARAMETERS, "parameter")
+
+
+def test_ray_workers_under_torchrun_are_refused_before_anything_starts(monkeypatch, tmp_path):
+    from agents.alphazero.config import RunConfig
+    from agents.alphazero.run import Run
+    from agents.distributed.ddp import SetupError
+    from azgym.cli import parse_config
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = parse_config(RunConfig, ["--workers", "2", "--runs-dir", str(tmp_path)])
+    with pytest.raises(SetupError, match="--workers 2 under torchrun \\(2 processes\\): use one or the other"):
+        Run(config)
+    assert not any(tmp_path.iterdir())  # refused before the run directory or a process group

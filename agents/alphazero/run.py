@@ -49,6 +49,7 @@ class Run:
 
         self.config = config
         loop = config.loop
+        ddp.check_workers(loop.workers)
         self.group = ddp.from_env(config.student.device)  # torchrun's processes, or this one alone
         self.is_main = self.group.is_main
         ddp.check_split(loop.num_examples, self.group)

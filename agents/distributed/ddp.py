@@ -160,6 +160,14 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def check_workers(workers: int) -> None:
+    """Ray self-play workers and torchrun's processes do not mix (each process would start its own actors)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if workers > 0 and world_size > 1:
+        raise SetupError(f"--workers {workers} under torchrun ({world_size} processes): use one or the other, "
+                         "torchrun for a data-parallel learner or --workers for Ray self-play actors")  # fmt: skip
+
+
 def check_split(num_problems: int, group: Alone) -> None:
     """Every process needs at least one problem of each iteration to play.
 
