@@ -1,0 +1,62 @@
+"""scripts/bench_countdown.py: each learner's flags make the run it names, the report, bad flags."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents.alphazero.config import PRESETS, RunConfig, countdown_preset, cpu_preset
+from azgym.cli import parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # as when the script runs: it imports its sibling bench_learning
+spec = importlib.util.spec_from_file_location("bench_countdown", REPO / "scripts" / "bench_countdown.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def config_of(name: str) -> RunConfig:
+    return parse_config(RunConfig, bench.learner_flags(name), presets=PRESETS, default_preset="cpu")
+
+
+def test_apo_is_the_countdown_preset_and_search_swaps_in_azgyms_own_learner():
+    apo, search, ablation = (config_of(n) for n in bench.LEARNERS)
+    assert apo == countdown_preset()
+    assert search.learner == cpu_preset().learner != countdown_preset().learner  # GRPO + value head, not A*PO
+    assert (search.search.num_simulations, ablation.search.num_simulations) == (4, 1)
+    assert (search.env.num_right, search.env.num_wrong) == (2, 1)
+    assert search.env == ablation.env and search.env.task == "countdown" and search.env.rewards == "partial"
+    assert search.loop == countdown_preset().loop  # same problems per iteration, same temperature schedule
+
+
+def test_the_report_averages_seeds_and_ends_with_search_minus_its_ablation(tmp_path, capsys):
+    for name, finals in (("search", (0.10, 0.20)), ("simulations_1", (0.05, 0.05))):
+        for seed, final in enumerate(finals):
+            (tmp_path / name).mkdir(exist_ok=True)
+            result = {"seed": seed, "final": final, "final_partial": 0.5, "best": final, "learner_steps": 9,
+                      "generated_tokens": 900, "wall_s": 1500.0, "curve": []}  # fmt: skip
+            (tmp_path / name / f"seed-{seed}.json").write_text(json.dumps(result))
+    settings = {"level": "3", "budget_min": 25, "eval_size": 200}
+    summary = bench.report(tmp_path, {"accuracy": 0.0, "partial_credit": 0.2}, settings, "abc")
+    assert summary["learners"]["search"]["final"] == [0.10, 0.20] and "apo" not in summary["learners"]
+    bench.print_report(summary)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "search minus no search (--simulations 1), mean final exact accuracy: +0.100"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--learners", "ppo"], "--learners: unknown ppo"),
+        (["--level", "7"], "--level: unknown countdown level '7'"),
+        (["--budget-min", "0"], "must be positive"),
+    ],
+)
+def test_bad_flags_end_in_one_line_before_any_run(argv, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        bench.main([*argv, "--out-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
