@@ -91,7 +91,10 @@ class Trainer:
         if code != 0:
             raise SystemExit(f"bench_countdown.py: {name} seed {seed} failed (exit code {code}); see {log}")
         wall = time.perf_counter() - start
-        curve = [{**point, **self.evaluate(point.pop("load"))} for point in azgym_points(run_dir, args)]
+        curve = []
+        for point in azgym_points(run_dir, args):
+            load = point.pop("load")  # before the point is copied into the result: a function is not JSON
+            curve.append({**point, **self.evaluate(load)})
         prune_checkpoints(run_dir, keep={p["path"] for p in curve})
         return {
             "final": curve[-1]["accuracy"],

@@ -60,3 +60,21 @@ def test_bad_flags_end_in_one_line_before_any_run(argv, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         bench.main([*argv, "--out-dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_result_holds_its_evaluated_points_and_is_json(tmp_path, monkeypatch):
+    class Args:
+        budget_min, eval_points, level, train_size, iterations, selfplay_args = 25.0, 2, "3", 10, 30, ""
+
+    points = [{"path": str(tmp_path / f"step-{i}"), "minutes": 12.0 * i, "learner_steps": 4 * i,
+               "generated_tokens": 100 * i, "load": lambda: None} for i in (1, 2)]  # fmt: skip
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: type("Done", (), {"returncode": 0})())
+    monkeypatch.setattr(bench, "azgym_points", lambda run_dir, args: points)
+    monkeypatch.setattr(bench, "prune_checkpoints", lambda run_dir, keep: None)
+    trainer = bench.Trainer(Args())
+    monkeypatch.setattr(trainer, "evaluate", lambda load: {"accuracy": 0.1, "partial_credit": 0.3})
+    result = trainer("apo", 0, tmp_path / "seed-0")
+    assert json.loads(json.dumps(result))["curve"][1] == {"path": str(tmp_path / "step-2"), "minutes": 24.0,
+                                                         "learner_steps": 8, "generated_tokens": 200,
+                                                         "accuracy": 0.1, "partial_credit": 0.3}  # fmt: skip
+    assert (result["final"], result["final_partial"], result["learner_steps"]) == (0.1, 0.3, 8)
