@@ -177,13 +177,13 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds, each run for every learner")
     parser.add_argument("--learners", default=",".join(LEARNERS), help=f"comma list of: {', '.join(LEARNERS)}")
     parser.add_argument("--level", default="3", help="countdown level: 3, 3big, 4, 4big")
-    parser.add_argument("--train-size", type=int, default=2000)
-    parser.add_argument("--eval-size", type=int, default=200)
+    parser.add_argument("--train-size", type=int, default=2000, help="training problems of the level")
+    parser.add_argument("--eval-size", type=int, default=200, help="held-out problems evaluated")
     parser.add_argument("--eval-points", type=int, default=3, help="evaluations per run, spread over the budget")
     parser.add_argument("--iterations", type=int, default=30, help="iterations the temperature schedule spans "
                         "(the budget usually ends the run first)")  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=96, help="response tokens at evaluation")
-    parser.add_argument("--out-dir", default="runs/bench-countdown")
+    parser.add_argument("--out-dir", default="runs/bench-countdown", help="results, one folder per learner")
     parser.add_argument("--selfplay-args", default="", help="extra flags for scripts/selfplay.py")
     parser.add_argument("--report-only", action="store_true", help="print the report of the results on disk")
     parser.add_argument("--publish", action="store_true", help="write docs/bench_countdown.json and the results")
