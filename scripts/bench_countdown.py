@@ -35,7 +35,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from bench_learning import REPO, azgym_points, mean_std, parse_list, prune_checkpoints, run_all
+from bench_learning import REPO, azgym_points, mean_std, prune_checkpoints, run_all, seeds_and_learners
 
 LEARNERS = ("apo", "search", "simulations_1")
 SEARCH, ABLATION = "search", "simulations_1"
@@ -188,12 +188,7 @@ def main(argv=None) -> None:
     parser.add_argument("--report-only", action="store_true", help="print the report of the results on disk")
     parser.add_argument("--publish", action="store_true", help="write docs/bench_countdown.json and the results")
     args = parser.parse_args(argv)
-    seeds = parse_list(args.seeds, int, "--seeds")
-    learners = parse_list(args.learners, str, "--learners")
-    unknown = [n for n in learners if n not in LEARNERS]
-    if unknown:
-        raise SystemExit(f"bench_countdown.py: error: --learners: unknown {', '.join(unknown)}; choose from "
-                         f"{', '.join(LEARNERS)}")  # fmt: skip
+    seeds, learners = seeds_and_learners(args, LEARNERS, "bench_countdown.py")
     if min(args.budget_min, args.eval_points, args.eval_size, args.iterations, args.train_size) <= 0:
         raise SystemExit("bench_countdown.py: error: --budget-min, --eval-points, --eval-size, --iterations and "
                          "--train-size must be positive")  # fmt: skip

@@ -81,6 +81,16 @@ def parse_list(text: str, kind: Callable, what: str) -> list:
     return items
 
 
+def seeds_and_learners(args, known: Sequence[str], script: str) -> tuple[list[int], list[str]]:
+    """``--seeds`` and ``--learners`` parsed, an unknown learner refused in one line."""
+    seeds = parse_list(args.seeds, int, "--seeds")
+    learners = parse_list(args.learners, str, "--learners")
+    unknown = [n for n in learners if n not in known]
+    if unknown:
+        raise SystemExit(f"{script}: error: --learners: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return seeds, learners
+
+
 def pending(out: Path, learners: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int]]:
     """The (learner, seed) pairs whose result is not on disk yet, in the order they will run."""
     return [(name, seed) for name in learners for seed in seeds if not result_path(out, name, seed).is_file()]
@@ -370,12 +380,7 @@ def main(argv=None) -> None:
     parser.add_argument("--report-only", action="store_true", help="print the report of the results on disk")
     parser.add_argument("--publish", action="store_true", help="write docs/bench_learning.json and its PNG")
     args = parser.parse_args(argv)
-    seeds = parse_list(args.seeds, int, "--seeds")
-    learners = parse_list(args.learners, str, "--learners")
-    unknown = [n for n in learners if n not in LEARNERS]
-    if unknown:
-        raise SystemExit(f"bench_learning.py: error: --learners: unknown {', '.join(unknown)}; choose from "
-                         f"{', '.join(LEARNERS)}")  # fmt: skip
+    seeds, learners = seeds_and_learners(args, LEARNERS, "bench_learning.py")
     if args.budget_min <= 0 or args.eval_points < 1 or args.eval_size < 1:
         raise SystemExit("bench_learning.py: error: --budget-min, --eval-points and --eval-size must be positive")
     if any(n.startswith("trl") for n in learners) and not ANCHOR.is_file() and not args.report_only:
