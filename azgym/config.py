@@ -20,6 +20,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from azgym.prompts import RIGHT_PROMPTS
+
 # environment variable -> (section, field) it overrides
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "NUM_MCTS_ITERATIONS": ("search", "num_simulations"),
@@ -112,7 +114,7 @@ class EnvConfig:
     right_prompt: str = option("teacher", "what the scoring model's right candidates are written under: teacher (the "
                                "'continue correctly' prompt) or solve (the plain solve prompt: its own next steps, "
                                "whose priors come from sampling, no scoring pass)",
-                               choices=("teacher", "solve"))  # fmt: skip
+                               choices=RIGHT_PROMPTS)  # fmt: skip
     chunk_tokens: int = option(48, "most tokens in one step (a step ends at a newline)")
     max_steps: int = option(12, "steps per episode before it is truncated",
                             aliases=("--max-depth",))  # fmt: skip

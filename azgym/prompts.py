@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 RIGHT, WRONG = "right", "wrong"
+RIGHT_PROMPTS = ("teacher", "solve")  # what right candidates are written under (see TeacherEnsemble)
 PROMPT_STYLES = ("task", "bare")
 
 TASK_SYSTEM_PROMPTS: dict[str, str] = {

@@ -35,7 +35,17 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from bench_learning import REPO, azgym_points, mean_std, prune_checkpoints, run_all, seeds_and_learners
+from bench_learning import (
+    REPO,
+    azgym_points,
+    checked_settings,
+    collect,
+    mean_std,
+    prune_checkpoints,
+    publish_runs,
+    run_all,
+    seeds_and_learners,
+)
 
 LEARNERS = ("apo", "search", "simulations_1")
 SEARCH, ABLATION = "search", "simulations_1"
@@ -121,18 +131,6 @@ class Trainer:
                 "partial_credit": sum(credits) / len(credits)}  # fmt: skip
 
 
-def collect(out: Path) -> dict[str, dict]:
-    learners = {}
-    for name in LEARNERS:
-        results = sorted((json.loads(p.read_text()) for p in (out / name).glob("seed-*.json")), key=lambda r: r["seed"])
-        if results:
-            keys = ("seed", "final", "final_partial", "best", "learner_steps", "generated_tokens", "wall_s")
-            learners[name] = {key: [r[key] for r in results] for key in keys}
-            learners[name]["seeds"] = learners[name].pop("seed")
-            learners[name]["curves"] = [r["curve"] for r in results]
-    return learners
-
-
 def report(out: Path, base: dict, settings: dict, commit: str) -> dict:
     return {
         "commit": commit,
@@ -141,7 +139,9 @@ def report(out: Path, base: dict, settings: dict, commit: str) -> dict:
         "eval": f"{settings['eval_size']} held-out problems, greedy, the task prompt, <answer> scored exactly and "
         "with partial credit; best = the highest exact accuracy of a run's evaluated points (optimistic)",
         "base": {"accuracy": base["accuracy"], "partial_credit": base["partial_credit"]},
-        "learners": collect(out),
+        "learners": collect(
+            out, LEARNERS, ("final", "final_partial", "best", "learner_steps", "generated_tokens", "wall_s")
+        ),  # fmt: skip
     }
 
 
@@ -203,13 +203,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("budget_min", "level", "train_size", "eval_size", "eval_points",
                                               "iterations", "max_tokens", "selfplay_args")}  # fmt: skip
-    saved = out / "settings.json"
-    if saved.is_file() and args.report_only:
-        settings = json.loads(saved.read_text())
-    elif saved.is_file() and json.loads(saved.read_text()) != settings:
-        raise SystemExit(f"bench_countdown.py: error: {out} holds results made with other settings ({saved}); "
-                         "use the same flags or another --out-dir")  # fmt: skip
-    saved.write_text(json.dumps(settings, indent=1))
+    settings = checked_settings(out, settings, args.report_only, "bench_countdown.py")
     if not args.report_only:
         base_result(out, args)
         run_all(out, learners, seeds, Trainer(args))
@@ -220,10 +214,7 @@ def main(argv=None) -> None:
     (out / "bench_countdown.json").write_text(json.dumps(summary, indent=1))
     if args.publish:  # the summary and every result file (copy them back into --out-dir to resume elsewhere)
         (REPO / "docs" / "bench_countdown.json").write_text(json.dumps(summary, indent=1))
-        runs = REPO / "docs" / "bench_countdown_runs"
-        for path in [out / "settings.json", out / "base.json", *out.glob("*/seed-*.json")]:
-            (runs / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
-            (runs / path.relative_to(out)).write_text(path.read_text())
+        publish_runs(out, REPO / "docs" / "bench_countdown_runs")
     print_report(summary)
 
 

@@ -269,23 +269,45 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return round(mean, 12), round(math.sqrt(var), 12)
 
 
-def collect(out: Path) -> dict[str, dict]:
+RESULT_KEYS = ("final", "best", "learner_steps", "generated_tokens", "wall_s")
+
+
+def collect(out: Path, names: Sequence[str] = LEARNERS, keys: Sequence[str] = RESULT_KEYS) -> dict[str, dict]:
     """Every result on disk, per learner: seeds and the per-seed lists of the JSON report."""
     learners = {}
-    for name in LEARNERS:
+    for name in names:
         results = sorted((json.loads(p.read_text()) for p in (out / name).glob("seed-*.json")), key=lambda r: r["seed"])
         if results:
-            learners[name] = {key: [r[key] for r in results] for key in ("seed", "final", "best", "learner_steps",
-                                                                          "generated_tokens", "wall_s")}  # fmt: skip
-            learners[name]["minutes"] = [r["curve"][-1]["minutes"] for r in results]  # of training, to the last point
-            learners[name]["seeds"] = learners[name].pop("seed")
+            learners[name] = {"seeds": [r["seed"] for r in results], **{key: [r[key] for r in results] for key in keys}}
             learners[name]["curves"] = [r["curve"] for r in results]
     return learners
+
+
+def checked_settings(out: Path, settings: dict, report_only: bool, script: str) -> dict:
+    """The settings the results in ``out`` were made with: saved on the first run, then the same ones required
+    (with ``report_only``, whatever made them)."""
+    saved = out / "settings.json"
+    if saved.is_file() and report_only:
+        return json.loads(saved.read_text())
+    if saved.is_file() and json.loads(saved.read_text()) != settings:
+        raise SystemExit(f"{script}: error: {out} holds results made with other settings ({saved}); use the same "
+                         "flags or another --out-dir")  # fmt: skip
+    saved.write_text(json.dumps(settings, indent=1))
+    return settings
+
+
+def publish_runs(out: Path, runs: Path) -> None:
+    """Copy the settings, the base result and every (learner, seed) result under ``runs`` (copied back into an
+    ``--out-dir``, the benchmark resumes from them)."""
+    for path in [out / "settings.json", out / "base.json", *out.glob("*/seed-*.json")]:
+        (runs / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, runs / path.relative_to(out))
 
 
 def report(out: Path, base: dict, budget_min: float, commit: str, eval_size: int = 200) -> dict:
     learners = collect(out)
     for entry in learners.values():
+        entry["minutes"] = [curve[-1]["minutes"] for curve in entry["curves"]]  # of training, to the last point
         entry["collapsed"] = [f < b / 2 for f, b in zip(entry["final"], entry["best"], strict=True)]
     trl = [n for n in BASELINES if n in learners]
     baseline = max(trl, key=lambda n: mean_std(learners[n]["final"])[0]) if trl else None
@@ -390,13 +412,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("budget_min", "level", "train_size", "eval_size", "eval_points",
                                               "max_tokens", "selfplay_args")}  # fmt: skip
-    saved = out / "settings.json"
-    if saved.is_file() and args.report_only:  # report what is there, whatever flags made it
-        settings = json.loads(saved.read_text())
-    elif saved.is_file() and json.loads(saved.read_text()) != settings:
-        raise SystemExit(f"bench_learning.py: error: {out} holds results made with other settings "
-                         f"({saved}); use the same flags or another --out-dir")  # fmt: skip
-    saved.write_text(json.dumps(settings, indent=1))
+    settings = checked_settings(out, settings, args.report_only, "bench_learning.py")
     if not args.report_only:
         write_train_file(out / "train.jsonl", args.level, args.train_size)
         base_accuracy(out, args)
@@ -412,10 +428,7 @@ def main(argv=None) -> None:
     if args.publish:  # the summary, its plot, and every result file (copy them back into --out-dir to resume)
         (REPO / "docs" / "bench_learning.json").write_text(json.dumps(summary, indent=1))
         shutil.copy(out / "bench_learning_curves.png", REPO / "docs" / "bench_learning_curves.png")
-        runs = REPO / "docs" / "bench_learning_runs"
-        for path in [out / "settings.json", out / "base.json", *out.glob("*/seed-*.json")]:
-            (runs / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, runs / path.relative_to(out))
+        publish_runs(out, REPO / "docs" / "bench_learning_runs")
     print_report(summary)
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from azgym.lm.base import LanguageModel
-from azgym.prompts import RIGHT, WRONG, few_shot_prompt, solve_prompt_ids, teacher_messages
+from azgym.prompts import RIGHT, RIGHT_PROMPTS, WRONG, few_shot_prompt, solve_prompt_ids, teacher_messages
 
 logger = logging.getLogger(__name__)
 
@@ -412,9 +412,6 @@ class TeacherProposer(TeacherEnsemble):
 
     def __init__(self, lm: LanguageModel, *, system_prompt: str | None, **kwargs):
         super().__init__(lm, [Teacher(lm)], system_prompt=system_prompt, **kwargs)
-
-
-RIGHT_PROMPTS = ("teacher", "solve")
 
 
 def _state_seed(request: ProposalRequest, label: str, round_index: int, sample: int, teacher: str = "") -> int:
