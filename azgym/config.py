@@ -126,8 +126,8 @@ class EnvConfig:
     answer: str = option("strict", "what counts as the answer: strict (the '#### ' marker) or flexible "
                          "(the last number; truncated episodes graded too)",
                          choices=("strict", "flexible"))  # fmt: skip
-    prompt: str = option("task", "solve prompt's system message: task (the task's own), bare (the question alone) "
-                         "or the message text")  # fmt: skip
+    prompt: str = option("task", "solve prompt's system message: task (the task's own), bare (the question alone), "
+                         "example (the task's own and one worked example) or the message text")  # fmt: skip
 
     def __post_init__(self):
         raise_problems(self, check_fields(self, {
@@ -138,7 +138,7 @@ class EnvConfig:
             "max_steps": (self.max_steps >= 1, ">= 1"),
             "max_tokens": (self.max_tokens >= 1, ">= 1"),
             "max_question_tokens": (self.max_question_tokens >= 1, ">= 1"),
-            "prompt": (bool(self.prompt.strip()), "'task', 'bare' or a non-empty message"),
+            "prompt": (bool(self.prompt.strip()), "'task', 'bare', 'example' or a non-empty message"),
             "rewards": (self.rewards != "partial" or self.task not in _task_names() or _partial_credit(self.task),
                         f"a preset task {self.task} supports (partial needs a task with partial credit: "
                         f"{', '.join(n for n in _task_names() if _partial_credit(n))})"),

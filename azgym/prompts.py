@@ -3,7 +3,8 @@ evaluated on), the teachers' "right" and "wrong" prompts, and the few-shot trans
 
 The solve prompt is a chat of an optional system message and the question. Its system message is
 chosen by a *prompt style*: ``"task"`` (the task's own, :data:`TASK_SYSTEM_PROMPTS`), ``"bare"`` (none:
-the question alone, as a user would ask it) or any other text, used as given. Teachers, the
+the question alone, as a user would ask it), ``"example"`` (the task's own, then one worked example as
+an earlier exchange of the chat, :data:`TASK_EXAMPLES`) or any other text, used as given. Teachers, the
 environment's priors and process reward, the student's training samples and the evaluator all build
 it with :func:`solve_prompt_ids`, so training and evaluation prompts match by construction.
 """
@@ -14,7 +15,10 @@ from typing import Protocol
 
 RIGHT, WRONG = "right", "wrong"
 RIGHT_PROMPTS = ("teacher", "solve")  # what right candidates are written under (see TeacherEnsemble)
-PROMPT_STYLES = ("task", "bare")
+PROMPT_STYLES = ("task", "bare", "example")
+
+# A solve prompt's preamble: what comes before the question (a system message, or whole messages).
+Preamble = str | tuple[dict[str, str], ...] | None
 
 TASK_SYSTEM_PROMPTS: dict[str, str] = {
     "gsm8k": (
@@ -26,6 +30,21 @@ TASK_SYSTEM_PROMPTS: dict[str, str] = {
         "Combine the given numbers with + - * / and parentheses, using each number exactly once, to reach "
         "the target. Reason briefly step by step, then give the equation alone on a final line as "
         "<answer>expression</answer>, for example <answer>(25 - 7) * 3</answer>."
+    ),
+}
+
+# One worked example per task for the "example" prompt style, shown as an earlier user/assistant exchange.
+# Small chat models copy a demonstrated answer format where they ignore a described one: SmolLM2-135M wrote
+# an <answer> block in 0 of 32 greedy Countdown answers under the task prompt and in 30 of 32 with this example.
+TASK_EXAMPLES: dict[str, tuple[str, str]] = {
+    "gsm8k": (
+        "Ana has 4 apples and buys 3 bags of 5 apples. How many apples does she have?",
+        "The bags hold 3 * 5 = 15 apples.\nShe has 4 + 15 = 19 apples.\n#### 19",
+    ),
+    "arithmetic": ("What is 38 + 47?", "38 + 47 = 85.\n#### 85"),
+    "countdown": (
+        "Using the numbers [3, 7, 25], create an equation that equals 54. Use + - * / and each number exactly once.",
+        "25 - 7 = 18, and 18 * 3 = 54.\n<answer>(25 - 7) * 3</answer>",
     ),
 }
 
@@ -69,14 +88,23 @@ class ChatModel(Protocol):
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]: ...
 
 
-def system_prompt(task: str, style: str = "task") -> str | None:
-    """The solve prompt's system message for ``task`` under prompt ``style`` (see the module docs).
+def system_prompt(task: str, style: str = "task") -> Preamble:
+    """The solve prompt's preamble for ``task`` under prompt ``style`` (see the module docs): its system
+    message, or with ``"example"`` the messages before the question.
 
     >>> system_prompt("arithmetic", "bare") is None
     True
     >>> system_prompt("gsm8k", "Think.")
     'Think.'
+    >>> [m["role"] for m in system_prompt("countdown", "example")]
+    ['system', 'user', 'assistant']
     """
+    if style == "example":
+        if task not in TASK_EXAMPLES:
+            raise ValueError(f"no worked example for task {task!r}; known: {', '.join(sorted(TASK_EXAMPLES))}")
+        question, answer = TASK_EXAMPLES[task]
+        shown = ({"role": "user", "content": question}, {"role": "assistant", "content": answer})
+        return ({"role": "system", "content": system_prompt(task, "task")}, *shown)
     if style == "task":
         if task not in TASK_SYSTEM_PROMPTS:
             raise ValueError(f"no solve prompt for task {task!r}; known: {', '.join(sorted(TASK_SYSTEM_PROMPTS))}")
@@ -88,17 +116,19 @@ def system_prompt(task: str, style: str = "task") -> str | None:
     return style
 
 
-def solve_messages(system: str | None, question: str) -> list[dict[str, str]]:
-    """The chat of the solve prompt: an optional system message, then the question.
+def solve_messages(system: Preamble, question: str) -> list[dict[str, str]]:
+    """The chat of the solve prompt: the preamble (a system message, or messages), then the question.
 
     >>> solve_messages(None, "What is 2 + 2?")
     [{'role': 'user', 'content': 'What is 2 + 2?'}]
     """
     user = [{"role": "user", "content": question}]
-    return user if system is None else [{"role": "system", "content": system}, *user]
+    if system is None:
+        return user
+    return [{"role": "system", "content": system}, *user] if isinstance(system, str) else [*system, *user]
 
 
-def solve_prompt_ids(lm: ChatModel, system: str | None, question: str) -> list[int]:
+def solve_prompt_ids(lm: ChatModel, system: Preamble, question: str) -> list[int]:
     """Token ids of the solve prompt in ``lm``'s chat template, ending where the response starts."""
     return lm.chat_prompt(solve_messages(system, question))
 

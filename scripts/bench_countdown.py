@@ -81,6 +81,13 @@ def own_learner_flags() -> list[str]:
     return flags
 
 
+def eval_prompt() -> str:
+    """The solve prompt's style at evaluation: the one every learner trains with (the countdown preset's)."""
+    from agents.alphazero.config import countdown_preset
+
+    return countdown_preset().env.prompt
+
+
 class Trainer:
     """Trains and evaluates one (learner, seed) in ``run_dir``."""
 
@@ -124,7 +131,7 @@ class Trainer:
         if self._problems is None:
             self._problems = countdown.load_problems(self.args.level, "test")[: self.args.eval_size]
         result = evaluate(load().backend(), self._problems, countdown, max_tokens=self.args.max_tokens,
-                          prompt="task", answer="strict", progress=False)  # fmt: skip
+                          prompt=eval_prompt(), answer="strict", progress=False)  # fmt: skip
         credits = [countdown.partial_credit(r["response"], r["gold"]) for r in result["records"]]
         return {**{k: result[k] for k in ("accuracy", "accuracy_low", "accuracy_high", "format_accuracy",
                                           "tokens_per_problem")},
@@ -136,8 +143,9 @@ def report(out: Path, base: dict, settings: dict, commit: str) -> dict:
         "commit": commit,
         "task": f"countdown:{settings['level']}",
         "budget_min": settings["budget_min"],
-        "eval": f"{settings['eval_size']} held-out problems, greedy, the task prompt, <answer> scored exactly and "
-        "with partial credit; best = the highest exact accuracy of a run's evaluated points (optimistic)",
+        "eval": f"{settings['eval_size']} held-out problems, greedy, the {settings.get('prompt', 'task')} prompt, "
+        "<answer> scored exactly and with partial credit; best = the highest exact accuracy of a run's evaluated "
+        "points (optimistic)",
         "base": {"accuracy": base["accuracy"], "partial_credit": base["partial_credit"]},
         "learners": collect(
             out, LEARNERS, ("final", "final_partial", "best", "learner_steps", "generated_tokens", "wall_s")
@@ -203,6 +211,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("budget_min", "level", "train_size", "eval_size", "eval_points",
                                               "iterations", "max_tokens", "selfplay_args")}  # fmt: skip
+    settings["prompt"] = eval_prompt()
     settings = checked_settings(out, settings, args.report_only, "bench_countdown.py")
     if not args.report_only:
         base_result(out, args)

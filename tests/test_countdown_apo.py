@@ -19,6 +19,7 @@ from agents.training.learner import Learner, LearnerConfig, Sample
 from azgym.cli import parse_config
 from azgym.config import ConfigError, EnvConfig
 from azgym.env import ReasoningEnv
+from azgym.prompts import TASK_EXAMPLES, TASK_SYSTEM_PROMPTS, system_prompt
 from azgym.rewards import RewardConfig, hard_reward, partial_outcome, resolve_rewards, step_reward
 from azgym.tasks import Problem, arithmetic, countdown, gsm8k
 from azgym.tasks.base import has_partial_credit
@@ -216,3 +217,16 @@ def test_one_countdown_iteration_writes_its_replay_and_the_temperature(tiny_dir,
     saved = json.loads((run / "config.json").read_text())
     assert (saved["learner"]["loss"], saved["env"]["rewards"], saved["loop"]["temperature_end"]) == (
         "apo", "partial", 0.3)  # fmt: skip
+
+
+def test_countdown_preset_samples_own_steps_under_a_worked_example(tiny_lm):
+    config = run_config(["--preset", "countdown"])
+    assert (config.env.prompt, config.env.right_prompt) == ("example", "solve")  # on-policy A*PO samples
+    env = ReasoningEnv.from_config(config.env, model=tiny_lm, data=[PUZZLE])
+    prompt = tiny_lm.decode(env.solve_prompt(PUZZLE))
+    question, answer = TASK_EXAMPLES["countdown"]
+    assert prompt.index(TASK_SYSTEM_PROMPTS["countdown"]) < prompt.index(question) < prompt.index(answer)
+    assert prompt.index(answer) < prompt.index(PUZZLE.question)  # the example is an earlier exchange
+    assert env.proposer.right_prompt == "solve"
+    with pytest.raises(ValueError, match="no worked example for task 'nope'"):
+        system_prompt("nope", "example")

@@ -176,16 +176,20 @@ def gpu_preset() -> RunConfig:
 def countdown_preset() -> RunConfig:
     """A*PO on Countdown (3 numbers) on a 2-core CPU: the seed's online rollout, about a minute an iteration.
 
-    Each of 4 problems gets 4 samples (the group); a sample is the student's own response, one
-    candidate per step and no search (``--simulations 1``: A*PO is an on-policy method, and an
-    untrained value head would only slow the rollout down), generated at a temperature annealed
+    Each of 4 problems gets 4 samples (the group); a sample is the student's own response (one
+    candidate per step, written under the solve prompt: ``right_prompt="solve"``) and no search
+    (``--simulations 1``: A*PO is an on-policy method, and an untrained value head would only slow
+    the rollout down), generated at a temperature annealed
     1.0 -> 0.3 over the 6 iterations. The terminal reward is the partial credit (``-1 + 2c``, the
     ``partial`` preset); the loss is A*PO's ``-A log pi + beta KL`` to the initial policy (the frozen
     base under LoRA) with A the group-normalised advantage; no value loss (no search reads the value).
+    The solve prompt shows one worked example (the ``example`` style): under the task prompt alone
+    SmolLM2-135M never wrote an ``<answer>`` block (0 of 200), so every reward was the same.
     """
     cpu = cpu_preset()
-    env = replace(cpu.env, task="countdown", data="3", num_right=1, num_wrong=0, chunk_tokens=32, max_steps=4,
-                  max_tokens=96, rewards="partial", answer="strict", prompt="task")  # fmt: skip
+    env = replace(cpu.env, task="countdown", data="3", num_right=1, num_wrong=0, right_prompt="solve",
+                  chunk_tokens=32, max_steps=4, max_tokens=96, rewards="partial", answer="strict",
+                  prompt="example")  # fmt: skip
     loop = replace(cpu.loop, num_examples=4, group_size=4, groups_per_step=4, eval_max_tokens=96,
                    temperature_start=1.0, temperature_end=0.3)  # fmt: skip
     learner = replace(cpu.learner, loss="apo", apo_normalize=True, normalize_std=True, value_coef=0.0)

@@ -37,7 +37,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from azgym.lm.base import LanguageModel
-from azgym.prompts import RIGHT, RIGHT_PROMPTS, WRONG, few_shot_prompt, solve_prompt_ids, teacher_messages
+from azgym.prompts import (
+    RIGHT,
+    RIGHT_PROMPTS,
+    WRONG,
+    Preamble,
+    few_shot_prompt,
+    solve_prompt_ids,
+    teacher_messages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +96,8 @@ class TeacherEnsemble:
         scorer: the scoring model. Its tokenizer is the environment's (responses are its token
             ids) and its log-probs under the solve prompt give priors and PRE.
         teachers: the proposing models (the scorer may be one of them).
-        system_prompt: the system message of the task's plain solve prompt (None: the question
-            alone), used for priors, PRE and the student's training prompt.
+        system_prompt: the preamble of the task's plain solve prompt (a system message, the messages
+            before the question, or None: the question alone), used for priors, PRE and the student's training prompt.
         num_right: candidates from the "continue correctly" prompt.
         num_wrong: candidates from the "plausible mistake" prompt.
         chunk_tokens: cap on a step's length in tokens.
@@ -110,7 +118,7 @@ class TeacherEnsemble:
         scorer: LanguageModel,
         teachers: Sequence[Teacher],
         *,
-        system_prompt: str | None,
+        system_prompt: Preamble,
         num_right: int = 2,
         num_wrong: int = 2,
         chunk_tokens: int = 48,
@@ -410,7 +418,7 @@ class TeacherEnsemble:
 class TeacherProposer(TeacherEnsemble):
     """One model that proposes, scores and sets the priors (an ensemble of one)."""
 
-    def __init__(self, lm: LanguageModel, *, system_prompt: str | None, **kwargs):
+    def __init__(self, lm: LanguageModel, *, system_prompt: Preamble, **kwargs):
         super().__init__(lm, [Teacher(lm)], system_prompt=system_prompt, **kwargs)
 
 
