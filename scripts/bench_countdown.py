@@ -35,9 +35,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from bench_learning import (
-    REPO,
-    azgym_points,
+from bench_common import (
     checked_settings,
     collect,
     mean_std,
@@ -46,6 +44,7 @@ from bench_learning import (
     run_all,
     seeds_and_learners,
 )
+from bench_learning import REPO, azgym_points
 
 LEARNERS = ("apo", "search", "simulations_1")
 SEARCH, ABLATION = "search", "simulations_1"

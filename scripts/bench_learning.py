@@ -16,6 +16,8 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
   simulations, the played path trained) and ``--seed``;
 - ``azgym_tree``: tree self-play (``--selfplay tree --simulations 8 --leaves-per-round 2``: one
   search tree per problem, every node rolled out, every response trained with TreeRL advantages);
+- ``azgym_tree_entropy``: the same tree branching only where the priors are unsure (``--branch-entropy
+  0.85``, about the median normalised entropy of the priors in earlier runs; elsewhere one step);
 - ``azgym_simulations_1``: the same loop with ``--simulations 1`` (no search; the ablation);
 - ``azgym_solve`` / ``azgym_solve_simulations_1``: both with ``--right-prompt solve`` (the right
   candidates are the student's own samples under the solve prompt, as TRL samples, not the
@@ -38,14 +40,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
+from bench_common import (
+    checked_settings,
+    collect,
+    mean_std,
+    prune_checkpoints,
+    publish_runs,
+    run_all,
+    seeds_and_learners,
+)
 from run_trl_anchor import ANCHOR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +65,7 @@ LEARNERS = (
     "trl_azgym_lr",
     "azgym",
     "azgym_tree",
+    "azgym_tree_entropy",
     "azgym_simulations_1",
     "azgym_solve",
     "azgym_solve_simulations_1",
@@ -62,6 +73,16 @@ LEARNERS = (
 EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym": [],
     "azgym_tree": ["--selfplay", "tree", "--simulations", "8", "--leaves-per-round", "2"],
+    "azgym_tree_entropy": [
+        "--selfplay",
+        "tree",
+        "--simulations",
+        "8",
+        "--leaves-per-round",
+        "2",
+        "--branch-entropy",
+        "0.85",
+    ],  # the median of the priors' normalised entropy  # fmt: skip
     "azgym_simulations_1": ["--simulations", "1"],
     "azgym_solve": ["--right-prompt", "solve"],
     "azgym_solve_simulations_1": ["--right-prompt", "solve", "--simulations", "1"],
@@ -69,57 +90,6 @@ EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
 DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
 
 logger = logging.getLogger("bench_learning")
-
-
-def parse_list(text: str, kind: Callable, what: str) -> list:
-    try:
-        items = [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"bench_learning.py: error: {what}: expected a comma list, got {text!r}") from None
-    if not items:
-        raise SystemExit(f"bench_learning.py: error: {what}: empty list")
-    return items
-
-
-def seeds_and_learners(args, known: Sequence[str], script: str) -> tuple[list[int], list[str]]:
-    """``--seeds`` and ``--learners`` parsed, an unknown learner refused in one line."""
-    seeds = parse_list(args.seeds, int, "--seeds")
-    learners = parse_list(args.learners, str, "--learners")
-    unknown = [n for n in learners if n not in known]
-    if unknown:
-        raise SystemExit(f"{script}: error: --learners: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
-    return seeds, learners
-
-
-def pending(out: Path, learners: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int]]:
-    """The (learner, seed) pairs whose result is not on disk yet, in the order they will run."""
-    return [(name, seed) for name in learners for seed in seeds if not result_path(out, name, seed).is_file()]
-
-
-def result_path(out: Path, learner: str, seed: int) -> Path:
-    return out / learner / f"seed-{seed}.json"
-
-
-def run_all(out: Path, learners, seeds, train_one: Callable[[str, int, Path], dict]) -> list[tuple[str, int]]:
-    """Run every pending (learner, seed) with ``train_one(learner, seed, run_dir) -> result`` and write each
-    result as soon as it exists (via a temporary file, so a cut-off write is not taken for a result)."""
-    todo = pending(out, learners, seeds)
-    done = [(n, s) for n in learners for s in seeds if (n, s) not in todo]
-    for name, seed in done:
-        logger.info("%s seed %d: result on disk, not run again (%s)", name, seed, result_path(out, name, seed))
-    for name, seed in todo:
-        run_dir = out / name / f"seed-{seed}"
-        if run_dir.exists():
-            logger.info("%s seed %d: %s has no result (cut off): starting it afresh", name, seed, run_dir)
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        result = dict(train_one(name, seed, run_dir), learner=name, seed=seed)
-        path = result_path(out, name, seed)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.rename(path)
-        logger.info("%s seed %d: final %.3f, best %.3f -> %s", name, seed, result["final"], result["best"], path)
-    return todo
 
 
 # ---------------------------------------------------------------- training one (learner, seed)
@@ -248,64 +218,11 @@ def load_adapter(path: str):
     return student
 
 
-def prune_checkpoints(run_dir: Path, keep: set[str]) -> None:
-    """Delete the checkpoints that were not evaluated (each is ~0.1 GB)."""
-    for path in (run_dir / "checkpoints").glob("step-*"):
-        if str(path) not in keep:
-            shutil.rmtree(path)
-
-
 # ---------------------------------------------------------------- the report
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value).
-
-    >>> mean_std([0.2, 0.4, 0.6])
-    (0.4, 0.2)
-    """
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return round(mean, 12), round(math.sqrt(var), 12)
-
-
-RESULT_KEYS = ("final", "best", "learner_steps", "generated_tokens", "wall_s")
-
-
-def collect(out: Path, names: Sequence[str] = LEARNERS, keys: Sequence[str] = RESULT_KEYS) -> dict[str, dict]:
-    """Every result on disk, per learner: seeds and the per-seed lists of the JSON report."""
-    learners = {}
-    for name in names:
-        results = sorted((json.loads(p.read_text()) for p in (out / name).glob("seed-*.json")), key=lambda r: r["seed"])
-        if results:
-            learners[name] = {"seeds": [r["seed"] for r in results], **{key: [r[key] for r in results] for key in keys}}
-            learners[name]["curves"] = [r["curve"] for r in results]
-    return learners
-
-
-def checked_settings(out: Path, settings: dict, report_only: bool, script: str) -> dict:
-    """The settings the results in ``out`` were made with: saved on the first run, then the same ones required
-    (with ``report_only``, whatever made them)."""
-    saved = out / "settings.json"
-    if saved.is_file() and report_only:
-        return json.loads(saved.read_text())
-    if saved.is_file() and json.loads(saved.read_text()) != settings:
-        raise SystemExit(f"{script}: error: {out} holds results made with other settings ({saved}); use the same "
-                         "flags or another --out-dir")  # fmt: skip
-    saved.write_text(json.dumps(settings, indent=1))
-    return settings
-
-
-def publish_runs(out: Path, runs: Path) -> None:
-    """Copy the settings, the base result and every (learner, seed) result under ``runs`` (copied back into an
-    ``--out-dir``, the benchmark resumes from them)."""
-    for path in [out / "settings.json", out / "base.json", *out.glob("*/seed-*.json")]:
-        (runs / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, runs / path.relative_to(out))
-
-
 def report(out: Path, base: dict, budget_min: float, commit: str, eval_size: int = 200) -> dict:
-    learners = collect(out)
+    learners = collect(out, LEARNERS)
     for entry in learners.values():
         entry["minutes"] = [curve[-1]["minutes"] for curve in entry["curves"]]  # of training, to the last point
         entry["collapsed"] = [f < b / 2 for f, b in zip(entry["final"], entry["best"], strict=True)]

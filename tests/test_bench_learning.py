@@ -11,6 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))  # as when the script runs: it imports its sibling run_trl_anchor
+import bench_common as common  # noqa: E402  (after the path is set)
+
 spec = importlib.util.spec_from_file_location("bench_learning", REPO / "scripts" / "bench_learning.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
@@ -38,15 +40,15 @@ def test_a_result_on_disk_is_not_run_again_and_a_cut_off_run_starts_afresh(tmp_p
     (tmp_path / "trl").mkdir()
     (tmp_path / "trl" / "seed-0.json.tmp").write_text("{")  # a cut-off write is not a result
 
-    assert bench.pending(tmp_path, ["azgym", "trl"], [0, 1]) == [("azgym", 1), ("trl", 0), ("trl", 1)]
-    ran = bench.run_all(tmp_path, ["azgym", "trl"], [0, 1], train_one)
+    assert common.pending(tmp_path, ["azgym", "trl"], [0, 1]) == [("azgym", 1), ("trl", 0), ("trl", 1)]
+    ran = common.run_all(tmp_path, ["azgym", "trl"], [0, 1], train_one)
     assert calls == ran == [("azgym", 1), ("trl", 0), ("trl", 1)]
     assert json.loads((tmp_path / "azgym" / "seed-0.json").read_text())["final"] == 0.1  # untouched
     assert not (stale / "half-written").exists()
     assert json.loads((tmp_path / "trl" / "seed-1.json").read_text())["seed"] == 1
 
     calls.clear()
-    assert bench.run_all(tmp_path, ["azgym", "trl"], [0, 1], train_one) == [] and calls == []
+    assert common.run_all(tmp_path, ["azgym", "trl"], [0, 1], train_one) == [] and calls == []
 
 
 def test_report_means_spread_collapse_and_the_better_baseline(tmp_path, capsys):
@@ -65,7 +67,7 @@ def test_report_means_spread_collapse_and_the_better_baseline(tmp_path, capsys):
     assert azgym["seeds"] == [0, 1, 2] and azgym["final"] == [0.30, 0.40, 0.20]
     assert azgym["collapsed"] == [False, False, True]
     assert summary["baseline"] == "trl_azgym_lr"  # mean final 0.20 beats trl's 0.12
-    assert bench.mean_std(azgym["final"]) == pytest.approx((0.30, 0.10))
+    assert common.mean_std(azgym["final"]) == pytest.approx((0.30, 0.10))
     bench.print_report(summary)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     # (0.30 - 0.10) / (0.20 - 0.10) = 2.00, printed last

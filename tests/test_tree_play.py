@@ -12,6 +12,7 @@ from test_mcts_agent import scripted_env as scripted_env_and_lm
 
 from agents.alphazero.selfplay import to_samples
 from agents.alphazero.tree_play import Ending, TreeData, TreeSelfPlay, episodes_of_tree, node_values, step_advantage
+from agents.mcts.env_model import EnvSearchModel, normalised_entropy
 from agents.mcts.search import SearchConfig, SearchResult
 from agents.mcts.tree import NO_PARENT, new_tree
 from agents.policy import constant_value
@@ -158,3 +159,35 @@ def test_sibling_ranking_of_the_value_head_and_the_priors():
     assert (right_v, right_p, pairs) == (1.0, 0.0, 1)  # one sibling pair with different values: nodes 1 and 2
     tied = TreeSelfPlay(env.lm, SearchConfig(num_simulations=2), value_fn=constant_value(0.0))
     assert tied._sibling_ranks(env, TreeData(result, 0, ends, values, leaves))[0] == 0.5  # a tie is half right
+
+
+def test_entropy_branching_searches_only_the_likeliest_step_where_the_priors_are_sure(tiny_lm, gsm8k_problems):
+    env = ReasoningEnv(gsm8k_problems[:2], model=tiny_lm, chunk_tokens=4, max_steps=3, max_tokens=12)
+    roots = [env.initial_state(i, seed=i) for i in range(2)]
+    everywhere = EnvSearchModel(env, constant_value(0.0)).evaluate(roots)
+    assert everywhere.valid.sum(axis=1).min() >= 2
+    sure = normalised_entropy(everywhere.prior, everywhere.valid)  # random weights: never exactly uniform
+    narrowed = EnvSearchModel(env, constant_value(0.0), branch_entropy=min(float(sure.max()) + 1e-6, 1.0)).evaluate(
+        roots
+    )
+    assert narrowed.valid.sum(axis=1).tolist() == [1, 1]
+    assert narrowed.prior.argmax(axis=1).tolist() == everywhere.prior.argmax(axis=1).tolist()
+    assert narrowed.prior.max(axis=1).tolist() == [1.0, 1.0]
+    between = float(np.sort(sure)[0]) + 1e-6  # narrows the surer root only
+    model = EnvSearchModel(env, constant_value(0.0), branch_entropy=between)
+    assert model.evaluate(roots).valid.sum(axis=1).tolist() == [
+        1 if h < between else int(v.sum()) for h, v in zip(sure, everywhere.valid, strict=True)]  # fmt: skip
+    assert (model.nodes, model.branching) == (2, 1)
+
+    def play(threshold):
+        tree_play = TreeSelfPlay(tiny_lm, SearchConfig(num_simulations=5), value_fn=constant_value(0.0), seed=0,
+                                 branch_entropy=threshold)  # fmt: skip
+        episodes, stats = tree_play.play(env, [0, 1], np.random.default_rng(0), iteration=0, weights_version=0)
+        return episodes, tree_play.last_tree_stats
+
+    chain, chain_stats = play(1.0)  # every node narrowed: each tree is a chain, one response per node
+    assert chain_stats.branching_fraction == 0.0 and len(chain) >= 2
+    wide, wide_stats = play(0.0)
+    assert wide_stats.branching_fraction == 1.0
+    with pytest.raises(ValueError, match="branch_entropy must lie in"):
+        EnvSearchModel(env, constant_value(0.0), branch_entropy=1.5)

@@ -45,6 +45,9 @@ class LoopConfig:
         "tree self-play: weight of the value head in the leaf values the search "
         "backs up, (1 - w) * rollout outcome + w * value head (0: Monte Carlo only)",
     )
+    branch_entropy: float = option(0.0, "tree self-play: branch only at nodes whose candidates' priors have a "
+                                   "normalised entropy H / log K of at least this, elsewhere search the most likely "
+                                   "step alone (0: branch at every node)")  # fmt: skip
     agent: str = option("mcts", "who plays self-play: mcts, or similarity (the seed's epsilon-greedy pick of the "
                         "candidate nearest the student's own step)", choices=("mcts", "similarity"))  # fmt: skip
     epsilon: float = option(0.3, "similarity agent: probability of a random candidate")
@@ -85,6 +88,7 @@ class LoopConfig:
             "epsilon": (0 <= self.epsilon <= 1, "in [0, 1]"),
             "value_weight": (0 <= self.value_weight <= 1, "in [0, 1]"),
             "rollout_temperature": (self.rollout_temperature > 0, "> 0"),
+            "branch_entropy": (0 <= self.branch_entropy <= 1, "in [0, 1] (a normalised entropy)"),
             "budget_min": (self.budget_min >= 0, ">= 0"),
             "workers": (self.workers >= 0, ">= 0"),
             "ray_address": (not self.ray_address or self.workers > 0, "'' without --workers (no Ray without workers)"),

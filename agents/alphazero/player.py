@@ -36,7 +36,8 @@ def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | Tr
     value_fn = LMValueFunction(lm, student.value_head)
     if config.loop.selfplay == "tree":
         return TreeSelfPlay(lm, config.search, value_fn=value_fn, value_weight=config.loop.value_weight,
-                            temperature=config.loop.rollout_temperature, seed=config.loop.seed)  # fmt: skip
+                            temperature=config.loop.rollout_temperature, seed=config.loop.seed,
+                            branch_entropy=config.loop.branch_entropy)  # fmt: skip
     return MCTSAgent(value_fn, config=config.search, seed=config.loop.seed, reuse_tree=False)
 
 

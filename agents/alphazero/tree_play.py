@@ -120,6 +120,7 @@ class TreeStats:
     value_rank_accuracy: float  # siblings ordered like their Monte Carlo values by the value head (NaN: none)
     prior_rank_accuracy: float  # ... by the teachers' priors
     sibling_pairs: int
+    branching_fraction: float = 1.0  # of the live nodes evaluated, those that offered every candidate
 
 
 class TreeSelfPlay:
@@ -132,11 +133,15 @@ class TreeSelfPlay:
             against the tree's Monte Carlo values every phase.
         temperature: the rollouts' sampling temperature.
         seed: the search's root noise (with each root state: a tree does not depend on the others).
+        branch_entropy: where the tree branches: 0 at every node, else only at nodes whose priors'
+            normalised entropy is at least this (elsewhere the most likely step alone; see
+            :class:`~agents.mcts.env_model.EnvSearchModel`).
     """
 
     def __init__(self, lm, config: SearchConfig, *, value_fn: ValueFn | None = None, value_weight: float = 0.0,
-                 temperature: float = 0.7, seed: int | None = None):  # fmt: skip
+                 temperature: float = 0.7, seed: int | None = None, branch_entropy: float = 0.0):  # fmt: skip
         self.lm = lm
+        self.branch_entropy = branch_entropy
         self.temperature = temperature
         self.mcts = MCTS(config)
         self.value_fn = value_fn
@@ -157,7 +162,8 @@ class TreeSelfPlay:
         rollout = RolloutValue(self.lm, value_fn=self.value_fn, value_weight=self.value_weight,
                                temperature=self.temperature)  # fmt: skip
         noise = [state_rng(r, NOISE_SALT, self.seed) for r in roots]
-        result = self.mcts.search(EnvSearchModel(env, rollout), roots, noise)
+        model = EnvSearchModel(env, rollout, branch_entropy=self.branch_entropy)
+        result = self.mcts.search(model, roots, noise)
         episodes, proposed, trained, ranks = [], 0, 0, []
         for b in range(len(roots)):
             ends = node_endings(env, result, b, rollout.endings)
@@ -177,6 +183,7 @@ class TreeSelfPlay:
             value_rank_accuracy=sum(r[0] for r in ranks) / pairs if pairs and self.value_fn else math.nan,
             prior_rank_accuracy=sum(r[1] for r in ranks) / pairs if pairs else math.nan,
             sibling_pairs=pairs,
+            branching_fraction=model.branching / max(model.nodes, 1),
         )
         stats = result.stats()
         return episodes, SelfPlayStats(
@@ -232,6 +239,7 @@ def merge_tree_stats(parts: list[tuple[TreeStats, int, int]]) -> TreeStats:
         value_rank_accuracy=by_pairs("value_rank_accuracy"),
         prior_rank_accuracy=by_pairs("prior_rank_accuracy"),
         sibling_pairs=pairs,
+        branching_fraction=sum(s.branching_fraction * n for s, n, _ in parts) / max(trees, 1),
     )
 
 

@@ -22,15 +22,26 @@ class EnvSearchModel:
     transition's reward and grade are never read; a terminal edge pays ``terminal_value_fn(env, states)``
     (clipped to the value scale, e.g. the value head or :class:`~agents.alphazero.tree_eval.AnswerAgreement`)
     and every other edge 0, so nothing the search sees depends on the gold answer.
+
+    Where the tree branches (``branch_entropy``): 0 offers every candidate at every node; above 0, a
+    node whose priors' normalised entropy ``H(p) / log K`` is below it offers only its most likely
+    candidate (prior 1), so the search branches only where the student is unsure which step comes
+    next (TreeRL's entropy-guided branching, at step boundaries). ``nodes`` and ``branching`` count the
+    live nodes evaluated and those that kept every candidate.
     """
 
     state_dtype = object
 
-    def __init__(self, env: ReasoningEnv, value_fn: ValueFn, *, terminal_value_fn: ValueFn | None = None):
+    def __init__(self, env: ReasoningEnv, value_fn: ValueFn, *, terminal_value_fn: ValueFn | None = None,
+                 branch_entropy: float = 0.0):  # fmt: skip
+        if not 0.0 <= branch_entropy <= 1.0:
+            raise ValueError(f"branch_entropy must lie in [0, 1] (a normalised entropy), got {branch_entropy}")
         self.env = env
         self.value_fn = value_fn
         self.terminal_value_fn = terminal_value_fn
+        self.branch_entropy = branch_entropy
         self.num_actions = int(env.action_space.n)
+        self.nodes = self.branching = 0
 
     def evaluate(self, states) -> Expansion:
         states = list(states)
@@ -41,6 +52,13 @@ class EnvSearchModel:
             prior[i, : len(candidates)] = [c.prior for c in candidates]
             valid[i, : len(candidates)] = True
         terminal = np.array([s.terminated or s.truncated for s in states], dtype=np.bool_)
+        narrow = normalised_entropy(prior, valid) < self.branch_entropy
+        best = np.argmax(np.where(valid, prior, -1.0), axis=1)
+        for i in np.flatnonzero(narrow):
+            prior[i], valid[i] = 0.0, False
+            prior[i, best[i]], valid[i, best[i]] = 1.0, True
+        self.nodes += int((~terminal).sum())
+        self.branching += int((~terminal & ~narrow).sum())
         value = np.zeros(m, np.float64)
         live = np.flatnonzero(~terminal)
         if len(live):
@@ -61,3 +79,18 @@ class EnvSearchModel:
                 values = self.terminal_value_fn(self.env, [children[i] for i in ended])
                 reward[ended] = np.clip(values, -1.0, 1.0)
         return Step(states=children, reward=reward, expansion=expansion)
+
+
+def normalised_entropy(prior: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row, the entropy of the valid priors over ``log`` of their count, in [0, 1]; 1 where fewer than
+    two candidates (nothing to narrow).
+
+    >>> normalised_entropy(np.array([[0.5, 0.5, 0.0], [0.9, 0.1, 0.0], [1.0, 0.0, 0.0]]),
+    ...                    np.array([[True, True, False], [True, True, False], [True, False, False]])).round(3)
+    array([1.   , 0.469, 1.   ])
+    """
+    p = np.where(valid, prior, 0.0).astype(np.float64)
+    p = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
+    count = valid.sum(axis=1)
+    h = -(np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0.0)).sum(axis=1)
+    return np.where(count >= 2, h / np.log(np.maximum(count, 2)), 1.0)

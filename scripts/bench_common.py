@@ -1,0 +1,118 @@
+"""What the learning benchmarks share: ``--seeds`` / ``--learners`` parsing, one result file per (learner, seed)
+written once and never run again (so a benchmark longer than a session resumes), the settings a results folder
+was made with, the per-learner collection of results, and publishing them under ``docs/``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+logger = logging.getLogger("bench")
+
+
+def parse_list(text: str, kind: Callable, what: str) -> list:
+    try:
+        items = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"bench_learning.py: error: {what}: expected a comma list, got {text!r}") from None
+    if not items:
+        raise SystemExit(f"bench_learning.py: error: {what}: empty list")
+    return items
+
+
+def seeds_and_learners(args, known: Sequence[str], script: str) -> tuple[list[int], list[str]]:
+    """``--seeds`` and ``--learners`` parsed, an unknown learner refused in one line."""
+    seeds = parse_list(args.seeds, int, "--seeds")
+    learners = parse_list(args.learners, str, "--learners")
+    unknown = [n for n in learners if n not in known]
+    if unknown:
+        raise SystemExit(f"{script}: error: --learners: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return seeds, learners
+
+
+def pending(out: Path, learners: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int]]:
+    """The (learner, seed) pairs whose result is not on disk yet, in the order they will run."""
+    return [(name, seed) for name in learners for seed in seeds if not result_path(out, name, seed).is_file()]
+
+
+def result_path(out: Path, learner: str, seed: int) -> Path:
+    return out / learner / f"seed-{seed}.json"
+
+
+def run_all(out: Path, learners, seeds, train_one: Callable[[str, int, Path], dict]) -> list[tuple[str, int]]:
+    """Run every pending (learner, seed) with ``train_one(learner, seed, run_dir) -> result`` and write each
+    result as soon as it exists (via a temporary file, so a cut-off write is not taken for a result)."""
+    todo = pending(out, learners, seeds)
+    done = [(n, s) for n in learners for s in seeds if (n, s) not in todo]
+    for name, seed in done:
+        logger.info("%s seed %d: result on disk, not run again (%s)", name, seed, result_path(out, name, seed))
+    for name, seed in todo:
+        run_dir = out / name / f"seed-{seed}"
+        if run_dir.exists():
+            logger.info("%s seed %d: %s has no result (cut off): starting it afresh", name, seed, run_dir)
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        result = dict(train_one(name, seed, run_dir), learner=name, seed=seed)
+        path = result_path(out, name, seed)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.rename(path)
+        logger.info("%s seed %d: final %.3f, best %.3f -> %s", name, seed, result["final"], result["best"], path)
+    return todo
+
+
+def prune_checkpoints(run_dir: Path, keep: set[str]) -> None:
+    """Delete the checkpoints that were not evaluated (each is ~0.1 GB)."""
+    for path in (run_dir / "checkpoints").glob("step-*"):
+        if str(path) not in keep:
+            shutil.rmtree(path)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value).
+
+    >>> mean_std([0.2, 0.4, 0.6])
+    (0.4, 0.2)
+    """
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return round(mean, 12), round(math.sqrt(var), 12)
+
+
+RESULT_KEYS = ("final", "best", "learner_steps", "generated_tokens", "wall_s")
+
+
+def collect(out: Path, names: Sequence[str], keys: Sequence[str] = RESULT_KEYS) -> dict[str, dict]:
+    """Every result on disk, per learner: seeds and the per-seed lists of the JSON report."""
+    learners = {}
+    for name in names:
+        results = sorted((json.loads(p.read_text()) for p in (out / name).glob("seed-*.json")), key=lambda r: r["seed"])
+        if results:
+            learners[name] = {"seeds": [r["seed"] for r in results], **{key: [r[key] for r in results] for key in keys}}
+            learners[name]["curves"] = [r["curve"] for r in results]
+    return learners
+
+
+def checked_settings(out: Path, settings: dict, report_only: bool, script: str) -> dict:
+    """The settings the results in ``out`` were made with: saved on the first run, then the same ones required
+    (with ``report_only``, whatever made them)."""
+    saved = out / "settings.json"
+    if saved.is_file() and report_only:
+        return json.loads(saved.read_text())
+    if saved.is_file() and json.loads(saved.read_text()) != settings:
+        raise SystemExit(f"{script}: error: {out} holds results made with other settings ({saved}); use the same "
+                         "flags or another --out-dir")  # fmt: skip
+    saved.write_text(json.dumps(settings, indent=1))
+    return settings
+
+
+def publish_runs(out: Path, runs: Path) -> None:
+    """Copy the settings, the base result and every (learner, seed) result under ``runs`` (copied back into an
+    ``--out-dir``, the benchmark resumes from them)."""
+    for path in [out / "settings.json", out / "base.json", *out.glob("*/seed-*.json")]:
+        (runs / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, runs / path.relative_to(out))
