@@ -134,6 +134,9 @@ class AzgymTaskset(vf.Taskset[AzgymTask, AzgymConfig]):
         config = self.config
         problems = load_problems(config.task_name, config.data, config.split)[: config.num_examples]
         system = system_prompt(config.task_name, config.prompt)
+        if not isinstance(system, str | None):
+            raise ValueError(f"prompt {config.prompt!r} is a chat of several messages, and a verifiers task holds one "
+                             "system message: use task, bare or the message text")  # fmt: skip
         return [
             AzgymTask(
                 AzgymData(id=p.id, prompt=p.question, system_prompt=system, answer=p.gold, task_name=config.task_name),

@@ -66,6 +66,8 @@ def test_dataset_is_azgyms_problems_with_the_solve_prompt(gsm8k_dir, gsm8k_probl
     bare = azgym_verifiers.load_environment("arithmetic", data="add2", num_examples=2, prompt="bare")
     arithmetic = list(bare.taskset)
     assert arithmetic[0].data.prompt.startswith("What is ") and arithmetic[0].data.system_prompt is None
+    with pytest.raises(ValueError, match="'example' is a chat of several messages"):
+        list(azgym_verifiers.load_environment("arithmetic", data="add2", num_examples=2, prompt="example").taskset)
 
 
 def test_rubric_weights_correctness_and_perplexity_exactly(gsm8k_dir, scripted_scorer):
