@@ -78,3 +78,15 @@ def test_a_run_result_holds_its_evaluated_points_and_is_json(tmp_path, monkeypat
                                                          "learner_steps": 8, "generated_tokens": 200,
                                                          "accuracy": 0.1, "partial_credit": 0.3}  # fmt: skip
     assert (result["final"], result["final_partial"], result["learner_steps"]) == (0.1, 0.3, 8)
+
+
+def test_results_made_under_another_prompt_are_refused_before_any_run(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = {"budget_min": 25.0, "level": "3", "train_size": 2000, "eval_size": 200, "eval_points": 3,
+                "iterations": 30, "max_tokens": 96, "selfplay_args": "", "prompt": "task"}  # fmt: skip
+    (out / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(SystemExit, match="holds results made with other settings"):
+        bench.main(["--out-dir", str(out)])
+    assert bench.eval_prompt() == countdown_preset().env.prompt == "example"
+    assert not (out / "base.json").exists()
