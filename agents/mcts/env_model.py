@@ -52,11 +52,13 @@ class EnvSearchModel:
             prior[i, : len(candidates)] = [c.prior for c in candidates]
             valid[i, : len(candidates)] = True
         terminal = np.array([s.terminated or s.truncated for s in states], dtype=np.bool_)
-        narrow = normalised_entropy(prior, valid) < self.branch_entropy
-        best = np.argmax(np.where(valid, prior, -1.0), axis=1)
-        for i in np.flatnonzero(narrow):
-            prior[i], valid[i] = 0.0, False
-            prior[i, best[i]], valid[i, best[i]] = 1.0, True
+        narrow = np.zeros(m, np.bool_)
+        if self.branch_entropy > 0:  # (0, the default: nothing is narrowed, and move-by-move search pays nothing)
+            narrow = normalised_entropy(prior, valid) < self.branch_entropy
+            best = np.argmax(np.where(valid, prior, -1.0), axis=1)
+            for i in np.flatnonzero(narrow):
+                prior[i], valid[i] = 0.0, False
+                prior[i, best[i]], valid[i, best[i]] = 1.0, True
         self.nodes += int((~terminal).sum())
         self.branching += int((~terminal & ~narrow).sum())
         value = np.zeros(m, np.float64)
