@@ -21,7 +21,9 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
 - ``azgym_simulations_1``: the same loop with ``--simulations 1`` (no search; the ablation);
 - ``azgym_solve`` / ``azgym_solve_simulations_1``: both with ``--right-prompt solve`` (the right
   candidates are the student's own samples under the solve prompt, as TRL samples, not the
-  "continue correctly" prompt's).
+  "continue correctly" prompt's);
+- ``azgym_rollout``: the default with Monte Carlo leaves (``--leaf-value rollout``: the student rolls
+  each leaf the search reaches out to a graded end instead of asking the value head).
 
 Each (learner, seed) writes ``<out-dir>/<learner>/seed-<s>.json`` when it has finished and been
 evaluated; a result on disk is never run again, so an interrupted benchmark resumes where it stopped
@@ -69,6 +71,7 @@ LEARNERS = (
     "azgym_simulations_1",
     "azgym_solve",
     "azgym_solve_simulations_1",
+    "azgym_rollout",
 )
 EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym": [],
@@ -86,6 +89,7 @@ EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym_simulations_1": ["--simulations", "1"],
     "azgym_solve": ["--right-prompt", "solve"],
     "azgym_solve_simulations_1": ["--right-prompt", "solve", "--simulations", "1"],
+    "azgym_rollout": ["--leaf-value", "rollout"],
 }
 DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
 

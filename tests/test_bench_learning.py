@@ -83,3 +83,22 @@ def test_bad_flags_fail_before_any_work(tmp_path):
     (tmp_path / "settings.json").write_text(json.dumps({"budget_min": 99}))
     with pytest.raises(SystemExit, match="other settings"):
         bench.main(["--learners", "azgym", "--out-dir", str(tmp_path)])
+
+
+def test_replay_choices_counts_what_the_agent_played(tmp_path, capsys):
+    import replay_choices
+
+    def episode(action, solved, visits):
+        step = {"labels": ["right", "right", "wrong"], "priors": [0.6, 0.3, 0.1], "visits": visits, "action": action}
+        return json.dumps({"solved": solved, "truncated": False, "steps": [step]})
+
+    shard = tmp_path / "searched" / "seed-0" / "replay" / "iter-000001.jsonl"
+    shard.parent.mkdir(parents=True)
+    shard.write_text(episode(2, False, [1, 1, 2]) + "\n" + episode(0, True, [4, 0, 0]) + "\n")
+    c = replay_choices.choices([tmp_path / "searched" / "seed-0"])
+    assert (c["episodes"], c["solved"], c["played_wrong"], c["played_prior_argmax"]) == (2, 0.5, 0.5, 0.5)
+    assert c["prior_on_wrong"] == pytest.approx(0.1) and c["visit_entropy"] == pytest.approx(0.5 * 1.5 * 0.6309, 1e-3)
+    replay_choices.main(["--out-dir", str(tmp_path), "searched"])
+    assert "| searched | 2 | 0.500 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        replay_choices.main(["--out-dir", str(tmp_path), "missing"])

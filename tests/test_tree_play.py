@@ -4,14 +4,25 @@ the samples they become, per-token advantages in the loss, and a whole tree phas
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from test_mcts_agent import scripted_env as scripted_env_and_lm
 
+from agents.alphazero.config import cpu_preset
+from agents.alphazero.player import Player
 from agents.alphazero.selfplay import to_samples
-from agents.alphazero.tree_play import Ending, TreeData, TreeSelfPlay, episodes_of_tree, node_values, step_advantage
+from agents.alphazero.tree_play import (
+    Ending,
+    RolloutValue,
+    TreeData,
+    TreeSelfPlay,
+    episodes_of_tree,
+    node_values,
+    step_advantage,
+)
 from agents.mcts.env_model import EnvSearchModel, normalised_entropy
 from agents.mcts.search import SearchConfig, SearchResult
 from agents.mcts.tree import NO_PARENT, new_tree
@@ -191,3 +202,27 @@ def test_entropy_branching_searches_only_the_likeliest_step_where_the_priors_are
     assert wide_stats.branching_fraction == 1.0
     with pytest.raises(ValueError, match="branch_entropy must lie in"):
         EnvSearchModel(env, constant_value(0.0), branch_entropy=1.5)
+
+
+def test_move_by_move_search_can_value_its_leaves_by_rollouts(tiny_dir):
+    base = cpu_preset()
+    config = replace(
+        base,
+        env=replace(base.env, chunk_tokens=4, max_steps=2, max_tokens=8, rewards="outcome"),
+        search=replace(base.search, num_simulations=3, dirichlet_fraction=0.0),
+        student=replace(base.student, model=str(tiny_dir)),
+        loop=replace(base.loop, group_size=2, leaf_value="rollout", progress=False),
+    )  # fmt: skip
+    player = Player.from_config(config)
+    rollouts = player.agent.value_fn
+    assert isinstance(rollouts, RolloutValue) and rollouts.value_weight == 0.0
+    episodes, stats, tree_stats = player.play(player.starts([0, 1], np.random.default_rng(0)), iteration=0,
+                                              weights_version=0)  # fmt: skip
+    assert tree_stats is None and len(episodes) == 4
+    proposed = sum(len(c) for e in episodes for s in e.steps for c in s.candidates)
+    assert rollouts.generated_tokens > 0 and stats.generated_tokens == proposed + rollouts.generated_tokens
+    assert rollouts.endings == {}  # the played path alone is trained: nothing kept
+    once = [s.q_values[a] for e in episodes for s in e.steps for a, n in enumerate(s.visits) if n == 1]
+    assert once and set(once) <= {-1.0, 1.0}  # a leaf visited once is worth its graded end, not a value estimate
+    with pytest.raises(ValueError, match="leaf_value"):
+        replace(base.loop, selfplay="tree", leaf_value="rollout")

@@ -38,12 +38,17 @@ class LoopConfig:
                            "student and every response trained with the tree's step advantages; needs "
                            "--simulations >= 2) or moves (group_size episodes per problem, a search per move, the "
                            "played path trained)", choices=("tree", "moves"))  # fmt: skip
-    rollout_temperature: float = option(0.7, "tree self-play: sampling temperature of the student's rollouts (0.7: "
-                                        "the teachers' 'right' candidates' temperature)")  # fmt: skip
+    leaf_value: str = option("value", "moves self-play: what a live leaf of the search is worth: value (the "
+                             "student's value head) or rollout (the student rolls the leaf out under the solve prompt "
+                             "to a graded end, Monte Carlo as tree self-play does; the grader sees the gold answer, "
+                             "so training only)", choices=("value", "rollout"))  # fmt: skip
+    rollout_temperature: float = option(0.7, "rolled-out leaves (tree self-play, --leaf-value rollout): sampling "
+                                        "temperature of the student's rollouts (0.7: the teachers' 'right' "
+                                        "candidates' temperature)")  # fmt: skip
     value_weight: float = option(
         0.0,
-        "tree self-play: weight of the value head in the leaf values the search "
-        "backs up, (1 - w) * rollout outcome + w * value head (0: Monte Carlo only)",
+        "rolled-out leaves (tree self-play, --leaf-value rollout): weight of the value head in the leaf values "
+        "the search backs up, (1 - w) * rollout outcome + w * value head (0: Monte Carlo only)",
     )
     branch_entropy: float = option(0.0, "tree self-play: branch only at nodes whose candidates' priors have a "
                                    "normalised entropy H / log K of at least this, elsewhere search the most likely "
@@ -88,6 +93,8 @@ class LoopConfig:
             "epsilon": (0 <= self.epsilon <= 1, "in [0, 1]"),
             "value_weight": (0 <= self.value_weight <= 1, "in [0, 1]"),
             "rollout_temperature": (self.rollout_temperature > 0, "> 0"),
+            "leaf_value": (self.leaf_value == "value" or self.selfplay == "moves",
+                           "value under --selfplay tree (a tree's leaves are always rolled out)"),  # fmt: skip
             "branch_entropy": (0 <= self.branch_entropy <= 1, "in [0, 1] (a normalised entropy)"),
             "budget_min": (self.budget_min >= 0, ">= 0"),
             "workers": (self.workers >= 0, ">= 0"),

@@ -16,7 +16,7 @@ import torch
 
 from agents.alphazero.config import RunConfig
 from agents.alphazero.selfplay import SelfPlayStats, initial_states, play_episodes
-from agents.alphazero.tree_play import TreeSelfPlay, TreeStats
+from agents.alphazero.tree_play import RolloutValue, TreeSelfPlay, TreeStats
 from agents.mcts import MCTSAgent
 from agents.policy import Agent, PriorAgent
 from agents.similarity import SimilarityAgent
@@ -34,11 +34,15 @@ def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | Tr
     if config.search.num_simulations <= 1:
         return PriorAgent()
     value_fn = LMValueFunction(lm, student.value_head)
-    if config.loop.selfplay == "tree":
-        return TreeSelfPlay(lm, config.search, value_fn=value_fn, value_weight=config.loop.value_weight,
-                            temperature=config.loop.rollout_temperature, seed=config.loop.seed,
-                            branch_entropy=config.loop.branch_entropy)  # fmt: skip
-    return MCTSAgent(value_fn, config=config.search, seed=config.loop.seed, reuse_tree=False)
+    loop = config.loop
+    if loop.selfplay == "tree":
+        return TreeSelfPlay(lm, config.search, value_fn=value_fn, value_weight=loop.value_weight,
+                            temperature=loop.rollout_temperature, seed=loop.seed,
+                            branch_entropy=loop.branch_entropy)  # fmt: skip
+    if loop.leaf_value == "rollout":  # Monte Carlo leaves (VinePPO): graded against the gold answer, training only
+        value_fn = RolloutValue(lm, value_fn=value_fn, value_weight=loop.value_weight,
+                                temperature=loop.rollout_temperature, keep_endings=False)  # fmt: skip
+    return MCTSAgent(value_fn, config=config.search, seed=loop.seed, reuse_tree=False)
 
 
 @dataclass
@@ -77,6 +81,10 @@ class Player:
             episodes, stats = self.agent.play_roots(self.env, starts, iteration=iteration,
                                                     weights_version=weights_version)  # fmt: skip
             return episodes, stats, self.agent.last_tree_stats
+        rollouts = getattr(self.agent, "value_fn", None)
+        rolled = rollouts.generated_tokens if isinstance(rollouts, RolloutValue) else 0
         episodes, stats = play_episodes(self.env, self.agent, starts, iteration=iteration,
                                         weights_version=weights_version, progress=progress)  # fmt: skip
+        if isinstance(rollouts, RolloutValue):  # the leaves' rollouts are generated tokens too
+            stats.generated_tokens += rollouts.generated_tokens - rolled
         return episodes, stats, None

@@ -75,12 +75,14 @@ class RolloutValue:
 
     One batched ``generate`` call per search round; each rollout is seeded by its state (the
     episode seed and the response length), so a tree does not depend on what else is in the batch.
-    The endings are kept (``endings``, keyed by problem and response) for the training samples.
-    The value returned is ``(1 - value_weight) * outcome + value_weight * value_fn(state)``.
+    The endings are kept (``endings``, keyed by problem and response) for the training samples, unless
+    ``keep_endings`` is False (move-by-move search, ``--leaf-value rollout``, which trains on the played
+    path alone). ``generated_tokens`` counts every rollout token. The value returned is
+    ``(1 - value_weight) * outcome + value_weight * value_fn(state)``.
     """
 
     def __init__(self, lm, *, value_fn: ValueFn | None = None, value_weight: float = 0.0,
-                 temperature: float = 1.0):  # fmt: skip
+                 temperature: float = 1.0, keep_endings: bool = True):  # fmt: skip
         if not 0.0 <= value_weight <= 1.0:
             raise ValueError(f"value_weight must lie in [0, 1], got {value_weight}")
         if value_weight > 0 and value_fn is None:
@@ -89,6 +91,7 @@ class RolloutValue:
         self.value_fn = value_fn
         self.value_weight = value_weight
         self.temperature = temperature
+        self.keep_endings = keep_endings
         self.endings: dict[tuple[int, tuple[int, ...]], Ending] = {}
         self.generated_tokens = 0
 
@@ -104,7 +107,8 @@ class RolloutValue:
         for i, (state, (g,)) in enumerate(zip(states, generations, strict=True)):
             self.generated_tokens += len(g.token_ids)
             ending = judge(env, state, state.response_ids + g.token_ids, truncated=g.finish_reason == "length")
-            self.endings[(state.problem_index, state.response_ids)] = ending
+            if self.keep_endings:
+                self.endings[(state.problem_index, state.response_ids)] = ending
             values[i] = ending.value
         if self.value_weight > 0:
             values = (1 - self.value_weight) * values + self.value_weight * self.value_fn(env, states)
