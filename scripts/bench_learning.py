@@ -23,7 +23,9 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
   candidates are the student's own samples under the solve prompt, as TRL samples, not the
   "continue correctly" prompt's);
 - ``azgym_rollout``: the default with Monte Carlo leaves (``--leaf-value rollout``: the student rolls
-  each leaf the search reaches out to a graded end instead of asking the value head).
+  each leaf the search reaches out to a graded end instead of asking the value head);
+- ``azgym_gumbel``: the default with the Gumbel MuZero root (``--search-root gumbel``: the move is the
+  Sequential Halving winner over prior logits + sigma(completed Q), not a draw from the visit counts).
 
 Each (learner, seed) writes ``<out-dir>/<learner>/seed-<s>.json`` when it has finished and been
 evaluated; a result on disk is never run again, so an interrupted benchmark resumes where it stopped
@@ -72,6 +74,7 @@ LEARNERS = (
     "azgym_solve",
     "azgym_solve_simulations_1",
     "azgym_rollout",
+    "azgym_gumbel",
 )
 EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym": [],
@@ -90,6 +93,7 @@ EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym_solve": ["--right-prompt", "solve"],
     "azgym_solve_simulations_1": ["--right-prompt", "solve", "--simulations", "1"],
     "azgym_rollout": ["--leaf-value", "rollout"],
+    "azgym_gumbel": ["--search-root", "gumbel"],
 }
 DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
 
