@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from azgym.lm import HFBackend, LanguageModel
+from azgym.lm.hf import sample_rows
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,20 @@ def test_seeded_samples_do_not_depend_on_the_batch(tiny_lm, prompt):
     assert [g.token_ids for g in alone] == [g.token_ids for g in batched]
     assert len({g.token_ids for g in alone}) > 1  # the n samples differ from each other
     assert tiny_lm.generate([prompt], n=1, max_tokens=6, seed=[6])[0][0].token_ids != alone[0].token_ids
+
+
+def test_sampler_draws_from_the_softmax_of_each_row():
+    logits = torch.tensor([[2.0, 0.0, -1.0, -30.0, 1.0], [0.0, 0.0, 0.0, -torch.inf, 0.0]])
+    draws = 20_000
+    scaled = logits.repeat_interleave(draws, dim=0)
+    generators = [torch.Generator().manual_seed(i) for i in range(len(scaled))]
+    tokens = np.array(sample_rows(scaled, generators, [False] * len(scaled))).reshape(2, draws)
+    for row, want in zip(tokens, torch.softmax(logits.double(), dim=-1).numpy(), strict=True):
+        freq = np.bincount(row, minlength=5) / draws
+        assert np.abs(freq - want).max() < 4 * np.sqrt(0.25 / draws)  # each within four standard errors
+    assert (tokens[1] != 3).all()  # a token of zero mass is never drawn
+    skipped = sample_rows(logits, [None, torch.Generator().manual_seed(0)], [False, True])
+    assert skipped == [-1, 0]  # no generator: skipped; greedy: the argmax
 
 
 def test_greedy_matches_transformers_generate(tiny_lm, prompt):

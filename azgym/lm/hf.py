@@ -181,14 +181,12 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             logits_cpu = logits.cpu()
             scaled = (logits / temps).cpu()
             next_ids = torch.full((len(live),), self.pad_id, dtype=torch.long)
+            drawn = sample_rows(scaled, [None if finish[i] is not None else generators[i] for i in live],
+                                [greedy[i] for i in live])  # fmt: skip
             for pos, i in enumerate(live):
                 if finish[i] is not None:
                     continue
-                if greedy[i]:
-                    token = int(scaled[pos].argmax())
-                else:  # Gumbel-max with this row's own generator: argmax of scaled - log(-log u), in place
-                    u = torch.rand(scaled.shape[-1], generator=generators[i]).clamp_(1e-10, 1.0)
-                    token = int(u.log_().neg_().log_().neg_().add_(scaled[pos]).argmax())
+                token = drawn[pos]
                 next_ids[pos] = token
                 if token in self.eos_ids:
                     finish[i] = "eos"
@@ -395,3 +393,27 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         else:
             g.manual_seed((int(seed) * 1_000_003 + sample) % (2**63))
         return g
+
+
+def sample_rows(
+    scaled: torch.Tensor, generators: Sequence[torch.Generator | None], greedy: Sequence[bool]
+) -> list[int]:
+    """One token per row of ``scaled`` (temperature-scaled logits ``[B, V]``, on the CPU): the argmax for a
+    greedy row, else a draw from softmax(row) by inverting its cumulative distribution at one uniform
+    number from the row's own generator (so a row's sample does not depend on the batch around it). A row
+    whose generator is None is skipped (-1). The softmax and cumulative sums run for all rows at once, in
+    float64, so that each draw costs one random number instead of one per vocabulary entry.
+    """
+    out = [-1] * len(generators)
+    sampled = [pos for pos, g in enumerate(generators) if g is not None and not greedy[pos]]
+    for pos, g in enumerate(generators):
+        if g is not None and greedy[pos]:
+            out[pos] = int(scaled[pos].argmax())
+    if sampled:
+        cdf = torch.softmax(scaled[sampled].double(), dim=-1).cumsum_(dim=-1)
+        u = torch.cat([1.0 - torch.rand(1, generator=generators[pos], dtype=torch.float64) for pos in sampled])
+        # the first token whose cumulative mass reaches u (in (0, 1]): a token of zero mass is never drawn
+        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+        for pos, token in zip(sampled, drawn.tolist(), strict=True):
+            out[pos] = token
+    return out
