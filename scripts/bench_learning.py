@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from bench_common import (
     checked_settings,
     collect,
@@ -229,11 +230,27 @@ def load_adapter(path: str):
 # ---------------------------------------------------------------- the report
 
 
+def accuracy_at_tokens(curve: list[dict], tokens: float, base: float) -> float | None:
+    """A run's held-out accuracy after ``tokens`` generated tokens: linear between its evaluated points, from the
+    base model's accuracy at 0 tokens; None where the run never reached ``tokens`` or its points lack token counts."""
+    points = [(p["generated_tokens"], p["accuracy"]) for p in curve if "generated_tokens" in p]
+    if not points or points[-1][0] < tokens:
+        return None
+    xs, ys = zip(*[(0, base), *points], strict=True)
+    return float(np.interp(tokens, xs, ys))
+
+
 def report(out: Path, base: dict, budget_min: float, commit: str, eval_size: int = 200) -> dict:
     learners = collect(out, LEARNERS)
     for entry in learners.values():
         entry["minutes"] = [curve[-1]["minutes"] for curve in entry["curves"]]  # of training, to the last point
         entry["collapsed"] = [f < b / 2 for f, b in zip(entry["final"], entry["best"], strict=True)]
+    # accuracy at equal generated tokens: the fewest any run generated in its budget, on every run's curve
+    reached = [c[-1]["generated_tokens"] for e in learners.values() for c in e["curves"] if "generated_tokens" in c[-1]]
+    matched = min(reached) if reached else None
+    for entry in learners.values():
+        entry["at_matched_tokens"] = [accuracy_at_tokens(c, matched, base["accuracy"]) if matched else None
+                                      for c in entry["curves"]]  # fmt: skip
     trl = [n for n in BASELINES if n in learners]
     baseline = max(trl, key=lambda n: mean_std(learners[n]["final"])[0]) if trl else None
     return {
@@ -246,6 +263,7 @@ def report(out: Path, base: dict, budget_min: float, commit: str, eval_size: int
         "default": DEFAULT,
         "ablation": ABLATION,
         "baseline": baseline,
+        "matched_tokens": matched,
         "learners": learners,
     }
 
@@ -254,14 +272,18 @@ def print_report(summary: dict) -> None:
     base = summary["base"]
     print(f"{summary['task']}, {summary['budget_min']:g} min per learner and seed; {summary['eval']}")
     print(f"base model: {base:.3f}")
+    matched = summary.get("matched_tokens")
+    at = f"@{matched} tok" if matched else "@tokens"
     print(f"{'learner':22s} {'seeds':>5s} {'final':>15s} {'best':>15s} {'collapsed':>9s} {'minutes':>7s} "
-          f"{'steps':>7s} {'tokens':>9s}")  # fmt: skip
+          f"{'steps':>7s} {'tokens':>9s} {at:>15s}")  # fmt: skip
     for name, e in summary["learners"].items():
         final, best = mean_std(e["final"]), mean_std(e["best"])
         steps, tokens = mean_std(e["learner_steps"])[0], mean_std(e["generated_tokens"])[0]
+        reached = [a for a in e.get("at_matched_tokens", []) if a is not None]
+        at_tokens = "{:8.3f}+-{:.3f}".format(*mean_std(reached)) if reached else f"{'-':>15s}"
         print(f"{name:22s} {len(e['seeds']):5d} {final[0]:8.3f}+-{final[1]:.3f} {best[0]:8.3f}+-{best[1]:.3f} "
               f"{sum(e['collapsed']):4d}/{len(e['seeds']):<4d} {mean_std(e['minutes'])[0]:7.1f} {steps:7.0f} "
-              f"{tokens:9.0f}")  # fmt: skip
+              f"{tokens:9.0f} {at_tokens}")  # fmt: skip
     baseline, learners = summary["baseline"], summary["learners"]
     if DEFAULT in learners and baseline:
         gain = mean_std(learners[DEFAULT]["final"])[0] - base

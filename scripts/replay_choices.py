@@ -5,9 +5,10 @@
 Per learner (``<out-dir>/<learner>/seed-*/replay/*.jsonl``, the last ``--capacity-iterations`` of each
 seed's run): episodes, the share solved, moves per episode, the share cut off by the length limit, the
 share of moves that played a "wrong"-prompt candidate beside the priors' mass on those candidates,
-the share that played the priors' most likely candidate, and the normalised entropies of the move
-policy (visits; 0 without search) and of the priors. A search that helps plays wrong candidates less
-often than the priors would.
+the share that played the priors' most likely candidate, the normalised entropies of the move
+policy (visits; 0 without search) and of the priors, and the share of groups (one problem's episodes
+in one shard) whose returns are all equal: GRPO's group advantages are zero there, so the group teaches
+the policy nothing. A search that helps plays wrong candidates less often than the priors would.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ def entropy(weights) -> float:
 
 def choices(run_dirs: list[Path]) -> dict:
     """The statistics above over every replay shard under ``run_dirs``."""
-    episodes = [json.loads(line) for d in run_dirs for f in sorted((d / "replay").glob("*.jsonl"))
-                for line in f.read_text().splitlines() if line.strip()]  # fmt: skip
+    shards = [f for d in run_dirs for f in sorted((d / "replay").glob("*.jsonl"))]
+    keyed = [(f, json.loads(line)) for f in shards for line in f.read_text().splitlines() if line.strip()]
+    episodes = [e for _, e in keyed]
     if not episodes:
         return {"episodes": 0}
     moves = [s for e in episodes for s in e["steps"]]
+    groups: dict[tuple, list[float]] = {}
+    for f, e in keyed:
+        groups.setdefault((f, e.get("problem_id")), []).append(float(e.get("episode_return", e["solved"])))
     return {
         "episodes": len(episodes),
         "solved": float(np.mean([e["solved"] for e in episodes])),
@@ -48,6 +53,7 @@ def choices(run_dirs: list[Path]) -> dict:
         "played_prior_argmax": float(np.mean([s["action"] == int(np.argmax(s["priors"])) for s in moves])),
         "visit_entropy": float(np.mean([entropy(s["visits"]) for s in moves])),
         "prior_entropy": float(np.mean([entropy(s["priors"]) for s in moves])),
+        "equal_groups": float(np.mean([len(set(r)) == 1 for r in groups.values()])),
     }
 
 
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         parser.error(f"no results folder for {', '.join(missing)} under {out}: run the benchmark first")
     header = ("learner", "episodes", "solved", "moves/ep", "truncated", "played wrong", "prior on wrong",
-              "played argmax prior", "H(visits)", "H(priors)")  # fmt: skip
+              "played argmax prior", "H(visits)", "H(priors)", "groups with equal returns")  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|---" + "|---:" * (len(header) - 1) + "|")
     for name in args.learners:
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | 0 (no replay on disk) |" + " |" * (len(header) - 2))
             continue
         keys = ("solved", "moves_per_episode", "truncated", "played_wrong", "prior_on_wrong", "played_prior_argmax",
-                "visit_entropy", "prior_entropy")  # fmt: skip
+                "visit_entropy", "prior_entropy", "equal_groups")  # fmt: skip
         print(f"| {name} | {c['episodes']} | " + " | ".join(f"{c[k]:.3f}" if k != "moves_per_episode"
                                                            else f"{c[k]:.2f}" for k in keys) + " |")  # fmt: skip
 

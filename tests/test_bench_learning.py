@@ -75,6 +75,26 @@ def test_report_means_spread_collapse_and_the_better_baseline(tmp_path, capsys):
     json.dumps(summary)  # the docs/bench_learning.json shape is plain JSON
 
 
+def test_accuracy_at_matched_tokens_is_read_off_every_curve_between_its_points(tmp_path):
+    curve = [{"generated_tokens": 1000, "accuracy": 0.30}, {"generated_tokens": 3000, "accuracy": 0.50}]
+    assert bench.accuracy_at_tokens(curve, 2000, base=0.10) == pytest.approx(0.40)
+    assert bench.accuracy_at_tokens(curve, 500, base=0.10) == pytest.approx(0.20)  # from the base at 0 tokens
+    assert bench.accuracy_at_tokens(curve, 3001, base=0.10) is None  # never reached
+    assert bench.accuracy_at_tokens([{"accuracy": 0.3}], 10, base=0.1) is None  # no token counts
+    for name, tokens in (("azgym", 3000), ("azgym_simulations_1", 6000)):
+        (tmp_path / name).mkdir()
+        result = dict(fake_result(0.5, 0.5, tokens=tokens), learner=name, seed=0)
+        result["curve"] = [{"minutes": 5.0, "generated_tokens": tokens // 3, "accuracy": 0.3},
+                           {"minutes": 10.0, "generated_tokens": tokens, "accuracy": 0.5}]  # fmt: skip
+        (tmp_path / name / "seed-0.json").write_text(json.dumps(result))
+    summary = bench.report(tmp_path, {"level": "add2", "accuracy": 0.10}, 10.0, "abc123")
+    assert summary["matched_tokens"] == 3000  # the fewest any run generated
+    assert summary["learners"]["azgym"]["at_matched_tokens"] == [pytest.approx(0.5)]
+    assert summary["learners"]["azgym_simulations_1"]["at_matched_tokens"] == [
+        pytest.approx(0.35)
+    ]  # a quarter of 2000 -> 6000
+
+
 def test_bad_flags_fail_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="unknown nope"):
         bench.main(["--learners", "azgym,nope", "--out-dir", str(tmp_path)])
@@ -88,17 +108,21 @@ def test_bad_flags_fail_before_any_work(tmp_path):
 def test_replay_choices_counts_what_the_agent_played(tmp_path, capsys):
     import replay_choices
 
-    def episode(action, solved, visits):
+    def episode(action, solved, visits, problem="p1"):
         step = {"labels": ["right", "right", "wrong"], "priors": [0.6, 0.3, 0.1], "visits": visits, "action": action}
-        return json.dumps({"solved": solved, "truncated": False, "steps": [step]})
+        return json.dumps({"problem_id": problem, "episode_return": 1.0 if solved else -1.0, "solved": solved,
+                           "truncated": False, "steps": [step]})  # fmt: skip
 
     shard = tmp_path / "searched" / "seed-0" / "replay" / "iter-000001.jsonl"
     shard.parent.mkdir(parents=True)
     shard.write_text(episode(2, False, [1, 1, 2]) + "\n" + episode(0, True, [4, 0, 0]) + "\n")
+    # the same problem in the next shard is another group: its two returns are equal
+    shard.with_name("iter-000002.jsonl").write_text(episode(0, True, [4, 0, 0]) + "\n" + episode(0, True, [4, 0, 0]))
     c = replay_choices.choices([tmp_path / "searched" / "seed-0"])
-    assert (c["episodes"], c["solved"], c["played_wrong"], c["played_prior_argmax"]) == (2, 0.5, 0.5, 0.5)
-    assert c["prior_on_wrong"] == pytest.approx(0.1) and c["visit_entropy"] == pytest.approx(0.5 * 1.5 * 0.6309, 1e-3)
+    assert (c["episodes"], c["solved"], c["played_wrong"], c["played_prior_argmax"]) == (4, 0.75, 0.25, 0.75)
+    assert c["equal_groups"] == 0.5
+    assert c["prior_on_wrong"] == pytest.approx(0.1) and c["visit_entropy"] == pytest.approx(0.25 * 1.5 * 0.6309, 1e-3)
     replay_choices.main(["--out-dir", str(tmp_path), "searched"])
-    assert "| searched | 2 | 0.500 |" in capsys.readouterr().out
+    assert "| searched | 4 | 0.750 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         replay_choices.main(["--out-dir", str(tmp_path), "missing"])
