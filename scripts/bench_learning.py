@@ -30,13 +30,14 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
 Each (learner, seed) writes ``<out-dir>/<learner>/seed-<s>.json`` when it has finished and been
 evaluated; a result on disk is never run again, so an interrupted benchmark resumes where it stopped
 and a long one can be split over several invocations. A run directory without its result (the run was
-cut off) is started afresh: a time budget cannot be resumed. Every invocation ends with the report
-over all results on disk: per learner the mean +- std over seeds of the final and best accuracy, a
-collapse flag (final < half of best), learner steps and generated tokens; the baseline is the better
-TRL learner by mean final accuracy; the gain ratio ``(azgym - base) / (baseline - base)`` on means is
-printed last. ``--publish`` also writes ``docs/bench_learning.json``, ``docs/bench_learning_curves.png``
-and every result file under ``docs/bench_learning_runs/``: on a fresh machine, ``cp -r
-docs/bench_learning_runs runs/bench-learning`` and the benchmark resumes from them.
+cut off) is started afresh: a time budget cannot be resumed. Every invocation ends with the report over all
+results on disk: per learner the mean +- std over seeds of the final and best accuracy, a collapse flag (final
+< half of best), learner steps, generated tokens and the accuracy at equal generated tokens (each run's curve
+read at the fewest tokens any run generated: :func:`accuracy_at_tokens`); the baseline is the better TRL
+learner by mean final accuracy; the gain ratio ``(azgym - base) / (baseline - base)`` on means is printed
+last. ``--publish`` also writes ``docs/bench_learning.json``, ``docs/bench_learning_curves.png`` and every
+result file under ``docs/bench_learning_runs/``: on a fresh machine, ``cp -r docs/bench_learning_runs
+runs/bench-learning`` and the benchmark resumes from them.
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ def report(out: Path, base: dict, budget_min: float, commit: str, eval_size: int
     reached = [c[-1]["generated_tokens"] for e in learners.values() for c in e["curves"] if "generated_tokens" in c[-1]]
     matched = min(reached) if reached else None
     for entry in learners.values():
-        entry["at_matched_tokens"] = [accuracy_at_tokens(c, matched, base["accuracy"]) if matched else None
+        entry["at_matched_tokens"] = [accuracy_at_tokens(c, matched, base["accuracy"]) if matched is not None else None
                                       for c in entry["curves"]]  # fmt: skip
     trl = [n for n in BASELINES if n in learners]
     baseline = max(trl, key=lambda n: mean_std(learners[n]["final"])[0]) if trl else None
@@ -273,7 +274,7 @@ def print_report(summary: dict) -> None:
     print(f"{summary['task']}, {summary['budget_min']:g} min per learner and seed; {summary['eval']}")
     print(f"base model: {base:.3f}")
     matched = summary.get("matched_tokens")
-    at = f"@{matched} tok" if matched else "@tokens"
+    at = f"@{matched} tok" if matched is not None else "@tokens"
     print(f"{'learner':22s} {'seeds':>5s} {'final':>15s} {'best':>15s} {'collapsed':>9s} {'minutes':>7s} "
           f"{'steps':>7s} {'tokens':>9s} {at:>15s}")  # fmt: skip
     for name, e in summary["learners"].items():
