@@ -250,8 +250,9 @@ def report(out: Path, base: dict, budget_min: float, commit: str, eval_size: int
     reached = [c[-1]["generated_tokens"] for e in learners.values() for c in e["curves"] if "generated_tokens" in c[-1]]
     matched = min(reached) if reached else None
     for entry in learners.values():
-        entry["at_matched_tokens"] = [accuracy_at_tokens(c, matched, base["accuracy"]) if matched is not None else None
-                                      for c in entry["curves"]]  # fmt: skip
+        curves = entry["curves"]
+        entry["at_matched_tokens"] = ([accuracy_at_tokens(c, matched, base["accuracy"]) for c in curves]
+                                      if matched is not None else [None] * len(curves))  # fmt: skip
     trl = [n for n in BASELINES if n in learners]
     baseline = max(trl, key=lambda n: mean_std(learners[n]["final"])[0]) if trl else None
     return {
@@ -273,14 +274,14 @@ def print_report(summary: dict) -> None:
     base = summary["base"]
     print(f"{summary['task']}, {summary['budget_min']:g} min per learner and seed; {summary['eval']}")
     print(f"base model: {base:.3f}")
-    matched = summary.get("matched_tokens")
+    matched = summary["matched_tokens"]
     at = f"@{matched} tok" if matched is not None else "@tokens"
     print(f"{'learner':22s} {'seeds':>5s} {'final':>15s} {'best':>15s} {'collapsed':>9s} {'minutes':>7s} "
           f"{'steps':>7s} {'tokens':>9s} {at:>15s}")  # fmt: skip
     for name, e in summary["learners"].items():
         final, best = mean_std(e["final"]), mean_std(e["best"])
         steps, tokens = mean_std(e["learner_steps"])[0], mean_std(e["generated_tokens"])[0]
-        reached = [a for a in e.get("at_matched_tokens", []) if a is not None]
+        reached = [a for a in e["at_matched_tokens"] if a is not None]
         at_tokens = "{:8.3f}+-{:.3f}".format(*mean_std(reached)) if reached else f"{'-':>15s}"
         print(f"{name:22s} {len(e['seeds']):5d} {final[0]:8.3f}+-{final[1]:.3f} {best[0]:8.3f}+-{best[1]:.3f} "
               f"{sum(e['collapsed']):4d}/{len(e['seeds']):<4d} {mean_std(e['minutes'])[0]:7.1f} {steps:7.0f} "

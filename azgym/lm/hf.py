@@ -405,14 +405,17 @@ def sample_rows(
     float64, so that each draw costs one random number instead of one per vocabulary entry.
     """
     out = [-1] * len(generators)
-    sampled = [pos for pos, g in enumerate(generators) if g is not None and not greedy[pos]]
-    for pos, g in enumerate(generators):
-        if g is not None and greedy[pos]:
-            out[pos] = int(scaled[pos].argmax())
+    rows = [pos for pos, g in enumerate(generators) if g is not None]
+    argmax = [pos for pos in rows if greedy[pos]]
+    sampled = [pos for pos in rows if not greedy[pos]]
+    if argmax:
+        for pos, token in zip(argmax, scaled[argmax].argmax(dim=-1).tolist(), strict=True):
+            out[pos] = token
     if sampled:
         cdf = torch.softmax(scaled[sampled].double(), dim=-1).cumsum_(dim=-1)
         u = torch.cat([1.0 - torch.rand(1, generator=generators[pos], dtype=torch.float64) for pos in sampled])
-        # the first token whose cumulative mass reaches u (in (0, 1]): a token of zero mass is never drawn
+        # the first token whose cumulative mass reaches u (in (0, 1]): a token of zero mass is never drawn; the
+        # clamp keeps a row of non-finite logits (a NaN cdf) inside the vocabulary
         drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
         for pos, token in zip(sampled, drawn.tolist(), strict=True):
             out[pos] = token
