@@ -116,3 +116,48 @@ def publish_runs(out: Path, runs: Path) -> None:
     for path in [out / "settings.json", out / "base.json", *out.glob("*/seed-*.json")]:
         (runs / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, runs / path.relative_to(out))
+
+
+def rescue_summary(path: Path, last_iteration: int | None = None) -> dict | None:
+    """An adaptive run's rescue statistics over its iterations up to ``last_iteration`` (that of the final
+    evaluated checkpoint; None: all): shares over all groups, the share of all-fail groups rescued, totals of the
+    rescue's cost. None for a run that wrote no ``adaptive.jsonl``."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if last_iteration is None or r["iteration"] <= last_iteration]
+    groups = sum(r["groups"] for r in rows)
+    if not groups:
+        return None
+    share = {key: sum(r[key] * r["groups"] for r in rows) / groups
+             for key in ("all_fail_before", "all_pass_before", "all_fail_after", "dead_after")}  # fmt: skip
+    all_fail = sum(r["all_fail_before"] * r["groups"] for r in rows)
+    rescued = sum(r["rescued_by_cache"] + r["rescued_by_search"] for r in rows)
+    searched = sum(r["searched_problems"] for r in rows)
+    return {"iterations": len(rows), "groups": groups, **share,
+            "rescued_share": rescued / all_fail if all_fail else None,
+            "rescued_by_search": sum(r["rescued_by_search"] for r in rows),
+            "rescued_by_cache": sum(r["rescued_by_cache"] for r in rows),
+            "search_rescue_rate": sum(r["rescued_by_search"] for r in rows) / searched if searched else None,
+            **{key: sum(r[key] for r in rows) for key in ("rescue_seconds", "rescue_tokens",
+                                                           "rescue_simulations")}}  # fmt: skip
+
+
+def print_rescue(learners: dict) -> None:
+    """The adaptive learners' rescue statistics, mean over seeds."""
+    rows = {name: [r for r in e.get("adaptive", []) if r] for name, e in learners.items()}
+    rows = {name: runs for name, runs in rows.items() if runs}
+    if not rows:
+        return
+    print(f"{'rescue (adaptive)':22s} {'all-fail':>8s} {'all-pass':>8s} {'rescued':>8s} {'all-fail':>9s} "
+          f"{'dead':>6s} {'seconds':>8s} {'tokens':>8s} {'sims':>6s}")  # fmt: skip
+    print(f"{'':22s} {'before':>8s} {'before':>8s} {'share':>8s} {'after':>9s} {'after':>6s}")
+    for name, runs in rows.items():
+
+        def mean(key, runs=runs):
+            values = [r[key] for r in runs if r.get(key) is not None]
+            return sum(values) / len(values) if values else float("nan")
+
+        print(f"{name:22s} {mean('all_fail_before'):8.3f} {mean('all_pass_before'):8.3f} {mean('rescued_share'):8.3f} "
+              f"{mean('all_fail_after'):9.3f} {mean('dead_after'):6.3f} {mean('rescue_seconds'):8.0f} "
+              f"{mean('rescue_tokens'):8.0f} {mean('rescue_simulations'):6.0f}")  # fmt: skip

@@ -26,6 +26,11 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
   each leaf the search reaches out to a graded end instead of asking the value head);
 - ``azgym_gumbel``: the default with the Gumbel MuZero root (``--search-root gumbel``: the move is the
   Sequential Halving winner over prior logits + sigma(completed Q), not a draw from the visit counts).
+- ``azgym_adaptive``: adaptive self-play (``--selfplay adaptive --dynamic-sampling``: cheap groups from the
+  priors, the MCTS only on all-fail groups, a solution cache, all-pass problems skipped for a while, learner
+  steps only on groups whose returns differ); its rescue statistics (all-fail and all-pass shares before and
+  after, the share rescued, the tokens, seconds and simulations the rescue took) are read from the run's
+  ``adaptive.jsonl`` into the result and the report.
 
 Each (learner, seed) writes ``<out-dir>/<learner>/seed-<s>.json`` when it has finished and been
 evaluated; a result on disk is never run again, so an interrupted benchmark resumes where it stopped
@@ -35,9 +40,10 @@ results on disk: per learner the mean +- std over seeds of the final and best ac
 < half of best), learner steps, generated tokens and the accuracy at equal generated tokens (each run's curve
 read at the fewest tokens any run generated: :func:`accuracy_at_tokens`); the baseline is the better TRL
 learner by mean final accuracy; the gain ratio ``(azgym - base) / (baseline - base)`` on means is printed
-last. ``--publish`` also writes ``docs/bench_learning.json``, ``docs/bench_learning_curves.png`` and every
-result file under ``docs/bench_learning_runs/``: on a fresh machine, ``cp -r docs/bench_learning_runs
-runs/bench-learning`` and the benchmark resumes from them.
+last (and ``azgym_adaptive``'s after it). ``--publish`` also writes ``docs/bench_learning.json``,
+``docs/bench_learning_curves.png`` and every result file under ``docs/bench_learning_runs/`` (another ``--level``
+L: ``docs/bench_learning_L.json``, ``..._L_curves.png``, ``..._L_runs/``): on a fresh machine, ``cp -r
+docs/bench_learning_runs runs/bench-learning`` and the benchmark resumes from them.
 """
 
 from __future__ import annotations
@@ -57,8 +63,10 @@ from bench_common import (
     checked_settings,
     collect,
     mean_std,
+    print_rescue,
     prune_checkpoints,
     publish_runs,
+    rescue_summary,
     run_all,
     seeds_and_learners,
 )
@@ -77,6 +85,7 @@ LEARNERS = (
     "azgym_solve_simulations_1",
     "azgym_rollout",
     "azgym_gumbel",
+    "azgym_adaptive",
 )
 EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym": [],
@@ -96,8 +105,10 @@ EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym_solve_simulations_1": ["--right-prompt", "solve", "--simulations", "1"],
     "azgym_rollout": ["--leaf-value", "rollout"],
     "azgym_gumbel": ["--search-root", "gumbel"],
+    "azgym_adaptive": ["--selfplay", "adaptive", "--dynamic-sampling"],
 }
 DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
+ADAPTIVE = "azgym_adaptive"  # its gain ratio is printed last (the search issue's judge)
 
 logger = logging.getLogger("bench_learning")
 
@@ -143,7 +154,9 @@ class Trainer:
         if not name.startswith("trl"):
             prune_checkpoints(run_dir, keep={p["path"] for p in curve})
         final, best = curve[-1]["accuracy"], max(p["accuracy"] for p in curve)
+        rescue = rescue_summary(run_dir / "adaptive.jsonl", curve[-1].get("iteration"))
         return {
+            **({"adaptive": rescue} if rescue else {}),
             "final": final,
             "best": best,
             "learner_steps": curve[-1]["learner_steps"],
@@ -190,7 +203,7 @@ def azgym_points(run_dir: Path, args) -> list[dict]:
         extra = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)["extra"]
         meta = json.loads((path / "meta.json").read_text())
         found.append({"path": str(path), "minutes": extra["elapsed_s"] / 60, "learner_steps": meta["step"],
-                      "generated_tokens": extra["generated_tokens"]})  # fmt: skip
+                      "generated_tokens": extra["generated_tokens"], "iteration": extra["iteration"]})  # fmt: skip
     if not found:
         raise SystemExit(f"bench_learning.py: no checkpoint under {run_dir}; see {run_dir}/train.log")
     within = [p for p in found if p["minutes"] <= args.budget_min * 1.02] or found[:1]
@@ -243,6 +256,11 @@ def accuracy_at_tokens(curve: list[dict], tokens: float, base: float) -> float |
 
 def report(out: Path, base: dict, budget_min: float, commit: str, eval_size: int = 200) -> dict:
     learners = collect(out, LEARNERS)
+    for name, entry in learners.items():  # adaptive runs' rescue statistics, per seed (None: not adaptive)
+        results = sorted((json.loads(p.read_text()) for p in (out / name).glob("seed-*.json")), key=lambda r: r["seed"])
+        rescue = [r.get("adaptive") for r in results]
+        if any(rescue):
+            entry["adaptive"] = rescue
     for entry in learners.values():
         entry["minutes"] = [curve[-1]["minutes"] for curve in entry["curves"]]  # of training, to the last point
         entry["collapsed"] = [f < b / 2 for f, b in zip(entry["final"], entry["best"], strict=True)]
@@ -287,16 +305,20 @@ def print_report(summary: dict) -> None:
               f"{sum(e['collapsed']):4d}/{len(e['seeds']):<4d} {mean_std(e['minutes'])[0]:7.1f} {steps:7.0f} "
               f"{tokens:9.0f} {at_tokens}")  # fmt: skip
     baseline, learners = summary["baseline"], summary["learners"]
-    if DEFAULT in learners and baseline:
-        gain = mean_std(learners[DEFAULT]["final"])[0] - base
+    print_rescue(learners)
+    judged = [name for name in (DEFAULT, ADAPTIVE) if name in learners]
+    if judged and baseline:
         base_gain = mean_std(learners[baseline]["final"])[0] - base
-        ratio = f"{gain / base_gain:.2f}" if base_gain > 0 else f"undefined (the baseline's gain is {base_gain:+.3f})"
-        if ABLATION in learners:
-            search = mean_std(learners[DEFAULT]["final"])[0] - mean_std(learners[ABLATION]["final"])[0]
-            print(f"search ({DEFAULT}) minus no search ({ABLATION}), mean final accuracy: {search:+.3f}")
-        print(f"gain ratio {DEFAULT}/{baseline} on mean final accuracy (over the base {base:.3f}): {ratio}")
+        for name in judged:  # the adaptive loop's last: the search issue's judge
+            gain = mean_std(learners[name]["final"])[0] - base
+            ratio = (f"{gain / base_gain:.2f}" if base_gain > 0
+                     else f"undefined (the baseline's gain is {base_gain:+.3f})")  # fmt: skip
+            if ABLATION in learners:
+                search = mean_std(learners[name]["final"])[0] - mean_std(learners[ABLATION]["final"])[0]
+                print(f"{name} minus no search ({ABLATION}), mean final accuracy: {search:+.3f}")
+            print(f"gain ratio {name}/{baseline} on mean final accuracy (over the base {base:.3f}): {ratio}")
     else:
-        print("gain ratio: not yet (needs azgym and a TRL learner on disk)")
+        print(f"gain ratio: not yet (needs {DEFAULT} or {ADAPTIVE} and a TRL learner on disk)")
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -375,9 +397,10 @@ def main(argv=None) -> None:
     if summary["learners"]:
         plot(summary, out / "bench_learning_curves.png")
     if args.publish:  # the summary, its plot, and every result file (copy them back into --out-dir to resume)
-        (REPO / "docs" / "bench_learning.json").write_text(json.dumps(summary, indent=1))
-        shutil.copy(out / "bench_learning_curves.png", REPO / "docs" / "bench_learning_curves.png")
-        publish_runs(out, REPO / "docs" / "bench_learning_runs")
+        stem = "bench_learning" if args.level == "add2" else f"bench_learning_{args.level}"
+        (REPO / "docs" / f"{stem}.json").write_text(json.dumps(summary, indent=1))
+        shutil.copy(out / "bench_learning_curves.png", REPO / "docs" / f"{stem}_curves.png")
+        publish_runs(out, REPO / "docs" / f"{stem}_runs")
     print_report(summary)
 
 

@@ -193,3 +193,30 @@ def test_matches_reference_without_jit():
     )  # fmt: skip
     assert code.returncode == 0, code.stdout[-2000:] + code.stderr[-2000:]
     assert "4 passed" in code.stdout
+
+
+@pytest.mark.parametrize(("q_bounds", "visits"), [("minmax", [1, 2]), ("fixed", [2, 1])])
+def test_fixed_q_bounds_against_a_hand_computed_root(q_bounds, visits):
+    """Two terminal children worth -0.6 and -0.5, priors 0.8 / 0.2, 3 simulations, c(N) sqrt(N) as MuZero's.
+
+    Sim 1 takes a0 (the prior). minmax: sim 2 sees Qn = Q while the tree knows one Q: a0 -0.6 + c(2)√2·0.8/2 =
+    0.107 < a1 0 + c(2)√2·0.2 = 0.354 -> a1; sim 3 rescales -0.6 / -0.5 to 0 / 1: a0 0 + c(3)√3·0.8/2 = 0.866 <
+    a1 1 + c(3)√3·0.2/2 = 1.217 -> a1. fixed ([-1, 1] -> [0, 1]): sim 2: a0 0.2 + 0.707 = 0.907 > a1 (first-play 0 ->
+    0.5) 0.5 + 0.354 = 0.854 -> a0; sim 3: a0 0.2 + c(3)√3·0.8/3 = 0.777 < a1 0.5 + c(3)√3·0.2 = 0.933 -> a1.
+    """
+    result = MCTS(num_simulations=3, dirichlet_fraction=0.0, q_bounds=q_bounds).search(
+        Bandit([-0.6, -0.5], prior=[0.8, 0.2]), roots(1), np.random.default_rng(0)
+    )
+    assert result.visits[0].tolist() == visits
+
+
+@pytest.mark.parametrize("q_bounds", ["minmax", "fixed"])
+def test_fixed_q_bounds_in_the_gumbel_improved_policy(q_bounds):
+    """Both children visited once: completed Q = -0.6 / -0.5, sigma = (c_visit + 1) c_scale x rescaled Q."""
+    result = MCTS(num_simulations=2, root="gumbel", gumbel_scale=0.0, q_bounds=q_bounds).search(
+        Bandit([-0.6, -0.5], prior=[0.8, 0.2]), roots(1), np.random.default_rng(0)
+    )
+    rescaled = np.array([0.0, 1.0]) if q_bounds == "minmax" else (np.array([-0.6, -0.5]) + 1) / 2
+    logits = np.log([0.8, 0.2]) + (50 + 1) * 0.1 * rescaled
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(result.improved_policy[0], expected, rtol=1e-6)

@@ -9,11 +9,12 @@ states themselves, so the episodes of a batch do not depend on how it is split o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from agents.alphazero.adaptive import AdaptiveSelfPlay, AdaptiveStats
 from agents.alphazero.config import RunConfig
 from agents.alphazero.selfplay import SelfPlayStats, initial_states, play_episodes
 from agents.alphazero.tree_play import RolloutValue, TreeSelfPlay, TreeStats
@@ -26,15 +27,21 @@ from azgym.env import EnvState, ReasoningEnv
 from azgym.lm.hf import HFBackend
 
 
-def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | TreeSelfPlay:
-    """The self-play agent the config asks for: MCTS per move (the default), tree self-play, no search
-    (``num_simulations`` 1, the ablation) or similarity."""
-    if config.loop.agent == "similarity":
-        return SimilarityAgent(lm, epsilon=config.loop.epsilon, seed=config.loop.seed)
+def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | TreeSelfPlay | AdaptiveSelfPlay:
+    """The self-play agent the config asks for: MCTS per move (the default), tree self-play, adaptive (cheap
+    groups, the search only on all-fail groups), no search (``num_simulations`` 1, the ablation) or similarity."""
+    loop = config.loop
+    if loop.agent == "similarity":
+        return SimilarityAgent(lm, epsilon=loop.epsilon, seed=loop.seed)
+    value_fn = LMValueFunction(lm, student.value_head)
+    if loop.selfplay == "adaptive":
+        search = replace(config.search, num_simulations=loop.rescue_simulations,
+                         leaves_per_round=loop.rescue_leaves_per_round)  # fmt: skip
+        rescue = MCTSAgent(value_fn, config=search, seed=loop.seed, reuse_tree=False)
+        return AdaptiveSelfPlay(rescue, group_size=loop.group_size, rescue_budget=loop.rescue_budget,
+                                solution_cache=loop.solution_cache, skip_solved=loop.skip_solved, seed=loop.seed)
     if config.search.num_simulations <= 1:
         return PriorAgent()
-    value_fn = LMValueFunction(lm, student.value_head)
-    loop = config.loop
     if loop.selfplay == "tree":
         return TreeSelfPlay(lm, config.search, value_fn=value_fn, value_weight=loop.value_weight,
                             temperature=loop.rollout_temperature, seed=loop.seed,
@@ -53,7 +60,7 @@ class Player:
     student: Student
     lm: HFBackend
     env: ReasoningEnv
-    agent: Agent | TreeSelfPlay
+    agent: Agent | TreeSelfPlay | AdaptiveSelfPlay
 
     @classmethod
     def from_config(cls, config: RunConfig) -> Player:
@@ -68,15 +75,27 @@ class Player:
         """Starting states per problem: the GRPO group, or one tree's root."""
         return 1 if isinstance(self.agent, TreeSelfPlay) else self.config.loop.group_size
 
+    def draw_problems(self, size: int, iteration: int, rng: np.random.Generator) -> list[int]:
+        """The iteration's ``size`` problems, drawn without replacement from ``rng`` (adaptive self-play leaves
+        out the problems on its skip list)."""
+        if isinstance(self.agent, AdaptiveSelfPlay):
+            return self.agent.draw_problems(len(self.env.problems), size, iteration, rng)
+        return rng.choice(len(self.env.problems), size=size, replace=False).tolist()
+
     def starts(self, problem_indices: list[int], rng: np.random.Generator) -> list[EnvState]:
         """The starting states of ``problem_indices`` (``group_size`` each, a problem's together), episode
         seeds drawn from ``rng`` in order."""
         return initial_states(self.env, problem_indices, self.group_size, rng)
 
     def play(self, starts: list[EnvState], *, iteration: int, weights_version: int,
-             progress: bool = False) -> tuple[list[Episode], SelfPlayStats, TreeStats | None]:  # fmt: skip
+             progress: bool = False) -> tuple[list[Episode], SelfPlayStats,
+                                              TreeStats | AdaptiveStats | None]:  # fmt: skip
         """Self-play from ``starts``: the episodes (in the order of their starts), the statistics, and the
-        tree statistics of tree self-play (None for move-by-move play)."""
+        tree statistics of tree self-play or the rescue statistics of adaptive self-play (None for move-by-move
+        play)."""
+        if isinstance(self.agent, AdaptiveSelfPlay):
+            return self.agent.play(self.env, starts, iteration=iteration, weights_version=weights_version,
+                                   progress=progress)  # fmt: skip
         if isinstance(self.agent, TreeSelfPlay):
             episodes, stats = self.agent.play_roots(self.env, starts, iteration=iteration,
                                                     weights_version=weights_version)  # fmt: skip

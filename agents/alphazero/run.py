@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.alphazero.adaptive import AdaptiveSelfPlay, AdaptiveStats
 from agents.alphazero.config import RunConfig, sampling_temperature
 from agents.alphazero.evaluate import METRICS, evaluate
 from agents.alphazero.player import Player
@@ -53,6 +54,9 @@ class Run:
         self.group = ddp.from_env(config.student.device)  # torchrun's processes, or this one alone
         self.is_main = self.group.is_main
         ddp.check_split(loop.num_examples, self.group)
+        if loop.selfplay == "adaptive" and self.group.world_size > 1:
+            raise ValueError("--selfplay adaptive runs in one process (its rescue search and solution cache are not "
+                             "split over torchrun's processes); start it without torchrun")  # fmt: skip
         self.dir = Path(loop.runs_dir) / loop.run_name
         self.checkpoints = Path(loop.checkpoint_dir) if loop.checkpoint_dir else self.dir / "checkpoints"
         if self.dir.exists() and any(self.dir.iterdir()) and not loop.resume:
@@ -113,6 +117,8 @@ class Run:
         if extra.get("agent_rng") and hasattr(self.agent, "rng"):
             self.agent.rng.bit_generator.state = extra["agent_rng"]
         self.env.load_state_dict(extra.get("teachers", {}))
+        if isinstance(self.agent, AdaptiveSelfPlay) and extra.get("adaptive"):
+            self.agent.load_state_dict(extra["adaptive"])
         logger.info("resumed from %s: continuing at iteration %d", path, self.start_iteration)
 
     def run(self) -> dict | None:
@@ -154,7 +160,7 @@ class Run:
             if temperature is not None:  # the schedule's candidates' temperature (derived, so resume-safe)
                 self.env.set_sampling_temperature(temperature)
                 writer.add_scalar("charts/temperature", temperature, iteration)
-            problems = self.rng.choice(len(self.env.problems), size=loop.num_examples, replace=False).tolist()
+            problems = self.player.draw_problems(loop.num_examples, iteration, self.rng)
             episodes, stats, tree_stats = self._play(iteration, problems, temperature)
             self.replay.add(iteration, episodes)
             self.generated_tokens += stats.generated_tokens
@@ -170,11 +176,15 @@ class Run:
         start = time.perf_counter()
         history = train(self.learner, self.replay, loop.train_steps, loop.groups_per_step, self.rng,
                         self.lm.eos_token_id, distill=self.config.learner.distill_coef > 0,
-                        value_target=loop.value_target, on_step=on_step,
+                        value_target=loop.value_target, dynamic_sampling=loop.dynamic_sampling, on_step=on_step,
                         progress=loop.progress and self.is_main)  # fmt: skip
         writer.add_scalar("perf/train_seconds", time.perf_counter() - start, iteration)
-        logger.info("iteration %d: %d learner steps (step %d -> %d), loss %.4f", iteration, len(history),
-                    global_step, self.learner.step_count, history[-1]["loss"])  # fmt: skip
+        writer.add_scalar("perf/learner_steps", len(history), iteration)
+        if history:
+            logger.info("iteration %d: %d learner steps (step %d -> %d), loss %.4f", iteration, len(history),
+                        global_step, self.learner.step_count, history[-1]["loss"])  # fmt: skip
+        else:
+            logger.info("iteration %d: no group in the replay has differing returns: no learner step", iteration)
         if self.over_budget():
             logger.info("time budget of %.1f min reached after iteration %d", loop.budget_min, iteration)
             final = True
@@ -188,6 +198,7 @@ class Run:
         extra = {"iteration": iteration, "loop_rng": self.rng.bit_generator.state,
                  "agent_rng": agent_rng.bit_generator.state if agent_rng is not None else None,
                  "teachers": self.env.state_dict(), "best_accuracy": self.best_accuracy,
+                 "adaptive": self.agent.state_dict() if isinstance(self.agent, AdaptiveSelfPlay) else None,
                  "elapsed_s": time.perf_counter() - self.started,
                  "generated_tokens": self.generated_tokens}  # fmt: skip
         if result is not None and result["accuracy"] > self.best_accuracy:
@@ -243,9 +254,13 @@ class Run:
         if stats.visit_entropies:
             w.add_histogram("mcts/visit_entropy", np.array(stats.visit_entropies), iteration)
         if tree_stats is not None:
+            prefix = getattr(tree_stats, "log_prefix", "tree")
             for key, value in vars(tree_stats).items():
                 if np.isfinite(value):
-                    w.add_scalar(f"tree/{key}", value, iteration)
+                    w.add_scalar(f"{prefix}/{key}", value, iteration)
+        if isinstance(tree_stats, AdaptiveStats) and self.is_main:  # one line per iteration, for the benchmarks
+            with (self.dir / "adaptive.jsonl").open("a") as f:
+                f.write(json.dumps({"iteration": iteration, **json.loads(tree_stats.to_json())}) + "\n")
         w.add_text("trajectories/sample", _trajectory_text(self.lm, episodes[0]), iteration)
         logger.info("iteration %d: self-play %d episodes in %.0f s, solved %.2f, return %.3f", iteration,
                     len(episodes), stats.seconds, np.mean([e.solved for e in episodes]), returns.mean())  # fmt: skip

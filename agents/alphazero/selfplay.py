@@ -227,14 +227,19 @@ def train(
     *,
     distill: bool = False,
     value_target: str = "outcome",
+    dynamic_sampling: bool = False,
     on_step=None,
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """``num_steps`` learner steps, each on ``groups_per_step`` problem groups drawn from the replay."""
+    """``num_steps`` learner steps, each on ``groups_per_step`` problem groups drawn from the replay. With
+    ``dynamic_sampling`` only groups whose returns differ are drawn, and with none in the replay no step is taken
+    (the history is empty)."""
     history = []
     for _ in tqdm(range(num_steps), desc="train", unit="step", disable=not progress, leave=False):
-        groups = replay.sample_groups(groups_per_step, rng)
+        groups = replay.sample_groups(groups_per_step, rng, differing_only=dynamic_sampling)
         episodes = [e for g in groups for e in g]
+        if not episodes and dynamic_sampling:
+            break
         if not episodes:
             raise RuntimeError("the replay buffer is empty: run self-play before training")
         samples = to_samples(episodes, eos_token_id, value_target=value_target)

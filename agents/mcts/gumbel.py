@@ -7,6 +7,7 @@ considered actions (``max_considered_actions``, at most the valid actions)::
 
     v_mix        = (V_raw(s) + sum_b N(b) * sum_{N(b)>0} P(b) Q(b) / sum_{N(b)>0} P(b)) / (sum_b N(b) + 1)
     completed(a) = Q(a) if the child exists else v_mix, then min-max rescaled to [0, 1] over the valid actions
+                   (or, with fixed bounds ``--q-bounds fixed``, by the value scale's [-1, 1]: (Q + 1) / 2)
     sigma(q)     = (c_visit + max_b N(b)) * c_scale * q
     pi'(a)       = softmax(logit + sigma(completed))(a)                 the improved policy (the policy target)
 
@@ -113,6 +114,8 @@ def completed_q(tree: Tree, b, node, params, scratch) -> None:
         if tree.children_index[b, node, a] < 0:
             sigma[a] = mixed
         low, high, most = min(low, sigma[a]), max(high, sigma[a]), max(most, visits[a])
+    if params.q_high > params.q_low:  # fixed bounds: a 0.05 difference stays 0.05 / (q_high - q_low) of the range
+        low, high = params.q_low, params.q_high
     scale = (params.c_visit + most) * params.c_scale
     for a in range(k):
         if tree.children_valid[b, node, a]:

@@ -11,7 +11,9 @@ V = node value)::
     Q(s, a)     = r(s, a) + discount * V(s')           for an existing child s'
                 = fpu_value                            for a child not created yet (first-play urgency)
     Qn          = (Q - q_min) / (q_max - q_min)        min-max over the Q values the tree has seen;
-                                                       Q itself while q_max <= q_min (as MuZero)
+                                                       Q itself while q_max <= q_min (as MuZero);
+                = (Q - q_low) / (q_high - q_low)       with fixed bounds (``Params.q_low``/``q_high``:
+                                                       the value scale's [-1, 1], ``--q-bounds fixed``)
     c(s)        = c_puct + log((N(s) + pb_c_base + 1) / pb_c_base)   if pb_c_base > 0 (MuZero)
                 = c_puct                                             otherwise (AlphaZero)
 
@@ -85,6 +87,8 @@ class Params(NamedTuple):
     considered_visits: np.ndarray = np.zeros((1, 1), np.int32)  # [m + 1, S] int32  gumbel.considered_visits
     c_visit: float = 50.0  # sigma(q) = (c_visit + max N) * c_scale * q
     c_scale: float = 0.1
+    q_low: float = math.nan  # with q_high: fixed bounds of Q for its normalisation (both NaN: min-max over the tree)
+    q_high: float = math.nan
 
 
 @njit(cache=True, inline="always")
@@ -144,7 +148,9 @@ def select_leaves(tree: Tree, leaves: Leaves, width: int, params: Params) -> int
     scratch = np.empty((3, tree.children_index.shape[2]), np.float64)  # the Gumbel rules' work space
     m = 0
     for b in range(batch):
-        if tree.q_max[b] > tree.q_min[b]:
+        if params.q_high > params.q_low:  # the value scale's known bounds (NaN compares False: min-max)
+            q_low, q_scale = params.q_low, 1.0 / (params.q_high - params.q_low)
+        elif tree.q_max[b] > tree.q_min[b]:
             q_low, q_scale = tree.q_min[b], 1.0 / (tree.q_max[b] - tree.q_min[b])
         else:
             q_low, q_scale = 0.0, 1.0

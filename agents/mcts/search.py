@@ -31,6 +31,9 @@ class SearchConfigError(ValueError):
         super().__init__("invalid SearchConfig: " + "; ".join(f"{name}: {why}" for name, why in problems))
 
 
+VALUE_BOUNDS = (-1.0, 1.0)  # the value scale's known bounds (azgym.rewards LOSS and WIN): q_bounds="fixed"
+
+
 def _setting(default, help: str, **metadata):
     return field(default=default, metadata={"help": help, **metadata})
 
@@ -64,6 +67,10 @@ class SearchConfig:
                                            "Sequential Halving")  # fmt: skip
     c_visit: float = _setting(50.0, "gumbel: sigma(q) = (c_visit + max visits) * c_scale * q, the visit offset")
     c_scale: float = _setting(0.1, "gumbel: the scale c_scale of sigma(q)")
+    q_bounds: str = _setting("minmax", "how Q is normalised to [0, 1] (PUCT's Qn, Gumbel's completed Q): minmax "
+                             "(by the smallest and largest Q seen: tree-wide for PUCT, per node for Gumbel) or fixed "
+                             "(by the value scale's known bounds [-1, 1], so value-head noise is not stretched)",
+                             choices=("minmax", "fixed"))  # fmt: skip
 
     def __post_init__(self):
         rules = {  # name: (holds, the rule)
@@ -82,6 +89,7 @@ class SearchConfig:
             "max_considered_actions": (self.max_considered_actions >= 1, ">= 1"),
             "c_visit": (self.c_visit >= 0, ">= 0"),
             "c_scale": (self.c_scale >= 0, ">= 0"),
+            "q_bounds": (self.q_bounds in ("minmax", "fixed"), "minmax or fixed"),
         }
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         problems = [(name, f"must be a finite number, got {value}") for name, value in values.items()
@@ -241,6 +249,8 @@ class MCTS:
             discount=float(config.discount),
             virtual_loss=float(config.virtual_loss),
             max_search_depth=int(config.max_search_depth),
+            q_low=VALUE_BOUNDS[0] if config.q_bounds == "fixed" else math.nan,
+            q_high=VALUE_BOUNDS[1] if config.q_bounds == "fixed" else math.nan,
         )
         if gumbel is None:
             return params

@@ -59,6 +59,9 @@ class Episode:
     # value targets along the path; None: a played episode (group advantages, value target from the outcome)
     token_advantages: list[float] | None = None
     value_targets: list[list[float]] | None = None
+    # how the response was found: "sampled" (played by the self-play agent), "search" (a solved path of the rescue
+    # search) or "cache" (a verified response kept from an earlier iteration); agents.alphazero.adaptive
+    source: str = "sampled"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -116,9 +119,13 @@ class ReplayBuffer:
             out[f"{episode.iteration}:{episode.problem_id}"].append(episode)
         return dict(out)
 
-    def sample_groups(self, num_groups: int, rng: np.random.Generator) -> list[list[Episode]]:
-        """``num_groups`` problem groups drawn without replacement (all of them if fewer exist)."""
+    def sample_groups(self, num_groups: int, rng: np.random.Generator, *,
+                      differing_only: bool = False) -> list[list[Episode]]:  # fmt: skip
+        """``num_groups`` problem groups drawn without replacement (all of them if fewer exist); with
+        ``differing_only``, only from the groups whose returns differ (DAPO's dynamic sampling)."""
         groups = list(self.groups().values())
+        if differing_only:
+            groups = [g for g in groups if max(e.episode_return for e in g) - min(e.episode_return for e in g) > 1e-9]
         if not groups:
             return []
         chosen = rng.choice(len(groups), size=min(num_groups, len(groups)), replace=False)
