@@ -15,7 +15,10 @@ each ``scripts/selfplay.py --preset countdown`` plus:
   step, no search, sampling temperature annealed 1.0 -> 0.3 over ``--iterations``);
 - ``search``: azgym's own learner (the ``cpu`` preset's GRPO + value head) with MCTS per move, 4
   simulations over 2 right + 1 wrong candidates;
-- ``simulations_1``: the same as ``search`` with ``--simulations 1`` (the no-search ablation).
+- ``simulations_1``: the same as ``search`` with ``--simulations 1`` (the no-search ablation);
+- ``adaptive``: the same learner and candidates with adaptive self-play (``--selfplay adaptive
+  --dynamic-sampling``: cheap groups from the priors, the MCTS only where no episode of a group solved exactly,
+  learner steps only on groups whose returns differ).
 
 Results are kept per (learner, seed) as ``scripts/bench_learning.py`` keeps them (a result on disk is never
 run again; a run cut off is started afresh), so a benchmark longer than a session is split over invocations.
@@ -46,7 +49,7 @@ from bench_common import (
 )
 from bench_learning import REPO, azgym_points
 
-LEARNERS = ("apo", "search", "simulations_1")
+LEARNERS = ("apo", "search", "simulations_1", "adaptive")
 SEARCH, ABLATION = "search", "simulations_1"
 
 logger = logging.getLogger("bench_countdown")
@@ -57,8 +60,9 @@ def learner_flags(name: str) -> list[str]:
     if name == "apo":
         return ["--preset", "countdown"]
     simulations = "4" if name == SEARCH else "1"
+    adaptive = ["--selfplay", "adaptive", "--dynamic-sampling"] if name == "adaptive" else []
     return ["--preset", "countdown", *own_learner_flags(), "--num-right", "2", "--num-wrong", "1",
-            "--simulations", simulations]  # fmt: skip
+            "--simulations", simulations, *adaptive]  # fmt: skip
 
 
 def own_learner_flags() -> list[str]:

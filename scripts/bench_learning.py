@@ -30,7 +30,9 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
   priors, the MCTS only on all-fail groups, a solution cache, all-pass problems skipped for a while, learner
   steps only on groups whose returns differ); its rescue statistics (all-fail and all-pass shares before and
   after, the share rescued, the tokens, seconds and simulations the rescue took) are read from the run's
-  ``adaptive.jsonl`` into the result and the report.
+  ``adaptive.jsonl`` into the result and the report;
+- ``azgym_adaptive_no_search``: the same with ``--rescue-budget 0`` (no rescue search; the cache, the skip list
+  and dynamic sampling stay): what the search adds to the adaptive loop.
 
 Each (learner, seed) writes ``<out-dir>/<learner>/seed-<s>.json`` when it has finished and been
 evaluated; a result on disk is never run again, so an interrupted benchmark resumes where it stopped
@@ -86,6 +88,7 @@ LEARNERS = (
     "azgym_rollout",
     "azgym_gumbel",
     "azgym_adaptive",
+    "azgym_adaptive_no_search",
 )
 EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym": [],
@@ -106,6 +109,7 @@ EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym_rollout": ["--leaf-value", "rollout"],
     "azgym_gumbel": ["--search-root", "gumbel"],
     "azgym_adaptive": ["--selfplay", "adaptive", "--dynamic-sampling"],
+    "azgym_adaptive_no_search": ["--selfplay", "adaptive", "--dynamic-sampling", "--rescue-budget", "0"],
 }
 DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
 ADAPTIVE = "azgym_adaptive"  # its gain ratio is printed last (the search issue's judge)

@@ -24,13 +24,15 @@ def config_of(name: str) -> RunConfig:
 
 
 def test_apo_is_the_countdown_preset_and_search_swaps_in_azgyms_own_learner():
-    apo, search, ablation = (config_of(n) for n in bench.LEARNERS)
+    apo, search, ablation, adaptive = (config_of(n) for n in bench.LEARNERS)
     assert apo == countdown_preset()
     assert search.learner == cpu_preset().learner != countdown_preset().learner  # GRPO + value head, not A*PO
     assert (search.search.num_simulations, ablation.search.num_simulations) == (4, 1)
     assert (search.env.num_right, search.env.num_wrong) == (2, 1)
     assert search.env == ablation.env and search.env.task == "countdown" and search.env.rewards == "partial"
     assert search.loop == countdown_preset().loop  # same problems per iteration, same temperature schedule
+    assert (adaptive.loop.selfplay, adaptive.loop.dynamic_sampling) == ("adaptive", True)
+    assert adaptive.env == search.env and adaptive.learner == search.learner
 
 
 def test_the_report_averages_seeds_and_ends_with_search_minus_its_ablation(tmp_path, capsys):

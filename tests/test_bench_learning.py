@@ -126,3 +126,22 @@ def test_replay_choices_counts_what_the_agent_played(tmp_path, capsys):
     assert "| searched | 4 | 0.750 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         replay_choices.main(["--out-dir", str(tmp_path), "missing"])
+
+
+def test_an_adaptive_runs_rescue_statistics_are_summed_up_to_its_final_checkpoint(tmp_path, capsys):
+    iterations = [(1.0, 0.5, 0, 1, 2), (0.5, 0.0, 1, 0, 0), (1.0, 1.0, 0, 0, 2)]
+    rows = [{"iteration": i, "groups": 2, "all_fail_before": f, "all_pass_before": 0.0, "all_fail_after": a,
+             "dead_after": a, "rescued_by_cache": c, "rescued_by_search": s, "searched_problems": n,
+             "rescue_seconds": 2.0, "rescue_tokens": 100, "rescue_simulations": 8}
+            for i, (f, a, c, s, n) in enumerate(iterations)]  # fmt: skip
+    path = tmp_path / "adaptive.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = common.rescue_summary(path, last_iteration=1)  # the third iteration ran past the final checkpoint
+    assert summary["iterations"] == 2 and summary["groups"] == 4
+    assert summary["all_fail_before"] == pytest.approx(0.75) and summary["all_fail_after"] == pytest.approx(0.25)
+    assert summary["rescued_share"] == pytest.approx(2 / 3)  # 2 of the 3 all-fail groups
+    assert summary["search_rescue_rate"] == pytest.approx(0.5) and summary["rescue_seconds"] == pytest.approx(4.0)
+    assert common.rescue_summary(tmp_path / "missing.jsonl") is None
+    common.print_rescue({"azgym_adaptive": {"adaptive": [summary, None]}, "trl": {}})
+    out = capsys.readouterr().out
+    assert "azgym_adaptive" in out and "0.667" in out and "trl" not in out
