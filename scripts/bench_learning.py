@@ -90,8 +90,9 @@ LEARNERS = (
     "azgym_adaptive",
     "azgym_adaptive_no_search",
 )
+MOVES = ["--selfplay", "moves"]  # move-by-move self-play, selfplay.py's default before the search issue
 EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
-    "azgym": [],
+    "azgym": MOVES,
     "azgym_tree": ["--selfplay", "tree", "--simulations", "8", "--leaves-per-round", "2"],
     "azgym_tree_entropy": [
         "--selfplay",
@@ -103,11 +104,11 @@ EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
         "--branch-entropy",
         "0.85",
     ],  # the median of the priors' normalised entropy  # fmt: skip
-    "azgym_simulations_1": ["--simulations", "1"],
-    "azgym_solve": ["--right-prompt", "solve"],
-    "azgym_solve_simulations_1": ["--right-prompt", "solve", "--simulations", "1"],
-    "azgym_rollout": ["--leaf-value", "rollout"],
-    "azgym_gumbel": ["--search-root", "gumbel"],
+    "azgym_simulations_1": [*MOVES, "--simulations", "1"],
+    "azgym_solve": [*MOVES, "--right-prompt", "solve"],
+    "azgym_solve_simulations_1": [*MOVES, "--right-prompt", "solve", "--simulations", "1"],
+    "azgym_rollout": [*MOVES, "--leaf-value", "rollout"],
+    "azgym_gumbel": [*MOVES, "--search-root", "gumbel"],
     "azgym_adaptive": ["--selfplay", "adaptive", "--dynamic-sampling"],
     "azgym_adaptive_no_search": ["--selfplay", "adaptive", "--dynamic-sampling", "--rescue-budget", "0"],
 }

@@ -142,3 +142,29 @@ def test_bad_adaptive_flags_are_one_line_errors(flags, message, tmp_path):
     last = done.stderr.strip().splitlines()[-1]  # argparse's usage, then one line naming the flag and the rule
     assert done.returncode != 0 and message in last and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_the_default_run_is_adaptive_and_its_state_survives_a_resume(tiny_dir, tmp_path):
+    """The script's default self-play on a tiny model: no episode solves, so every group is all-fail, the rescue
+    search runs, and with no group whose returns differ the learner takes no step (dynamic sampling)."""
+    from test_selfplay_script import TINY, scalar_tags, selfplay
+
+    flags = [f for f in TINY if f not in ("--selfplay", "moves")]
+    first = selfplay(["--model", str(tiny_dir), "--run-name", "adaptive", *flags], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "adaptive"
+    assert json.loads((run / "config.json").read_text())["loop"]["selfplay"] == "adaptive"
+    assert {"adaptive/all_fail_before", "adaptive/rescue_simulations", "adaptive/dead_after",
+            "perf/learner_steps"} <= scalar_tags(run)  # fmt: skip
+    assert "no learner step" in first.stderr
+    rows = [json.loads(line) for line in (run / "adaptive.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["all_fail_before"] == 1.0 and rows[0]["rescue_simulations"] > 0
+    saved = torch.load(next((run / "checkpoints").glob("step-*")) / "trainer.pt", weights_only=False)["extra"]
+    assert set(saved["adaptive"]) == {"solutions", "skip_until"}
+
+    longer = list(flags)
+    longer[longer.index("--iterations") + 1] = "2"
+    again = selfplay(["--model", str(tiny_dir), "--run-name", "adaptive", "--resume", *longer], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing at iteration 1" in again.stderr
+    assert len((run / "adaptive.jsonl").read_text().splitlines()) == 2

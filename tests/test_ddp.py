@@ -83,7 +83,7 @@ def test_ray_workers_under_torchrun_are_refused_before_anything_starts(monkeypat
     from azgym.cli import parse_config
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    config = parse_config(RunConfig, ["--workers", "2", "--runs-dir", str(tmp_path)])
+    config = parse_config(RunConfig, ["--selfplay", "moves", "--workers", "2", "--runs-dir", str(tmp_path)])
     with pytest.raises(SetupError, match="--workers 2 under torchrun \\(2 processes\\): use one or the other"):
         Run(config)
     assert not any(tmp_path.iterdir())  # refused before the run directory or a process group

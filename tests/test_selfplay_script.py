@@ -13,7 +13,8 @@ from pathlib import Path
 from helpers import tiny_llama, torchrun
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--iterations", "1", "--num-examples", "2", "--group-size", "2", "--simulations", "2", "--train-steps", "1",
+TINY = ["--selfplay", "moves", "--iterations", "1", "--num-examples", "2", "--group-size", "2", "--simulations", "2",
+        "--train-steps", "1",
         "--eval-size", "2", "--eval-max-tokens", "8", "--chunk-tokens", "4", "--max-depth", "2", "--max-tokens", "8",
         "--no-progress"]  # fmt: skip
 

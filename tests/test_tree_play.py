@@ -211,7 +211,7 @@ def test_move_by_move_search_can_value_its_leaves_by_rollouts(tiny_dir):
         env=replace(base.env, chunk_tokens=4, max_steps=2, max_tokens=8, rewards="outcome"),
         search=replace(base.search, num_simulations=3, dirichlet_fraction=0.0),
         student=replace(base.student, model=str(tiny_dir)),
-        loop=replace(base.loop, group_size=2, leaf_value="rollout", progress=False),
+        loop=replace(base.loop, selfplay="moves", group_size=2, leaf_value="rollout", progress=False),
     )  # fmt: skip
     player = Player.from_config(config)
     rollouts = player.agent.value_fn

@@ -48,7 +48,6 @@ from agents.policy import Agent, PriorAgent
 from agents.training.replay import Episode, StepRecord
 from azgym.env import EnvState, ReasoningEnv
 
-
 RESCUE_SALT = 0x5EA  # the rescue roots' episode seeds come from a stream of their own (seed, iteration)
 
 

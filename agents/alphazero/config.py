@@ -34,13 +34,13 @@ class LoopConfig:
     num_examples: int = option(2, "problems per iteration")
     group_size: int = option(4, "moves self-play: episodes per problem (the GRPO group); all are searched in "
                              "lockstep")  # fmt: skip
-    selfplay: str = option("moves", "self-play: tree (one search tree per problem, every node rolled out by the "
-                           "student and every response trained with the tree's step advantages; needs "
-                           "--simulations >= 2), moves (group_size episodes per problem, a search per move, the "
-                           "played path trained) or adaptive (cheap groups drawn from the priors without search; "
-                           "the search only on groups where every episode failed, a solved path it finds joining "
-                           "its group; agents/alphazero/adaptive.py)",
-                           choices=("tree", "moves", "adaptive"))  # fmt: skip
+    selfplay: str = option("adaptive", "self-play: adaptive (the default: cheap groups drawn from the priors "
+                           "without search, the MCTS only on groups where every episode failed, a solved path it "
+                           "finds joining its group; learner steps only on groups whose returns differ; "
+                           "agents/alphazero/adaptive.py), moves (group_size episodes per problem, a search per move, "
+                           "the played path trained) or tree (one search tree per problem, every node rolled out by "
+                           "the student and every response trained with the tree's step advantages; needs "
+                           "--simulations >= 2)", choices=("adaptive", "moves", "tree"))  # fmt: skip
     rescue_budget: int = option(32, "adaptive: search simulations per iteration for the all-fail groups; each "
                                 "searched problem takes --rescue-simulations of them (0: no search, the solution "
                                 "cache alone)")  # fmt: skip
@@ -55,7 +55,8 @@ class LoopConfig:
                               "(predicted zero variance; 0: never skipped)")  # fmt: skip
     dynamic_sampling: bool = option(False, "learner steps draw only groups whose returns differ (DAPO's dynamic "
                                     "sampling: a group with equal returns has no advantage); an iteration with no "
-                                    "such group in the replay skips its learner steps")  # fmt: skip
+                                    "such group in the replay skips its learner steps (always on under --selfplay "
+                                    "adaptive)")  # fmt: skip
     leaf_value: str = option("value", "moves self-play: what a live leaf of the search is worth: value (the "
                              "student's value head) or rollout (the student rolls the leaf out under the solve prompt "
                              "to a graded end, Monte Carlo as tree self-play does; the grader sees the gold answer, "
@@ -102,6 +103,11 @@ class LoopConfig:
     ray_address: str = option("", "with --workers: the Ray cluster to join (e.g. ray://head:10001 or auto; '': "
                               "start a local Ray instance)")  # fmt: skip
 
+    @property
+    def learns_differing_groups_only(self) -> bool:
+        """Whether learner steps draw only groups whose returns differ (``dynamic_sampling``, or adaptive)."""
+        return self.dynamic_sampling or self.selfplay == "adaptive"
+
     def __post_init__(self):
         at_least_one = ("iterations", "num_examples", "group_size", "train_steps", "groups_per_step", "eval_size",
                         "eval_max_tokens", "save_every", "log_interval", "capacity_iterations")  # fmt: skip
@@ -112,7 +118,8 @@ class LoopConfig:
             "value_weight": (0 <= self.value_weight <= 1, "in [0, 1]"),
             "rollout_temperature": (self.rollout_temperature > 0, "> 0"),
             "leaf_value": (self.leaf_value == "value" or self.selfplay == "moves",
-                           "value under --selfplay tree (a tree's leaves are always rolled out)"),  # fmt: skip
+                           "value unless --selfplay moves (a tree's leaves are always rolled out; adaptive "
+                           "self-play's rescue search values its leaves by the value head)"),  # fmt: skip
             "branch_entropy": (0 <= self.branch_entropy <= 1, "in [0, 1] (a normalised entropy)"),
             **{name: (getattr(self, name) >= 0, ">= 0") for name in ("rescue_budget", "solution_cache",
                                                                       "skip_solved")},
@@ -122,7 +129,8 @@ class LoopConfig:
                                  "off under --selfplay tree (a tree is one group of one root)"),  # fmt: skip
             "budget_min": (self.budget_min >= 0, ">= 0"),
             "workers": (self.workers >= 0 and (self.workers == 0 or self.selfplay != "adaptive"),
-                        ">= 0, and 0 under --selfplay adaptive (its rescue search runs in this process)"),
+                        ">= 0, and 0 under --selfplay adaptive (its rescue search and solution cache live in this "
+                        "process; pass --selfplay moves for Ray workers)"),
             "ray_address": (not self.ray_address or self.workers > 0, "'' without --workers (no Ray without workers)"),
             "run_name": (bool(self.run_name.strip()) and "/" not in self.run_name, "a non-empty name without '/'"),
             **{name: ((self.temperature_start is None) == (self.temperature_end is None) and (
@@ -172,7 +180,7 @@ class RunConfig:
         if self.learner.loss == "grpo" and self.loop.group_size < 2:
             problems.append(("loop.group_size", "must be >= 2 for GRPO (advantages are relative within a group); "
                              "raise it or use --loss legacy"))  # fmt: skip
-        if self.loop.selfplay == "adaptive" and self.loop.group_size < 2:
+        if self.loop.selfplay == "adaptive" and self.loop.group_size < 2 and not problems:
             problems.append(("loop.group_size", "must be >= 2 under --selfplay adaptive (an all-fail group is what "
                              "it searches for)"))  # fmt: skip
         if self.learner.loss == "apo" and self.learner.apo_normalize and self.loop.group_size < 2:
@@ -183,7 +191,8 @@ class RunConfig:
 
 def cpu_preset() -> RunConfig:
     """A 2-core laptop: 2-digit addition (the bare question, the last number as the answer), 2 + 1 candidates
-    of <= 16 tokens, 4 simulations, 6 iterations: ~9 minutes that visibly learn."""
+    of <= 16 tokens, adaptive self-play (the rescue search: 8 simulations per all-fail problem, 32 per iteration),
+    6 iterations: minutes that visibly learn."""
     return RunConfig()
 
 
@@ -200,6 +209,7 @@ def gpu_preset() -> RunConfig:
         learner=replace(cpu.learner, micro_batch_size=16),
         loop=replace(
             cpu.loop,
+            selfplay="moves",  # the seed system's search on every move; adaptive is measured on the CPU only
             iterations=50,
             num_examples=16,
             group_size=8,
@@ -229,7 +239,7 @@ def countdown_preset() -> RunConfig:
     env = replace(cpu.env, task="countdown", data="3", num_right=1, num_wrong=0, right_prompt="solve",
                   chunk_tokens=32, max_steps=4, max_tokens=96, rewards="partial", answer="strict",
                   prompt="example")  # fmt: skip
-    loop = replace(cpu.loop, num_examples=4, group_size=4, groups_per_step=4, eval_max_tokens=96,
+    loop = replace(cpu.loop, selfplay="moves", num_examples=4, group_size=4, groups_per_step=4, eval_max_tokens=96,
                    temperature_start=1.0, temperature_end=0.3)  # fmt: skip
     learner = replace(cpu.learner, loss="apo", apo_normalize=True, normalize_std=True, value_coef=0.0)
     return replace(cpu, env=env, search=replace(cpu.search, num_simulations=1), learner=learner, loop=loop)

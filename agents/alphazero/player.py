@@ -38,8 +38,14 @@ def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | Tr
         search = replace(config.search, num_simulations=loop.rescue_simulations,
                          leaves_per_round=loop.rescue_leaves_per_round)  # fmt: skip
         rescue = MCTSAgent(value_fn, config=search, seed=loop.seed, reuse_tree=False)
-        return AdaptiveSelfPlay(rescue, group_size=loop.group_size, rescue_budget=loop.rescue_budget,
-                                solution_cache=loop.solution_cache, skip_solved=loop.skip_solved, seed=loop.seed)
+        return AdaptiveSelfPlay(
+            rescue,
+            group_size=loop.group_size,
+            rescue_budget=loop.rescue_budget,
+            solution_cache=loop.solution_cache,
+            skip_solved=loop.skip_solved,
+            seed=loop.seed,
+        )
     if config.search.num_simulations <= 1:
         return PriorAgent()
     if loop.selfplay == "tree":

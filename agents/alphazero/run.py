@@ -55,8 +55,10 @@ class Run:
         self.is_main = self.group.is_main
         ddp.check_split(loop.num_examples, self.group)
         if loop.selfplay == "adaptive" and self.group.world_size > 1:
-            raise ValueError("--selfplay adaptive runs in one process (its rescue search and solution cache are not "
-                             "split over torchrun's processes); start it without torchrun")  # fmt: skip
+            raise ValueError(
+                "--selfplay adaptive runs in one process (its rescue search and solution cache are not "
+                "split over torchrun's processes); start it without torchrun, or pass --selfplay moves"
+            )
         self.dir = Path(loop.runs_dir) / loop.run_name
         self.checkpoints = Path(loop.checkpoint_dir) if loop.checkpoint_dir else self.dir / "checkpoints"
         if self.dir.exists() and any(self.dir.iterdir()) and not loop.resume:
@@ -176,8 +178,8 @@ class Run:
         start = time.perf_counter()
         history = train(self.learner, self.replay, loop.train_steps, loop.groups_per_step, self.rng,
                         self.lm.eos_token_id, distill=self.config.learner.distill_coef > 0,
-                        value_target=loop.value_target, dynamic_sampling=loop.dynamic_sampling, on_step=on_step,
-                        progress=loop.progress and self.is_main)  # fmt: skip
+                        value_target=loop.value_target, dynamic_sampling=loop.learns_differing_groups_only,
+                        on_step=on_step, progress=loop.progress and self.is_main)  # fmt: skip
         writer.add_scalar("perf/train_seconds", time.perf_counter() - start, iteration)
         writer.add_scalar("perf/learner_steps", len(history), iteration)
         if history:
