@@ -129,8 +129,12 @@ def test_all_pass_groups_put_their_problem_on_the_skip_list():
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--rescue-budget", "-5"], "--rescue-budget: must be >= 0, got -5"),
+        (
+            ["--rescue-budget", "-5"],
+            "--rescue-budget: must be 0 or >= --rescue-simulations (8: one problem's tree), got -5",
+        ),
         (["--rescue-simulations", "1"], "--rescue-simulations: must be >= 2"),
+        (["--rescue-budget", "4"], "--rescue-budget: must be 0 or >= --rescue-simulations (8"),
         (["--rescue-leaves-per-round", "0"], "--rescue-leaves-per-round: must be >= 1, got 0"),
         (["--workers", "2"], "0 under --selfplay adaptive"),
     ],

@@ -12,7 +12,7 @@ One iteration (``--selfplay adaptive``):
    against the gold answer: training only) grows one tree from the problem's root with ``rescue_simulations``
    simulations (the per-problem cap), every dead problem's tree in lockstep, ``rescue_leaves_per_round`` descents
    per tree and round (virtual loss: fewer, larger batched model calls). Problems beyond the iteration's
-   ``rescue_budget`` (simulations) wait for a later iteration. Every node of a tree is looked at, not a played
+   ``rescue_budget`` (simulations) stay dead this iteration. Every node of a tree is looked at, not a played
    path: a terminal node whose response the grader accepts is a solved path (:func:`solved_paths`), and the
    shortest one joins its group in place of the last episode (``source="search"``).
 3. **All-pass groups** (every episode solved; no advantage either) put their problem on the skip list: it is left
@@ -108,9 +108,10 @@ class SolutionCache:
         return {pid: [e.to_json() for e in kept] for pid, kept in self.solutions.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.solutions = {pid: [Episode.from_json(line) for line in kept][-self.per_problem :] if self.per_problem
-                          else [] for pid, kept in state.items()}  # fmt: skip
-        self.solutions = {pid: kept for pid, kept in self.solutions.items() if kept}
+        self.solutions = {}
+        for kept in state.values():  # through add: this cache's bound and the one-copy rule apply
+            for line in kept:
+                self.add(Episode.from_json(line))
 
 
 def solved_paths(env: ReasoningEnv, result, b: int) -> list[list[EnvState]]:
@@ -210,6 +211,7 @@ class AdaptiveSelfPlay:
         returns the episodes in the order of their starts (rescued paths in place of failed episodes)."""
         episodes, stats = play_episodes(env, self.cheap, starts, iteration=iteration,
                                         weights_version=weights_version, progress=progress)  # fmt: skip
+        self.skip_until = {p: until for p, until in self.skip_until.items() if until > iteration}  # expired: out
         size = self.group_size
         groups = [episodes[i : i + size] for i in range(0, len(episodes), size)]
         out = AdaptiveStats(groups=len(groups))
@@ -250,7 +252,7 @@ class AdaptiveSelfPlay:
         lockstep; the shortest solved path of each tree replaces its group's last episode."""
         start = time.perf_counter()
         per_problem = self.rescue.mcts.config.num_simulations
-        take = min(len(searched), max(1, self.rescue_budget // per_problem))
+        take = min(len(searched), self.rescue_budget // per_problem)  # the config holds budget >= per_problem
         # fresh episode seeds: the roots' candidates are new samples, not the ones a failed cheap episode had
         rng = np.random.default_rng([RESCUE_SALT, self.seed, iteration])
         roots = [replace(root, seed=int(rng.integers(0, 2**31 - 1))) for root in roots[:take]]

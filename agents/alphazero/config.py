@@ -121,9 +121,10 @@ class LoopConfig:
                            "value unless --selfplay moves (a tree's leaves are always rolled out; adaptive "
                            "self-play's rescue search values its leaves by the value head)"),  # fmt: skip
             "branch_entropy": (0 <= self.branch_entropy <= 1, "in [0, 1] (a normalised entropy)"),
-            **{name: (getattr(self, name) >= 0, ">= 0") for name in ("rescue_budget", "solution_cache",
-                                                                      "skip_solved")},
+            **{name: (getattr(self, name) >= 0, ">= 0") for name in ("solution_cache", "skip_solved")},
             "rescue_simulations": (self.rescue_simulations >= 2, ">= 2 (a search that can look past the root)"),
+            "rescue_budget": (self.rescue_budget == 0 or self.rescue_budget >= self.rescue_simulations,
+                              f"0 or >= --rescue-simulations ({self.rescue_simulations}: one problem's tree)"),
             "rescue_leaves_per_round": (self.rescue_leaves_per_round >= 1, ">= 1"),
             "dynamic_sampling": (not self.dynamic_sampling or self.selfplay != "tree",
                                  "off under --selfplay tree (a tree is one group of one root)"),  # fmt: skip
