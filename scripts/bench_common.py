@@ -86,14 +86,20 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 RESULT_KEYS = ("final", "best", "learner_steps", "generated_tokens", "wall_s")
 
 
-def collect(out: Path, names: Sequence[str], keys: Sequence[str] = RESULT_KEYS) -> dict[str, dict]:
-    """Every result on disk, per learner: seeds and the per-seed lists of the JSON report."""
+def collect(
+    out: Path, names: Sequence[str], keys: Sequence[str] = RESULT_KEYS, optional: Sequence[str] = ()
+) -> dict[str, dict]:
+    """Every result on disk, per learner: seeds and the per-seed lists of the JSON report; each ``optional`` key is
+    listed (None for a seed without it) where some seed has it."""
     learners = {}
     for name in names:
         results = sorted((json.loads(p.read_text()) for p in (out / name).glob("seed-*.json")), key=lambda r: r["seed"])
         if results:
             learners[name] = {"seeds": [r["seed"] for r in results], **{key: [r[key] for r in results] for key in keys}}
             learners[name]["curves"] = [r["curve"] for r in results]
+            for key in optional:
+                if any(key in r for r in results):
+                    learners[name][key] = [r.get(key) for r in results]
     return learners
 
 
@@ -129,18 +135,23 @@ def rescue_summary(path: Path, last_iteration: int | None = None) -> dict | None
     groups = sum(r["groups"] for r in rows)
     if not groups:
         return None
-    share = {key: sum(r[key] * r["groups"] for r in rows) / groups
-             for key in ("all_fail_before", "all_pass_before", "all_fail_after", "dead_after")}  # fmt: skip
+    share = {
+        key: sum(r[key] * r["groups"] for r in rows) / groups
+        for key in ("all_fail_before", "all_pass_before", "all_fail_after", "dead_after")
+    }
     all_fail = sum(r["all_fail_before"] * r["groups"] for r in rows)
     rescued = sum(r["rescued_by_cache"] + r["rescued_by_search"] for r in rows)
     searched = sum(r["searched_problems"] for r in rows)
-    return {"iterations": len(rows), "groups": groups, **share,
-            "rescued_share": rescued / all_fail if all_fail else None,
-            "rescued_by_search": sum(r["rescued_by_search"] for r in rows),
-            "rescued_by_cache": sum(r["rescued_by_cache"] for r in rows),
-            "search_rescue_rate": sum(r["rescued_by_search"] for r in rows) / searched if searched else None,
-            **{key: sum(r[key] for r in rows) for key in ("rescue_seconds", "rescue_tokens",
-                                                           "rescue_simulations")}}  # fmt: skip
+    return {
+        "iterations": len(rows),
+        "groups": groups,
+        **share,
+        "rescued_share": rescued / all_fail if all_fail else None,
+        "rescued_by_search": sum(r["rescued_by_search"] for r in rows),
+        "rescued_by_cache": sum(r["rescued_by_cache"] for r in rows),
+        "search_rescue_rate": sum(r["rescued_by_search"] for r in rows) / searched if searched else None,
+        **{key: sum(r[key] for r in rows) for key in ("rescue_seconds", "rescue_tokens", "rescue_simulations")},
+    }
 
 
 def print_rescue(learners: dict) -> None:
@@ -149,8 +160,10 @@ def print_rescue(learners: dict) -> None:
     rows = {name: runs for name, runs in rows.items() if runs}
     if not rows:
         return
-    print(f"{'rescue (adaptive)':22s} {'all-fail':>8s} {'all-pass':>8s} {'rescued':>8s} {'all-fail':>9s} "
-          f"{'dead':>6s} {'seconds':>8s} {'tokens':>8s} {'sims':>6s}")  # fmt: skip
+    print(
+        f"{'rescue (adaptive)':22s} {'all-fail':>8s} {'all-pass':>8s} {'rescued':>8s} {'all-fail':>9s} "
+        f"{'dead':>6s} {'seconds':>8s} {'tokens':>8s} {'sims':>6s}"
+    )
     print(f"{'':22s} {'before':>8s} {'before':>8s} {'share':>8s} {'after':>9s} {'after':>6s}")
     for name, runs in rows.items():
 
@@ -158,6 +171,8 @@ def print_rescue(learners: dict) -> None:
             values = [r[key] for r in runs if r.get(key) is not None]
             return sum(values) / len(values) if values else float("nan")
 
-        print(f"{name:22s} {mean('all_fail_before'):8.3f} {mean('all_pass_before'):8.3f} {mean('rescued_share'):8.3f} "
-              f"{mean('all_fail_after'):9.3f} {mean('dead_after'):6.3f} {mean('rescue_seconds'):8.0f} "
-              f"{mean('rescue_tokens'):8.0f} {mean('rescue_simulations'):6.0f}")  # fmt: skip
+        print(
+            f"{name:22s} {mean('all_fail_before'):8.3f} {mean('all_pass_before'):8.3f} {mean('rescued_share'):8.3f} "
+            f"{mean('all_fail_after'):9.3f} {mean('dead_after'):6.3f} {mean('rescue_seconds'):8.0f} "
+            f"{mean('rescue_tokens'):8.0f} {mean('rescue_simulations'):6.0f}"
+        )

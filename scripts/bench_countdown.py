@@ -61,8 +61,18 @@ def learner_flags(name: str) -> list[str]:
         return ["--preset", "countdown"]
     simulations = "4" if name == SEARCH else "1"
     adaptive = ["--selfplay", "adaptive", "--dynamic-sampling"] if name == "adaptive" else []
-    return ["--preset", "countdown", *own_learner_flags(), "--num-right", "2", "--num-wrong", "1",
-            "--simulations", simulations, *adaptive]  # fmt: skip
+    return [
+        "--preset",
+        "countdown",
+        *own_learner_flags(),
+        "--num-right",
+        "2",
+        "--num-wrong",
+        "1",
+        "--simulations",
+        simulations,
+        *adaptive,
+    ]
 
 
 def own_learner_flags() -> list[str]:

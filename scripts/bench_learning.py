@@ -207,8 +207,15 @@ def azgym_points(run_dir: Path, args) -> list[dict]:
     for path in sorted((run_dir / "checkpoints").glob("step-*")):
         extra = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)["extra"]
         meta = json.loads((path / "meta.json").read_text())
-        found.append({"path": str(path), "minutes": extra["elapsed_s"] / 60, "learner_steps": meta["step"],
-                      "generated_tokens": extra["generated_tokens"], "iteration": extra["iteration"]})  # fmt: skip
+        found.append(
+            {
+                "path": str(path),
+                "minutes": extra["elapsed_s"] / 60,
+                "learner_steps": meta["step"],
+                "generated_tokens": extra["generated_tokens"],
+                "iteration": extra["iteration"],
+            }
+        )
     if not found:
         raise SystemExit(f"bench_learning.py: no checkpoint under {run_dir}; see {run_dir}/train.log")
     within = [p for p in found if p["minutes"] <= args.budget_min * 1.02] or found[:1]
@@ -260,12 +267,7 @@ def accuracy_at_tokens(curve: list[dict], tokens: float, base: float) -> float |
 
 
 def report(out: Path, base: dict, budget_min: float, commit: str, eval_size: int = 200) -> dict:
-    learners = collect(out, LEARNERS)
-    for name, entry in learners.items():  # adaptive runs' rescue statistics, per seed (None: not adaptive)
-        results = sorted((json.loads(p.read_text()) for p in (out / name).glob("seed-*.json")), key=lambda r: r["seed"])
-        rescue = [r.get("adaptive") for r in results]
-        if any(rescue):
-            entry["adaptive"] = rescue
+    learners = collect(out, LEARNERS, optional=("adaptive",))
     for entry in learners.values():
         entry["minutes"] = [curve[-1]["minutes"] for curve in entry["curves"]]  # of training, to the last point
         entry["collapsed"] = [f < b / 2 for f, b in zip(entry["final"], entry["best"], strict=True)]
@@ -316,8 +318,9 @@ def print_report(summary: dict) -> None:
         base_gain = mean_std(learners[baseline]["final"])[0] - base
         for name in judged:  # the adaptive loop's last: the search issue's judge
             gain = mean_std(learners[name]["final"])[0] - base
-            ratio = (f"{gain / base_gain:.2f}" if base_gain > 0
-                     else f"undefined (the baseline's gain is {base_gain:+.3f})")  # fmt: skip
+            ratio = (
+                f"{gain / base_gain:.2f}" if base_gain > 0 else f"undefined (the baseline's gain is {base_gain:+.3f})"
+            )
             if ABLATION in learners:
                 search = mean_std(learners[name]["final"])[0] - mean_std(learners[ABLATION]["final"])[0]
                 print(f"{name} minus no search ({ABLATION}), mean final accuracy: {search:+.3f}")

@@ -102,9 +102,12 @@ def main(argv=None) -> dict:
     from agents.alphazero.player import Player
     from agents.distributed.ray_selfplay import RaySelfPlay
 
-    run = RunConfig(env=config.env, search=config.search, student=config.student,
-                    loop=LoopConfig(selfplay="moves", group_size=bench.group_size, seed=bench.seed,
-                                    progress=False))  # fmt: skip
+    run = RunConfig(
+        env=config.env,
+        search=config.search,
+        student=config.student,
+        loop=LoopConfig(selfplay="moves", group_size=bench.group_size, seed=bench.seed, progress=False),
+    )
     player = Player.from_config(run)
     rng = np.random.default_rng(bench.seed)
     starts = player.starts(list(range(bench.problems)), rng)

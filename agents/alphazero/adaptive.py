@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -45,7 +44,7 @@ import numpy as np
 from agents.alphazero.selfplay import SelfPlayStats, play_episodes
 from agents.mcts import MCTSAgent
 from agents.policy import Agent, PriorAgent
-from agents.training.replay import Episode, StepRecord
+from agents.training.replay import Episode, StepRecord, returns_equal
 from azgym.env import EnvState, ReasoningEnv
 
 RESCUE_SALT = 0x5EA  # the rescue roots' episode seeds come from a stream of their own (seed, iteration)
@@ -74,8 +73,9 @@ class AdaptiveStats:
     log_prefix = "adaptive"
 
     def to_json(self) -> str:
-        return json.dumps({k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                           for k, v in asdict(self).items()})  # fmt: skip
+        return json.dumps(
+            {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+        )
 
 
 class SolutionCache:
@@ -147,33 +147,53 @@ def path_episode(env: ReasoningEnv, path: list[EnvState], *, iteration: int, wei
         action = next((i for i, c in enumerate(candidates) if tuple(c.token_ids) == taken), -1)
         if action < 0:  # the proposal was evicted and came back otherwise: keep the step taken alone
             candidates, action = [replace(candidates[0], token_ids=taken)] if candidates else [], 0
-        steps.append(StepRecord(response_len=len(parent.response_ids), candidates=[list(c.token_ids) for c in
-                                candidates], labels=[c.label for c in candidates],
-                                priors=[round(c.prior, 6) for c in candidates], visits=[0] * len(candidates),
-                                q_values=[None] * len(candidates), action=action,
-                                reward=child.episode_return - parent.episode_return))  # fmt: skip
+        steps.append(
+            StepRecord(
+                response_len=len(parent.response_ids),
+                candidates=[list(c.token_ids) for c in candidates],
+                labels=[c.label for c in candidates],
+                priors=[round(c.prior, 6) for c in candidates],
+                visits=[0] * len(candidates),
+                q_values=[None] * len(candidates),
+                action=action,
+                reward=child.episode_return - parent.episode_return,
+            )
+        )
     end = path[-1]
     problem = env.problems[end.problem_index]
     grade = env.task.grade(env.lm.decode(end.response_ids), problem.gold)
-    return Episode(problem_id=problem.id, question=problem.question, prompt_ids=env.solve_prompt(problem),
-                   response_ids=list(end.response_ids), episode_return=end.episode_return,
-                   correct=bool(grade.correct), format_ok=bool(grade.format_ok), solved=env.solved(grade),
-                   iteration=iteration, weights_version=weights_version, steps=steps,
-                   truncated=bool(end.truncated), source="search")  # fmt: skip
-
-
-def returns_equal(group: Sequence[Episode]) -> bool:
-    """Whether every episode of a group has the same return (no GRPO advantage)."""
-    returns = [e.episode_return for e in group]
-    return max(returns) - min(returns) <= 1e-9
+    return Episode(
+        problem_id=problem.id,
+        question=problem.question,
+        prompt_ids=env.solve_prompt(problem),
+        response_ids=list(end.response_ids),
+        episode_return=end.episode_return,
+        correct=bool(grade.correct),
+        format_ok=bool(grade.format_ok),
+        solved=env.solved(grade),
+        iteration=iteration,
+        weights_version=weights_version,
+        steps=steps,
+        truncated=bool(end.truncated),
+        source="search",
+    )
 
 
 class AdaptiveSelfPlay:
     """Cheap groups from ``cheap`` (default: the priors, no search), the ``rescue`` search on all-fail groups, a
     :class:`SolutionCache` and a skip list of problems whose groups all solved. See the module docstring."""
 
-    def __init__(self, rescue: MCTSAgent, *, group_size: int, rescue_budget: int, solution_cache: int,
-                 skip_solved: int, cheap: Agent | None = None, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        rescue: MCTSAgent,
+        *,
+        group_size: int,
+        rescue_budget: int,
+        solution_cache: int,
+        skip_solved: int,
+        cheap: Agent | None = None,
+        seed: int = 0,
+    ):
         self.cheap = cheap if cheap is not None else PriorAgent()
         self.rescue = rescue  # its config's num_simulations is the per-problem cap
         self.group_size = group_size
@@ -182,7 +202,6 @@ class AdaptiveSelfPlay:
         self.skip_solved = skip_solved
         self.skip_until: dict[int, int] = {}  # problem index -> first iteration it may be drawn again
         self.seed = seed
-        self.last_stats: AdaptiveStats | None = None
 
     def state_dict(self) -> dict:
         """The solution cache and the skip list (saved with checkpoints: a resumed run keeps both)."""
@@ -205,12 +224,14 @@ class AdaptiveSelfPlay:
 
     # -- one phase -----------------------------------------------------------------------------------------
 
-    def play(self, env: ReasoningEnv, starts: list[EnvState], *, iteration: int, weights_version: int,
-             progress: bool = False) -> tuple[list[Episode], SelfPlayStats, AdaptiveStats]:  # fmt: skip
+    def play(
+        self, env: ReasoningEnv, starts: list[EnvState], *, iteration: int, weights_version: int, progress: bool = False
+    ) -> tuple[list[Episode], SelfPlayStats, AdaptiveStats]:
         """Cheap episodes from ``starts`` (``group_size`` per problem, a problem's together), then the rescue;
         returns the episodes in the order of their starts (rescued paths in place of failed episodes)."""
-        episodes, stats = play_episodes(env, self.cheap, starts, iteration=iteration,
-                                        weights_version=weights_version, progress=progress)  # fmt: skip
+        episodes, stats = play_episodes(
+            env, self.cheap, starts, iteration=iteration, weights_version=weights_version, progress=progress
+        )
         self.skip_until = {p: until for p, until in self.skip_until.items() if until > iteration}  # expired: out
         size = self.group_size
         groups = [episodes[i : i + size] for i in range(0, len(episodes), size)]
@@ -234,8 +255,16 @@ class AdaptiveSelfPlay:
             else:
                 searched.append(g)
         if searched and self.rescue_budget > 0:
-            self._search(env, groups, searched, [starts[g * size] for g in searched], stats, out,
-                         iteration=iteration, weights_version=weights_version)  # fmt: skip
+            self._search(
+                env,
+                groups,
+                searched,
+                [starts[g * size] for g in searched],
+                stats,
+                out,
+                iteration=iteration,
+                weights_version=weights_version,
+            )
         out.all_fail_after = sum(not any(e.solved for e in group) for group in groups) / max(len(groups), 1)
         out.dead_after = sum(returns_equal(group) for group in groups) / max(len(groups), 1)
         rescued = out.rescued_by_cache + out.rescued_by_search
@@ -244,7 +273,6 @@ class AdaptiveSelfPlay:
             out.search_rescue_rate = out.rescued_by_search / out.searched_problems
         out.skipped_problems = sum(until > iteration + 1 for until in self.skip_until.values())
         out.cached_problems = len(self.cache)
-        self.last_stats = out
         return [e for group in groups for e in group], stats, out
 
     def _search(self, env, groups, searched, roots, stats, out, *, iteration, weights_version) -> None:
@@ -278,6 +306,10 @@ def tree_tokens(env: ReasoningEnv, result) -> int:
     """Candidate tokens the search generated: those of every live node it expanded (read back from the
     proposer's per-state cache), as self-play counts every candidate of every move."""
     tree = result.tree
-    live = [result.states[b, n] for b in range(tree.batch_size) for n in range(int(tree.num_nodes[b]))
-            if not tree.node_terminal[b, n]]  # fmt: skip
+    live = [
+        result.states[b, n]
+        for b in range(tree.batch_size)
+        for n in range(int(tree.num_nodes[b]))
+        if not tree.node_terminal[b, n]
+    ]
     return sum(len(c.token_ids) for candidates in env.expand(live) for c in candidates)

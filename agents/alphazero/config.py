@@ -34,29 +34,49 @@ class LoopConfig:
     num_examples: int = option(2, "problems per iteration")
     group_size: int = option(4, "moves self-play: episodes per problem (the GRPO group); all are searched in "
                              "lockstep")  # fmt: skip
-    selfplay: str = option("adaptive", "self-play: adaptive (the default: cheap groups drawn from the priors "
-                           "without search, the MCTS only on groups where every episode failed, a solved path it "
-                           "finds joining its group; learner steps only on groups whose returns differ; "
-                           "agents/alphazero/adaptive.py), moves (group_size episodes per problem, a search per move, "
-                           "the played path trained) or tree (one search tree per problem, every node rolled out by "
-                           "the student and every response trained with the tree's step advantages; needs "
-                           "--simulations >= 2)", choices=("adaptive", "moves", "tree"))  # fmt: skip
-    rescue_budget: int = option(32, "adaptive: search simulations per iteration for the all-fail groups; each "
-                                "searched problem takes --rescue-simulations of them (0: no search, the solution "
-                                "cache alone)")  # fmt: skip
-    rescue_simulations: int = option(8, "adaptive: simulations of the one search tree grown from an all-fail "
-                                     "problem's root (the per-problem cap); every solved terminal node in it is a "
-                                     "found path")  # fmt: skip
-    rescue_leaves_per_round: int = option(4, "adaptive: descents per rescue tree and round (virtual loss): fewer, "
-                                          "larger batched model calls")  # fmt: skip
-    solution_cache: int = option(4, "adaptive: verified responses (found by search or sampling) kept per problem, "
-                                 "reused when its group fails again; saved with checkpoints (0: no cache)")  # fmt: skip
-    skip_solved: int = option(4, "adaptive: iterations a problem whose whole group solved is left out of the draw "
-                              "(predicted zero variance; 0: never skipped)")  # fmt: skip
-    dynamic_sampling: bool = option(False, "learner steps draw only groups whose returns differ (DAPO's dynamic "
-                                    "sampling: a group with equal returns has no advantage); an iteration with no "
-                                    "such group in the replay skips its learner steps (always on under --selfplay "
-                                    "adaptive)")  # fmt: skip
+    selfplay: str = option(
+        "adaptive",
+        "self-play: adaptive (the default: cheap groups drawn from the priors "
+        "without search, the MCTS only on groups where every episode failed, a solved path it "
+        "finds joining its group; learner steps only on groups whose returns differ; "
+        "agents/alphazero/adaptive.py), moves (group_size episodes per problem, a search per move, "
+        "the played path trained) or tree (one search tree per problem, every node rolled out by "
+        "the student and every response trained with the tree's step advantages; needs "
+        "--simulations >= 2)",
+        choices=("adaptive", "moves", "tree"),
+    )
+    rescue_budget: int = option(
+        32,
+        "adaptive: search simulations per iteration for the all-fail groups; each "
+        "searched problem takes --rescue-simulations of them (0: no search, the solution "
+        "cache alone)",
+    )
+    rescue_simulations: int = option(
+        8,
+        "adaptive: simulations of the one search tree grown from an all-fail "
+        "problem's root (the per-problem cap); every solved terminal node in it is a "
+        "found path",
+    )
+    rescue_leaves_per_round: int = option(
+        4, "adaptive: descents per rescue tree and round (virtual loss): fewer, larger batched model calls"
+    )
+    solution_cache: int = option(
+        4,
+        "adaptive: verified responses (found by search or sampling) kept per problem, "
+        "reused when its group fails again; saved with checkpoints (0: no cache)",
+    )
+    skip_solved: int = option(
+        4,
+        "adaptive: iterations a problem whose whole group solved is left out of the draw "
+        "(predicted zero variance; 0: never skipped)",
+    )
+    dynamic_sampling: bool = option(
+        False,
+        "learner steps draw only groups whose returns differ (DAPO's dynamic "
+        "sampling: a group with equal returns has no advantage); an iteration with no "
+        "such group in the replay skips its learner steps (always on under --selfplay "
+        "adaptive)",
+    )
     leaf_value: str = option("value", "moves self-play: what a live leaf of the search is worth: value (the "
                              "student's value head) or rollout (the student rolls the leaf out under the solve prompt "
                              "to a graded end, Monte Carlo as tree self-play does; the grader sees the gold answer, "
@@ -119,7 +139,7 @@ class LoopConfig:
             "rollout_temperature": (self.rollout_temperature > 0, "> 0"),
             "leaf_value": (self.leaf_value == "value" or self.selfplay == "moves",
                            "value unless --selfplay moves (a tree's leaves are always rolled out; adaptive "
-                           "self-play's rescue search values its leaves by the value head)"),  # fmt: skip
+                           "self-play's rescue search values its leaves by the value head)"),
             "branch_entropy": (0 <= self.branch_entropy <= 1, "in [0, 1] (a normalised entropy)"),
             **{name: (getattr(self, name) >= 0, ">= 0") for name in ("solution_cache", "skip_solved")},
             "rescue_simulations": (self.rescue_simulations >= 2, ">= 2 (a search that can look past the root)"),
@@ -127,7 +147,7 @@ class LoopConfig:
                               f"0 or >= --rescue-simulations ({self.rescue_simulations}: one problem's tree)"),
             "rescue_leaves_per_round": (self.rescue_leaves_per_round >= 1, ">= 1"),
             "dynamic_sampling": (not self.dynamic_sampling or self.selfplay != "tree",
-                                 "off under --selfplay tree (a tree is one group of one root)"),  # fmt: skip
+                                 "off under --selfplay tree (a tree is one group of one root)"),
             "budget_min": (self.budget_min >= 0, ">= 0"),
             "workers": (self.workers >= 0 and (self.workers == 0 or self.selfplay != "adaptive"),
                         ">= 0, and 0 under --selfplay adaptive (its rescue search and solution cache live in this "
@@ -182,8 +202,12 @@ class RunConfig:
             problems.append(("loop.group_size", "must be >= 2 for GRPO (advantages are relative within a group); "
                              "raise it or use --loss legacy"))  # fmt: skip
         if self.loop.selfplay == "adaptive" and self.loop.group_size < 2 and not problems:
-            problems.append(("loop.group_size", "must be >= 2 under --selfplay adaptive (an all-fail group is what "
-                             "it searches for)"))  # fmt: skip
+            problems.append(
+                (
+                    "loop.group_size",
+                    "must be >= 2 under --selfplay adaptive (an all-fail group is what it searches for)",
+                )
+            )
         if self.learner.loss == "apo" and self.learner.apo_normalize and self.loop.group_size < 2:
             problems.append(("loop.group_size", "must be >= 2 for apo_normalize (advantages are relative within "
                              "a group); raise it or use --no-apo-normalize"))  # fmt: skip

@@ -35,8 +35,9 @@ def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | Tr
         return SimilarityAgent(lm, epsilon=loop.epsilon, seed=loop.seed)
     value_fn = LMValueFunction(lm, student.value_head)
     if loop.selfplay == "adaptive":
-        search = replace(config.search, num_simulations=loop.rescue_simulations,
-                         leaves_per_round=loop.rescue_leaves_per_round)  # fmt: skip
+        search = replace(
+            config.search, num_simulations=loop.rescue_simulations, leaves_per_round=loop.rescue_leaves_per_round
+        )
         rescue = MCTSAgent(value_fn, config=search, seed=loop.seed, reuse_tree=False)
         return AdaptiveSelfPlay(
             rescue,
@@ -93,15 +94,16 @@ class Player:
         seeds drawn from ``rng`` in order."""
         return initial_states(self.env, problem_indices, self.group_size, rng)
 
-    def play(self, starts: list[EnvState], *, iteration: int, weights_version: int,
-             progress: bool = False) -> tuple[list[Episode], SelfPlayStats,
-                                              TreeStats | AdaptiveStats | None]:  # fmt: skip
+    def play(
+        self, starts: list[EnvState], *, iteration: int, weights_version: int, progress: bool = False
+    ) -> tuple[list[Episode], SelfPlayStats, TreeStats | AdaptiveStats | None]:
         """Self-play from ``starts``: the episodes (in the order of their starts), the statistics, and the
         tree statistics of tree self-play or the rescue statistics of adaptive self-play (None for move-by-move
         play)."""
         if isinstance(self.agent, AdaptiveSelfPlay):
-            return self.agent.play(self.env, starts, iteration=iteration, weights_version=weights_version,
-                                   progress=progress)  # fmt: skip
+            return self.agent.play(
+                self.env, starts, iteration=iteration, weights_version=weights_version, progress=progress
+            )
         if isinstance(self.agent, TreeSelfPlay):
             episodes, stats = self.agent.play_roots(self.env, starts, iteration=iteration,
                                                     weights_version=weights_version)  # fmt: skip

@@ -176,15 +176,30 @@ class Run:
                 writer.add_histogram("losses/rewards", torch.tensor([s.reward for s in samples]), step)
 
         start = time.perf_counter()
-        history = train(self.learner, self.replay, loop.train_steps, loop.groups_per_step, self.rng,
-                        self.lm.eos_token_id, distill=self.config.learner.distill_coef > 0,
-                        value_target=loop.value_target, dynamic_sampling=loop.learns_differing_groups_only,
-                        on_step=on_step, progress=loop.progress and self.is_main)  # fmt: skip
+        history = train(
+            self.learner,
+            self.replay,
+            loop.train_steps,
+            loop.groups_per_step,
+            self.rng,
+            self.lm.eos_token_id,
+            distill=self.config.learner.distill_coef > 0,
+            value_target=loop.value_target,
+            dynamic_sampling=loop.learns_differing_groups_only,
+            on_step=on_step,
+            progress=loop.progress and self.is_main,
+        )
         writer.add_scalar("perf/train_seconds", time.perf_counter() - start, iteration)
         writer.add_scalar("perf/learner_steps", len(history), iteration)
         if history:
-            logger.info("iteration %d: %d learner steps (step %d -> %d), loss %.4f", iteration, len(history),
-                        global_step, self.learner.step_count, history[-1]["loss"])  # fmt: skip
+            logger.info(
+                "iteration %d: %d learner steps (step %d -> %d), loss %.4f",
+                iteration,
+                len(history),
+                global_step,
+                self.learner.step_count,
+                history[-1]["loss"],
+            )
         else:
             logger.info("iteration %d: no group in the replay has differing returns: no learner step", iteration)
         if self.over_budget():

@@ -67,10 +67,13 @@ class SearchConfig:
                                            "Sequential Halving")  # fmt: skip
     c_visit: float = _setting(50.0, "gumbel: sigma(q) = (c_visit + max visits) * c_scale * q, the visit offset")
     c_scale: float = _setting(0.1, "gumbel: the scale c_scale of sigma(q)")
-    q_bounds: str = _setting("minmax", "how Q is normalised to [0, 1] (PUCT's Qn, Gumbel's completed Q): minmax "
-                             "(by the smallest and largest Q seen: tree-wide for PUCT, per node for Gumbel) or fixed "
-                             "(by the value scale's known bounds [-1, 1], so value-head noise is not stretched)",
-                             choices=("minmax", "fixed"))  # fmt: skip
+    q_bounds: str = _setting(
+        "minmax",
+        "how Q is normalised to [0, 1] (PUCT's Qn, Gumbel's completed Q): minmax "
+        "(by the smallest and largest Q seen: tree-wide for PUCT, per node for Gumbel) or fixed "
+        "(by the value scale's known bounds [-1, 1], so value-head noise is not stretched)",
+        choices=("minmax", "fixed"),
+    )
 
     def __post_init__(self):
         rules = {  # name: (holds, the rule)

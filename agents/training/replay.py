@@ -73,6 +73,12 @@ class Episode:
         return cls(**raw)
 
 
+def returns_equal(group: list[Episode]) -> bool:
+    """Whether every episode of a group has the same return (no GRPO advantage)."""
+    returns = [e.episode_return for e in group]
+    return max(returns) - min(returns) <= 1e-9
+
+
 class ReplayBuffer:
     """Episodes of the last ``capacity_iterations`` iterations, persisted under ``directory`` (with ``persist``)."""
 
@@ -119,13 +125,14 @@ class ReplayBuffer:
             out[f"{episode.iteration}:{episode.problem_id}"].append(episode)
         return dict(out)
 
-    def sample_groups(self, num_groups: int, rng: np.random.Generator, *,
-                      differing_only: bool = False) -> list[list[Episode]]:  # fmt: skip
+    def sample_groups(
+        self, num_groups: int, rng: np.random.Generator, *, differing_only: bool = False
+    ) -> list[list[Episode]]:
         """``num_groups`` problem groups drawn without replacement (all of them if fewer exist); with
         ``differing_only``, only from the groups whose returns differ (DAPO's dynamic sampling)."""
         groups = list(self.groups().values())
         if differing_only:
-            groups = [g for g in groups if max(e.episode_return for e in g) - min(e.episode_return for e in g) > 1e-9]
+            groups = [g for g in groups if not returns_equal(g)]
         if not groups:
             return []
         chosen = rng.choice(len(groups), size=min(num_groups, len(groups)), replace=False)
