@@ -106,7 +106,8 @@ class EnvConfig:
     task: str = option("gsm8k", "the problems and their grader: gsm8k, arithmetic or countdown", choices=_task_names())
     data: str = option("", "task data: a GSM8K file, folder or Hub id; an arithmetic level (add2); a countdown "
                        "level (3, 4); '' = the task's own")  # fmt: skip
-    teachers: str = option("", "proposing teachers: '' (the scoring model alone), a tier (local) or model names")
+    teachers: str = option("", "proposing teachers: '' (the scoring model alone), a tier (local), model names or "
+                           "served models URL#MODEL (an OpenAI-compatible server, e.g. http://localhost:8000/v1#NAME)")
     terminal: str = option("rule", "what ends an episode: rule (answer marker, end of sequence) or model "
                            "(also the model's 'is it complete?')", choices=("rule", "model"))  # fmt: skip
     num_right: int = option(2, "candidates per state from the 'continue correctly' prompt")
@@ -138,11 +139,27 @@ class EnvConfig:
             "max_steps": (self.max_steps >= 1, ">= 1"),
             "max_tokens": (self.max_tokens >= 1, ">= 1"),
             "max_question_tokens": (self.max_question_tokens >= 1, ">= 1"),
+            "teachers": (_served_names_ok(self.teachers), "a tier, model names or served models URL#MODEL (an "
+                         "http(s) URL without credentials: the API key goes in $OPENAI_API_KEY)"),
             "prompt": (bool(self.prompt.strip()), "'task', 'bare', 'example' or a non-empty message"),
             "rewards": (self.rewards != "partial" or self.task not in _task_names() or _partial_credit(self.task),
                         f"a preset task {self.task} supports (partial needs a task with partial credit: "
                         f"{', '.join(n for n in _task_names() if _partial_credit(n))})"),
         }))  # fmt: skip
+
+
+def _served_names_ok(teachers: str) -> bool:
+    if "://" not in teachers:
+        return True
+    from azgym.lm.served import is_served, parse_served
+
+    try:
+        for name in teachers.split(","):
+            if is_served(name.strip()):
+                parse_served(name.strip())
+    except ValueError:
+        return False
+    return True
 
 
 ENV_DEFAULTS = EnvConfig()

@@ -1,4 +1,10 @@
-"""Teachers by name: the tiers of teacher models and their loading."""
+"""Teachers by name: the tiers of teacher models and their loading.
+
+A name is a tier (``local``, ``free``, ``production``), a model (a known short name, a local directory or
+a Hub id: loaded in this process) or a served model ``URL#MODEL`` (an OpenAI-compatible server, e.g.
+``http://localhost:8000/v1#Qwen/Qwen2.5-7B-Instruct``: :class:`~azgym.lm.served.OpenAIBackend`). They mix:
+``"http://gpu-box:8000/v1#Qwen/Qwen2.5-7B-Instruct,smollm2-135m-instruct"``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from azgym.lm.base import LanguageModel
 from azgym.lm.registry import shared_backend
+from azgym.lm.served import OpenAIBackend, is_served, parse_served
 from azgym.teachers.ensemble import Teacher
 
 logger = logging.getLogger(__name__)
@@ -42,15 +49,16 @@ def load_teachers(
     if backend not in ("hf", "vllm"):
         raise ValueError(f"unknown backend {backend!r}; use 'hf' (transformers) or 'vllm'")
 
-    if isinstance(names, str):
-        names = TIERS.get(names, tuple(n.strip() for n in names.split(",") if n.strip()))
+    names = teacher_names(names)
     teachers, failures = [], []
     for name in names:
         if name == scorer.name:
             teachers.append(Teacher(scorer, name))
             continue
         try:
-            if backend == "vllm":
+            if is_served(name):
+                lm = OpenAIBackend.from_spec(name)
+            elif backend == "vllm":
                 from azgym.lm.vllm import VLLMBackend
 
                 lm = VLLMBackend(name, gpu_memory_utilization=gpu_memory_utilization)
@@ -66,3 +74,17 @@ def load_teachers(
     if not teachers:
         raise RuntimeError(f"no teacher could be loaded: {'; '.join(failures)}")
     return teachers
+
+
+def teacher_names(names: str | Sequence[str]) -> tuple[str, ...]:
+    """The model names of a tier or a comma-separated list; a served name's URL is checked here (one-line error).
+
+    >>> teacher_names("http://localhost:8000/v1#Qwen/Qwen2.5-7B-Instruct, smollm2-135m-instruct")
+    ('http://localhost:8000/v1#Qwen/Qwen2.5-7B-Instruct', 'smollm2-135m-instruct')
+    """
+    if isinstance(names, str):
+        names = TIERS.get(names, tuple(n.strip() for n in names.split(",") if n.strip()))
+    for name in names:
+        if is_served(name):
+            parse_served(name)
+    return tuple(names)
