@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,38 @@ from agents.mcts.search import Expansion, Step
 from azgym.lm.base import Generation, broadcast
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def transformers_serve(model: str, log: Path | None = None, startup_s: float = 180) -> Iterator[int]:
+    """``transformers serve MODEL`` on a free local port (offline, on the CPU) until the block ends; yields the port.
+    With ``log``, the server's output (a line per request) goes there."""
+    port = free_port()
+    serve = str(Path(sys.executable).with_name("transformers"))
+    cmd = [serve, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    server = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "transformers serve did not start"
+                time.sleep(1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if log:
+            out.close()
 
 
 def torchrun(nproc: int, script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

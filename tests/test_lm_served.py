@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +17,7 @@ import pytest
 from azgym.config import ConfigError, EnvConfig
 from azgym.lm.served import ByteTokenizer, OpenAIBackend, ServerError, parse_served
 from azgym.teachers import ProposalRequest, TeacherEnsemble, load_teachers
+from helpers import REPO, transformers_serve
 
 
 class Completions(BaseHTTPRequestHandler):
@@ -95,8 +98,16 @@ def test_a_request_carries_the_standard_fields_and_the_key_from_the_environment(
     lm = backend(url, api_key_env="AZGYM_TEST_KEY")
     [[sample]] = lm.generate(["What is 2 + 2?"], max_tokens=7, stop=["\n"], temperature=0.5, seed=11)
     body = Completions.requests[-1]
-    assert body == {"model": "toy", "prompt": "What is 2 + 2?", "max_tokens": 7, "temperature": 0.5, "n": 1,
-                    "logprobs": 1, "seed": 11, "stop": ["\n"]}  # fmt: skip
+    assert body == {
+        "model": "toy",
+        "prompt": "What is 2 + 2?",
+        "max_tokens": 7,
+        "temperature": 0.5,
+        "n": 1,
+        "logprobs": 1,
+        "seed": 11,
+        "stop": ["\n"],
+    }
     assert Completions.headers_seen[-1]["Authorization"] == "Bearer sekret"
     assert sample.text == "step 11-0\n" and sample.finish_reason == "stop"
     assert sample.token_ids == tuple(b"step 11-0\n") and lm.generated_tokens == 3
@@ -182,8 +193,11 @@ def test_teacher_urls_are_parsed_and_bad_ones_are_config_errors():
         "https://box:8000/v1",
         "Qwen/Qwen2.5-7B-Instruct",
     )
-    for bad, why in [("http://box:8000/v1", "names no model"), ("http://u:pw@box/v1#m", "credentials"),
-                     ("http:///v1#m", "not an http")]:  # fmt: skip
+    for bad, why in [
+        ("http://box:8000/v1", "names no model"),
+        ("http://u:pw@box/v1#m", "credentials"),
+        ("http:///v1#m", "not an http"),
+    ]:
         with pytest.raises(ValueError, match=why):
             parse_served(bad)
         with pytest.raises(ConfigError, match="teachers"):
@@ -212,3 +226,68 @@ def test_a_served_teacher_proposes_beside_the_local_scorer_and_is_dropped_when_i
     assert spec in ensemble.dropped and "unreachable" in ensemble.dropped[spec]
     assert later and all(c.teacher == tiny_lm.name for c in later)
     assert any(f"teacher {spec} failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_selfplay_iteration_with_a_teacher_served_by_transformers_serve(tmp_path):
+    """The default model behind `transformers serve` is the only teacher of a one-iteration run; the local copy
+    of the same model is the student and scores the priors."""
+    pytest.importorskip("fastapi", reason="`transformers serve` needs fastapi: pip install -e '.[test]'")
+    from azgym.lm.registry import DEFAULT_MODEL, resolve_model
+
+    model, log = resolve_model(DEFAULT_MODEL), tmp_path / "serve.log"
+    with transformers_serve(model, log=log) as port:
+        spec = f"http://127.0.0.1:{port}/v1#{model}"
+        cmd = [
+            sys.executable,
+            str(REPO / "scripts" / "selfplay.py"),
+            "--runs-dir",
+            str(tmp_path),
+            "--run-name",
+            "served",
+            "--task",
+            "arithmetic",
+            "--data",
+            "add2",
+            "--teachers",
+            spec,
+            "--selfplay",
+            "moves",
+            "--simulations",
+            "1",
+            "--iterations",
+            "1",
+            "--num-examples",
+            "2",
+            "--group-size",
+            "2",
+            "--train-steps",
+            "1",
+            "--eval-size",
+            "2",
+            "--eval-max-tokens",
+            "16",
+            "--chunk-tokens",
+            "16",
+            "--max-depth",
+            "3",
+            "--max-tokens",
+            "48",
+            "--no-progress",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "served"
+    assert json.loads((run / "config.json").read_text())["env"]["teachers"] == spec
+    episodes = [
+        json.loads(line) for f in sorted((run / "replay").glob("*.jsonl")) for line in f.read_text().splitlines()
+    ]
+    assert len(episodes) == 4
+    for episode in episodes:  # every episode played to its end: answered, or out of steps / tokens
+        assert episode["steps"] and all(step["candidates"] for step in episode["steps"])
+        ended = episode["steps"][-1]["response_len"] + len(episode["steps"][-1]["candidates"][0]) > 0
+        assert ended and (episode["format_ok"] or episode["truncated"] or episode["response_ids"])
+    served = sum('"POST /v1/completions HTTP/1.1" 200' in line for line in log.read_text().splitlines())
+    states = sum(len(e["steps"]) for e in episodes)
+    assert served >= states, f"{served} requests reached the server for {states} expanded states"
+    assert "dropped" not in done.stderr

@@ -9,12 +9,9 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,7 +23,7 @@ import azgym_verifiers  # noqa: E402
 from azgym.prompts import TASK_SYSTEM_PROMPTS  # noqa: E402
 from azgym_verifiers import scoring  # noqa: E402
 from azgym_verifiers.taskset import CORRECTNESS_WEIGHT, PERPLEXITY_WEIGHT  # noqa: E402
-from helpers import ScriptedLM  # noqa: E402
+from helpers import ScriptedLM, transformers_serve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VF_EVAL = Path(sys.executable).with_name("vf-eval")
@@ -178,36 +175,15 @@ def test_vf_eval_runs_the_env_end_to_end_against_a_stub_endpoint(tmp_path):
     assert request["max_tokens"] == 32 and request["model"] == "stub"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_vf_eval_against_transformers_serve_of_smollm2(tmp_path):
     pytest.importorskip("fastapi", reason="`transformers serve` needs fastapi: pip install -e '.[verifiers]'")
     from azgym.lm.registry import DEFAULT_MODEL, resolve_model
 
-    model, port = resolve_model(DEFAULT_MODEL), _free_port()
-    serve = Path(sys.executable).with_name("transformers")
-    cmd = [serve, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    server = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "transformers serve did not start"
-                time.sleep(1)
+    model = resolve_model(DEFAULT_MODEL)
+    with transformers_serve(model) as port:
         episodes = _vf_eval(tmp_path, port, model, "--env.taskset.task-name", "arithmetic",
                             "--sampling.max-tokens", "48", "--sampling.temperature", "0")  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     assert len(episodes) == 3 and all(e["ok"] for e in episodes)
     for episode in episodes:
         [trace] = episode["traces"]

@@ -53,8 +53,13 @@ def export_merged(
         student.tokenizer.save_pretrained(tmp)
         head = {k: v.detach().contiguous().cpu() for k, v in student.value_head.state_dict().items()}
         save_file(head, str(tmp / "value_head.safetensors"))
-        source = {"checkpoint": str(path.resolve()), "step": meta.get("step"), "base_model": meta["student"]["model"],
-                  "lora_merged": bool(meta["student"].get("lora")), "dtype": dtype}  # fmt: skip
+        source = {
+            "checkpoint": str(path.resolve()),
+            "step": meta.get("step"),
+            "base_model": meta["student"]["model"],
+            "lora_merged": bool(meta["student"].get("lora")),
+            "dtype": dtype,
+        }
         (tmp / "azgym_export.json").write_text(json.dumps(source, indent=1))
         if out.exists():
             shutil.rmtree(out)
