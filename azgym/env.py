@@ -11,20 +11,21 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.error import InvalidAction, ResetNeeded
+from gymnasium.error import ResetNeeded
 
 from azgym import rewards as rw
 from azgym.config import ENV_DEFAULTS, ConfigError, EnvConfig, env_override
 from azgym.lm.base import LanguageModel
 from azgym.lm.registry import DEFAULT_MODEL, shared_backend
 from azgym.prompts import system_prompt
+from azgym.spaces import PAD, as_action, observation_space, padded, played_slot
 from azgym.state import EnvState, Transition
 from azgym.tasks import get_task
 from azgym.tasks.base import Problem, has_partial_credit
 from azgym.teachers import Candidate, ProposalRequest, TeacherEnsemble, TeacherProposer, load_teachers
 from azgym.terminal import RuleTerminalChecker, make_terminal_checker
 
-PAD = -1  # fills the unused tail of the token-id observations
+__all__ = ["PAD", "EnvState", "ReasoningEnv"]
 
 
 class ReasoningEnv(gym.Env):
@@ -38,8 +39,10 @@ class ReasoningEnv(gym.Env):
 
     ## Action Space
     ``Discrete(K)``, K = ``num_right + num_wrong``. Slot i holds a candidate when
-    ``info["action_mask"][i] == 1`` (duplicates are merged, so a state can have fewer than K).
-    Choosing an empty slot raises ``gymnasium.error.InvalidAction``.
+    ``info["action_mask"][i] == 1`` (duplicates are merged, so a state can have fewer than K). Every
+    action in the space is a move, as in Gymnasium's masked envs (the mask is a hint): an empty slot
+    ``i`` plays the candidate of slot ``i mod n`` (n the number of filled slots), the slot its merged
+    duplicate would have wrapped onto; ``info["action_played"]`` after ``step`` says which slot that was.
 
     ## Observation Space
     ``Dict`` of token ids (the teacher's tokenizer) padded with ``PAD = -1``:
@@ -95,6 +98,8 @@ class ReasoningEnv(gym.Env):
     - ``render_mode``: ``None`` or ``"ansi"``.
 
     ## Version History
+    - v0: an empty slot plays the candidate of slot ``i mod n`` (it raised ``InvalidAction``: a random
+      agent, ``action_space.sample()``, crashed where duplicates had been merged).
     - v0: initial release (``AZLLM-GSM8K-v0``, ``AZLLM-Arithmetic-v0``, ``AZLLM-Countdown-v0``); before the
       first tagged release HRE moved to the value scale (a wrong or truncated end pays -1, was 0).
     """
@@ -164,15 +169,9 @@ class ReasoningEnv(gym.Env):
         self.lm = proposer.lm
         self.terminal = make_terminal_checker(terminal, self.lm, self.task)
         num_candidates = proposer.num_candidates
-        high = self.lm.vocab_size - 1
         self.action_space = spaces.Discrete(num_candidates)
-        self.observation_space = spaces.Dict(
-            {
-                "question_ids": spaces.Box(PAD, high, (max_question_tokens,), dtype=np.int64),
-                "response_ids": spaces.Box(PAD, high, (self.max_tokens,), dtype=np.int64),
-                "depth": spaces.Discrete(self.max_steps + 1),
-            }
-        )
+        sizes = (max_question_tokens, self.max_tokens, self.max_steps)
+        self.observation_space = observation_space(self.lm.vocab_size, *sizes)
         self._state: EnvState | None = None
         self._last_terms: dict[str, float] = {}
         self._question_ids: dict[int, np.ndarray] = {}  # problem index -> padded question observation
@@ -208,6 +207,7 @@ class ReasoningEnv(gym.Env):
         self._state = outcome.state
         self._last_terms = outcome.terms
         info = self._info()
+        info["action_played"] = played_slot(int(action), len(self.candidates(state)))
         if outcome.grade is not None:
             info["grade"] = asdict(outcome.grade)
             self.observe(outcome.state)
@@ -261,13 +261,10 @@ class ReasoningEnv(gym.Env):
         if state.terminated or state.truncated:
             raise ResetNeeded("the episode has ended (terminated or truncated); call reset() to start a new one")
         candidates = self.candidates(state)
-        index = _as_action(action, self.action_space.n)
-        if index >= len(candidates):
-            raise InvalidAction(
-                f"action {index} is an empty slot: this state has {len(candidates)} distinct candidates "
-                f"(see info['action_mask']); choose an action where the mask is 1"
-            )
-        chosen = candidates[index]
+        index = as_action(action, self.action_space.n)
+        if not candidates:
+            raise RuntimeError("a live state has no candidates: every teacher's proposals were empty")
+        chosen = candidates[played_slot(index, len(candidates))]
         response_ids = state.response_ids + chosen.token_ids
         problem = self.problems[state.problem_index]
         terminated = self.terminal.is_terminal(problem.question, response_ids, chosen)
@@ -389,7 +386,7 @@ class ReasoningEnv(gym.Env):
         state = self._require_state()
         return {
             "question_ids": self._question_observation(state.problem_index),
-            "response_ids": _padded(state.response_ids, self.max_tokens),
+            "response_ids": padded(state.response_ids, self.max_tokens),
             "depth": state.depth,
         }
 
@@ -402,7 +399,7 @@ class ReasoningEnv(gym.Env):
                     f"problem {problem.id} has {len(question)} tokens, more than "
                     f"max_question_tokens={self.max_question_tokens}; raise max_question_tokens"
                 )
-            self._question_ids[index] = _padded(question, self.max_question_tokens)
+            self._question_ids[index] = padded(question, self.max_question_tokens)
         return self._question_ids[index].copy()
 
     def _info(self) -> dict[str, Any]:
@@ -426,23 +423,6 @@ class ReasoningEnv(gym.Env):
             "reward_terms": dict(self._last_terms),
             "episode_return": state.episode_return,
         }
-
-
-def _padded(ids: Sequence[int], size: int) -> np.ndarray:
-    out = np.full(size, PAD, dtype=np.int64)
-    out[: len(ids)] = ids[:size]
-    return out
-
-
-def _as_action(action, n: int) -> int:
-    try:
-        value = int(action)
-        valid = value == action and 0 <= value < n
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise InvalidAction(f"action must be an integer in [0, {n - 1}] (Discrete({n})), got {action!r}")
-    return value
 
 
 def _is_problem_list(data) -> bool:
