@@ -3,4 +3,4 @@
 import importlib.util
 
 # the doctest collection imports every module; the Ray workers' module needs the optional Ray extra
-collect_ignore = [] if importlib.util.find_spec("ray") else ["agents/distributed/ray_selfplay.py"]
+collect_ignore = [] if importlib.util.find_spec("ray") else ["agents/alphazero/ray_selfplay.py"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from azgym.config import ENV_OVERRIDES, ConfigError, env_override
+from azgym.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -169,3 +171,16 @@ def parse_config(config_cls: type, argv: Sequence[str] | None = None, *, environ
 def to_dict(config: Any) -> dict[str, Any]:
     """The config as nested plain values (what ``config.json`` holds)."""
     return dataclasses.asdict(config)
+
+
+def run_script(script: str, main: Callable[[], int | None]) -> int:
+    """Run a script's ``main``; a :class:`~azgym.errors.UserError` ends it in one line on stderr,
+    ``<script>: error: <problem and fix>``, exit code 2 (``AZGYM_DEBUG=1``: the traceback instead)."""
+    try:
+        return int(main() or 0)
+    except UserError as err:
+        if os.environ.get("AZGYM_DEBUG"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        sys.stderr.write(f"{script}: error: {message} (AZGYM_DEBUG=1 shows where)\n")
+        return 2

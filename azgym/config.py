@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from azgym.errors import UserError
 from azgym.prompts import RIGHT_PROMPTS
 
 # environment variable -> (section, field) it overrides
@@ -30,7 +31,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Invalid settings. ``problems`` lists ``(field, what is wrong and the fix)`` pairs."""
 
     def __init__(self, problems: Iterable[tuple[str, str]], where: str = "settings"):

@@ -16,7 +16,8 @@ from gymnasium.error import ResetNeeded
 from azgym import rewards as rw
 from azgym.config import ENV_DEFAULTS, ConfigError, EnvConfig, env_override
 from azgym.lm.base import LanguageModel
-from azgym.lm.registry import DEFAULT_MODEL, shared_backend
+from azgym.lm.hf import shared_backend
+from azgym.lm.registry import DEFAULT_MODEL
 from azgym.prompts import system_prompt
 from azgym.spaces import PAD, as_action, observation_space, padded, played_slot
 from azgym.state import EnvState, Transition
@@ -78,7 +79,7 @@ class ReasoningEnv(gym.Env):
     - ``split``: ``"train"`` or ``"test"``.
     - ``model``: a :class:`~azgym.lm.LanguageModel`, or a model name (default
       ``smollm2-135m-instruct``), path or Hub id that the registry loads (one shared copy per
-      process, :func:`azgym.lm.registry.shared_backend`); the teacher and the scoring model.
+      process, :func:`azgym.lm.hf.shared_backend`); the teacher and the scoring model.
     - ``teachers``: ``None`` (``model`` proposes alone), a tier (``"local"``: SmolLM2-135M-Instruct +
       Gemma-3-270M; ``"free"``, ``"production"``: Hub models for a GPU) or model names: a
       :class:`~azgym.teachers.TeacherEnsemble` whose teachers propose and ``model`` scores.

@@ -27,7 +27,7 @@ def scoring_model_name(tier: str, scoring_model: str = "") -> str:
 
 def load_scorer(name: str, device: str = "cpu") -> LanguageModel:
     """The scoring model ``name`` on ``device``, loaded on first use and shared afterwards."""
-    from azgym.lm.registry import shared_backend
+    from azgym.lm.hf import shared_backend
 
     return shared_backend(name, device)
 

@@ -7,7 +7,7 @@ One run, the same model, weights, problems and episode seeds in every mode (need
 
 1. in process: :meth:`agents.alphazero.player.Player.play`, what ``scripts/selfplay.py`` does without ``--workers``;
 2. N workers, for each N of ``--workers``: a local Ray instance with N self-play actors
-   (:class:`agents.distributed.ray_selfplay.RaySelfPlay`, what ``--workers N`` does), the weights broadcast once.
+   (:class:`agents.alphazero.ray_selfplay.RaySelfPlay`, what ``--workers N`` does), the weights broadcast once.
 
 Each mode first plays ``--warmup-problems`` other problems (numba, the first calls of a fresh process), then the
 ``--problems`` measured. Printed per mode: wall seconds, episodes/s, generated (candidate) tokens/s, the workers'
@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
         raise SystemExit("bench_workers.py: error: needs Ray: pip install 'azgym[ray]'") from None
 
     from agents.alphazero.player import Player
-    from agents.distributed.ray_selfplay import RaySelfPlay
+    from agents.alphazero.ray_selfplay import RaySelfPlay
 
     run = RunConfig(
         env=config.env,

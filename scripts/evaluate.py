@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,9 +34,15 @@ from agents.alphazero.evaluate import METRICS, MODES, evaluate
 from agents.alphazero.tree_eval import TERMINAL_VALUES, BlindSearch, head_is_trained
 from agents.mcts import MCTS, SearchConfig
 from agents.student import LMValueFunction, Student, StudentConfig
-from agents.training.checkpoint import CHECKPOINT_CHOICES, CheckpointError, load_student, resolve_checkpoint
+from agents.training.checkpoint import (
+    CHECKPOINT_CHOICES,
+    CheckpointError,
+    build_student,
+    load_student,
+    resolve_checkpoint,
+)
 from agents.warmstart.record import check_record, record_stage, three_way_table
-from azgym.cli import parse_config
+from azgym.cli import parse_config, run_script
 from azgym.config import EnvConfig, check_fields, option, raise_problems
 from azgym.env import ReasoningEnv
 from azgym.tasks import get_task, load_problems
@@ -100,7 +107,7 @@ def build(config: EvaluateConfig, trained: bool) -> Student:
     options = config.evaluation
     if trained and options.checkpoint:
         return load_student(options.checkpoint, device=config.student.device)
-    student = Student.from_config(config.student)
+    student = build_student(config.student)
     if trained and options.adapter:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -196,4 +203,4 @@ def _commit() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script("evaluate.py", main))

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from agents.training.checkpoint import CHECKPOINT_CHOICES, CheckpointError
 from agents.training.export import DTYPES, export_merged
+from azgym.cli import run_script
 
 
 def main(argv=None) -> None:
@@ -39,4 +41,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script("export.py", main))

@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from agents.student import Student, StudentConfig
-from agents.training.checkpoint import CheckpointError
+from agents.training.checkpoint import CheckpointError, build_student
 from agents.warmstart import hpo as search
 from agents.warmstart.data import build_examples, split_heldout
 from agents.warmstart.sft import METRICS, SFTConfig
-from azgym.cli import parse_config, to_dict
+from azgym.cli import parse_config, run_script, to_dict
 from azgym.prompts import system_prompt
 from azgym.tasks import DataError, load_problems
 
@@ -104,12 +104,12 @@ def main(argv=None) -> int:
         sys.exit(f"hpo.py: error: {err}")
     (study_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
 
-    def build_student(student_config: StudentConfig) -> Student:
+    def new_student(student_config: StudentConfig) -> Student:
         torch.manual_seed(config.sft.seed)
-        return Student.from_config(student_config)
+        return build_student(student_config)
 
     try:
-        first = build_student(config.student)
+        first = new_student(config.student)
     except CheckpointError as err:
         sys.exit(f"hpo.py: error: --init-from: {err}")
     lm = first.backend()
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         sys.exit(f"hpo.py: error: --trial-examples {hpo.trial_examples}: only {len(train)} of the first "
                  f"{2 * hpo.trial_examples} problems fit --max-length {config.sft.max_length}; raise it")  # fmt: skip
     train = train[: hpo.trial_examples]
-    objective = search.sft_objective(config, train, heldout, heldout_problems, build_student, study_dir)
+    objective = search.sft_objective(config, train, heldout, heldout_problems, new_student, study_dir)
     try:
         search.run_study(study, objective, hpo.trials, hpo.timeout_min)
     except KeyboardInterrupt:
@@ -153,4 +153,4 @@ def report(config: HPORunConfig, study, study_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("hpo.py", main))

@@ -14,6 +14,7 @@ the task defaults to GSM8K.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field, replace
 
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from agents.alphazero.config import cpu_preset
 from agents.mcts import MCTSAgent, SearchConfig
-from azgym.cli import parse_config
+from azgym.cli import parse_config, run_script
 from azgym.config import EnvConfig, check_fields, option, raise_problems
 from azgym.env import ReasoningEnv
 from azgym.lm.registry import DEFAULT_MODEL
@@ -93,4 +94,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script("play.py", main))

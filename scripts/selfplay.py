@@ -30,7 +30,7 @@ from agents.alphazero.config import ALIASES, PRESETS, RunConfig
 from agents.alphazero.evaluate import before_after_table
 from agents.alphazero.run import Run, RunExistsError
 from agents.distributed.ddp import SetupError, shutdown
-from azgym.cli import parse_config
+from azgym.cli import parse_config, run_script
 
 logger = logging.getLogger("selfplay")
 
@@ -77,4 +77,4 @@ def report(run: Run, final: dict | None, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("selfplay.py", main))

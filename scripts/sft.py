@@ -26,12 +26,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from agents.student import Student, StudentConfig
-from agents.training.checkpoint import CheckpointError
+from agents.student import StudentConfig
+from agents.training.checkpoint import CheckpointError, build_student
 from agents.warmstart.data import build_examples, split_heldout
 from agents.warmstart.params import ParamsError, apply_params, read_params
 from agents.warmstart.sft import SFTConfig, SFTResult, run_dir, train_sft
-from azgym.cli import parse_config, to_dict
+from azgym.cli import parse_config, run_script, to_dict
 from azgym.prompts import system_prompt
 from azgym.tasks import DataError, load_problems
 
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.manual_seed(options.seed)
     try:
-        student = Student.from_config(config.student)
+        student = build_student(config.student)
     except CheckpointError as err:
         sys.exit(f"sft.py: error: --init-from: {err}")
     directory.mkdir(parents=True, exist_ok=True)
@@ -171,4 +171,4 @@ def report(config: SFTRunConfig, result: SFTResult, num_train: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script("sft.py", main))

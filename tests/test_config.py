@@ -145,6 +145,67 @@ def test_the_search_core_imports_nothing_from_azgym_and_modules_stay_small():
         )
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports, anywhere in its body (lazy imports too, not ``TYPE_CHECKING``
+    blocks; a module importing its own package's ``__init__`` is not an edge)."""
+    modules = {}
+    for package in ("azgym", "agents"):
+        for path in (REPO / package).rglob("*.py"):
+            modules[".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")] = path
+
+    def imported(node, out):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", "") == "TYPE_CHECKING":
+                continue
+            if isinstance(child, ast.Import):
+                out += [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                out += [f"{child.module}.{a.name}" for a in child.names]
+            imported(child, out)
+        return out
+
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for target in imported(ast.parse(path.read_text()), []):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt, [*path, nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    return next((c for n in sorted(graph) if n not in state and (c := visit(n, [n]))), None)
+
+
+def test_no_import_cycle_between_modules_or_between_the_agents_packages():
+    graph = _import_graph()
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    packages: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        if name.startswith("agents."):
+            own = ".".join(name.split(".")[:2])
+            packages.setdefault(own, set()).update(
+                ".".join(t.split(".")[:2]) for t in targets if t.startswith("agents.") and not t.startswith(own)
+            )
+    assert _cycle(packages) is None, " -> ".join(_cycle(packages))
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check finds one
+
+
 def test_only_the_ray_module_imports_ray_and_workers_without_ray_is_one_line(monkeypatch, capsys):
     import subprocess
 

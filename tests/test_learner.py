@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from agents.student import Student, StudentConfig
-from agents.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from agents.training.checkpoint import (
+    CheckpointError,
+    CorruptCheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from agents.training.learner import DistillSample, Learner, LearnerConfig, Sample
 from helpers import tiny_llama
 
@@ -156,7 +162,7 @@ def test_corrupt_and_mismatched_checkpoints(tokenizer, tmp_path):
     second = save_checkpoint(tmp_path, learner)
     weights = second / "trainable.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a crash mid-copy, a bad disk
-    with pytest.raises(CheckpointError, match=r"corrupt or incomplete.*resume from an earlier one \(step-000001\)"):
+    with pytest.raises(CorruptCheckpointError, match=r"corrupt.*moves it aside and continues from step-000001"):
         load_checkpoint(second, learner)
     other = Learner(make_student(tokenizer, lora_r=8))
     with pytest.raises(CheckpointError, match="lora_r: saved 32, now 8"):

@@ -69,7 +69,7 @@ def test_a_worker_killed_mid_iteration_loses_nothing_and_records_nothing_twice(r
     jobs = pool.jobs(starts, 2, distributed.env.state_dict(), iteration=2)
     pending = pool.submit(jobs)
     ray.kill(pool.actors[0], no_restart=False)  # Ray restarts it; its chunk is in flight
-    with caplog.at_level(logging.WARNING, logger="agents.distributed.ray_selfplay"):
+    with caplog.at_level(logging.WARNING, logger="agents.alphazero.ray_selfplay"):
         results = pool.collect(pending, jobs)
     assert sum("self-play worker died during chunk 0" in r.message for r in caplog.records) == 1
     assert [r.chunk for r in results] == [0, 1]

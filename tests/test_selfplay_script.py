@@ -63,10 +63,19 @@ def test_one_iteration_then_resume(tiny_dir, tmp_path):
     assert (run / "replay" / "iter-000001.jsonl").is_file()
     assert (run / "checkpoints" / "step-000002" / "meta.json").is_file()
 
+    # a corrupt newest checkpoint: --resume moves it aside and continues from the one before
+    (run / "checkpoints" / "step-000002" / "trainable.safetensors").write_bytes(b"not a safetensors file")
+    longer[longer.index("--iterations") + 1] = "3"
+    healed = selfplay(["--model", str(tiny_dir), "--run-name", "smoke", "--resume", *longer], tmp_path)
+    assert healed.returncode == 0, healed.stderr[-3000:]
+    assert "moved it aside to" in healed.stderr and "continuing at iteration 1" in healed.stderr
+    assert (run / "checkpoints" / "step-000002.corrupt").is_dir()
+    assert (run / "checkpoints" / "step-000003" / "meta.json").is_file()
+
     clash = selfplay(["--model", str(tiny_dir), "--run-name", "smoke", *TINY], tmp_path)
     assert clash.returncode != 0 and "--resume" in clash.stderr
 
-    for which, step in (("best", None), ("newest", "step-000002")):
+    for which, step in (("best", None), ("newest", "step-000003")):
         cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--checkpoint", str(run), "--which", which,
                "--size", "2", "--max-tokens", "4", "--out", str(tmp_path / f"{which}.json")]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -119,6 +128,22 @@ def test_bad_flags_are_named_in_one_line_before_any_model_loads(tmp_path):
     result = selfplay(["--model", "no-such-model"], tmp_path, env=env)
     assert result.returncode == 2 and "NUM_MCTS_ITERATIONS=-3 (sets --simulations): must be >= 1" in result.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_the_projects_errors_end_in_one_line_and_exit_code_2(tiny_dir, tmp_path):
+    bad_row = tmp_path / "bad.jsonl"
+    bad_row.write_text('{"question": "What is 2 + 2?", "answer": "#### 4"}\n{"question": "no answer"}\n')
+    cases = [
+        (["--task", "gsm8k", "--data", str(tmp_path / "nowhere")], "nowhere"),
+        (["--task", "gsm8k", "--data", str(bad_row)], "bad.jsonl"),
+        (["--selfplay", "tree", "--simulations", "1"], "must be >= 2 under --selfplay tree"),
+        (["--model", str(tmp_path / "no-model")], "unknown model"),
+    ]
+    for i, (flags, named) in enumerate(cases):
+        result = selfplay(["--model", str(tiny_dir), "--run-name", f"bad-{i}", *TINY, *flags], tmp_path)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and lines[-1].startswith("selfplay.py: error:") and named in lines[-1]
 
 
 def test_two_teacher_ensemble_and_the_similarity_agent(tiny_dir, tmp_path, tokenizer):

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from agents.alphazero.config import ALIASES, PRESETS, RunConfig
 from agents.student import Student, StudentConfig, token_logprobs
-from agents.training.checkpoint import load_student, resolve_checkpoint
+from agents.training.checkpoint import build_student, load_student, resolve_checkpoint
 from agents.warmstart.data import IGNORE_INDEX, Collator, build_examples, response_nll, split_heldout
 from agents.warmstart.params import ParamsError, apply_params, read_params
 from agents.warmstart.sft import SFTConfig, plan_steps, train_sft
@@ -141,10 +141,10 @@ def test_the_checkpoint_loads_through_the_project_loader_and_init_from(tokenizer
     run = parse_config(RunConfig, ["--model", str(tiny_dir), "--init-from", str(result.checkpoint)], presets=PRESETS,
                        default_preset="cpu", aliases=ALIASES)  # fmt: skip
     assert run.student.init_from == str(result.checkpoint) and run.student.lora_r == 32
-    started = Student.from_config(run.student)
+    started = build_student(run.student)
     assert (started.config.lora_r, started.config.lora_alpha) == (4, 8)
     assert all(torch.equal(started.trainable_state()[k], v) for k, v in saved.items())
-    from_run = Student.from_config(replace(run.student, init_from=str(tmp_path / "sft")))  # a run directory: newest
+    from_run = build_student(replace(run.student, init_from=str(tmp_path / "sft")))  # a run directory: newest
     assert all(torch.equal(from_run.trainable_state()[k], v) for k, v in saved.items())
 
 

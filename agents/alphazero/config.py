@@ -208,6 +208,12 @@ class RunConfig:
                     "must be >= 2 under --selfplay adaptive (an all-fail group is what it searches for)",
                 )
             )
+        if self.loop.selfplay == "tree" and self.search.num_simulations < 2:
+            why = (
+                f"must be >= 2 under --selfplay tree (a tree of one simulation is no tree), got "
+                f"{self.search.num_simulations}; raise --simulations or use --selfplay moves for the priors' draw"
+            )
+            problems.append(("search.num_simulations", why))
         if self.learner.loss == "apo" and self.learner.apo_normalize and self.loop.group_size < 2:
             problems.append(("loop.group_size", "must be >= 2 for apo_normalize (advantages are relative within "
                              "a group); raise it or use --no-apo-normalize"))  # fmt: skip

@@ -2,7 +2,7 @@
 :class:`~agents.alphazero.config.RunConfig`, and the one call that plays episodes from their starting states.
 
 The learner's process (:class:`~agents.alphazero.run.Run`) and every Ray self-play worker
-(:mod:`agents.distributed.ray_selfplay`) build theirs here, so both play alike. The starting states
+(:mod:`agents.alphazero.ray_selfplay`) build theirs here, so both play alike. The starting states
 (problem and episode seed) are drawn by the caller; everything random after that is seeded by the
 states themselves, so the episodes of a batch do not depend on how it is split over processes.
 """
@@ -22,6 +22,7 @@ from agents.mcts import MCTSAgent
 from agents.policy import Agent, PriorAgent
 from agents.similarity import SimilarityAgent
 from agents.student import LMValueFunction, Student
+from agents.training.checkpoint import build_student
 from agents.training.replay import Episode
 from azgym.env import EnvState, ReasoningEnv
 from azgym.lm.hf import HFBackend
@@ -72,7 +73,7 @@ class Player:
     @classmethod
     def from_config(cls, config: RunConfig) -> Player:
         torch.manual_seed(config.loop.seed)
-        student = Student.from_config(config.student)
+        student = build_student(config.student)
         lm = student.backend(name=config.student.model)  # the student proposes as this teacher
         env = ReasoningEnv.from_config(config.env, model=lm, split="train", device=config.student.device)
         return cls(config, student, lm, env, make_agent(config, student, lm))

@@ -7,7 +7,7 @@ continues from the newest checkpoint; an iteration whose replay shard was writte
 is not played again. Started by ``torchrun --nproc_per_node N`` it is data-parallel
 (:mod:`agents.distributed.ddp`): each process plays its share of the problems, all learn each step
 together, and rank 0 alone writes the run directory and evaluates. With ``loop.workers`` self-play runs in
-Ray actors instead (:mod:`agents.distributed.ray_selfplay`, imported only then) on the same starting states;
+Ray actors instead (:mod:`agents.alphazero.ray_selfplay`, imported only then) on the same starting states;
 the learner, evaluation and checkpoints stay here.
 """
 
@@ -28,16 +28,23 @@ from agents.alphazero.evaluate import METRICS, evaluate
 from agents.alphazero.player import Player
 from agents.alphazero.selfplay import train
 from agents.distributed import ddp
-from agents.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from agents.training.checkpoint import (
+    CorruptCheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    move_aside,
+    save_checkpoint,
+)
 from agents.training.learner import Learner
 from agents.training.replay import ReplayBuffer
 from azgym.cli import to_dict
+from azgym.errors import UserError
 from azgym.tasks import get_task, load_problems
 
 logger = logging.getLogger(__name__)
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(UserError, FileExistsError):
     """The run directory already holds a run and ``resume`` was not asked for."""
 
 
@@ -95,18 +102,28 @@ class Run:
             (self.dir / "config.json").write_text(json.dumps(to_dict(config), indent=1))
         self.workers = None
         if loop.workers:  # Ray is imported here only
-            from agents.distributed.ray_selfplay import RaySelfPlay
+            from agents.alphazero.ray_selfplay import RaySelfPlay
 
             self.workers = RaySelfPlay(config, self.student.config)
         self.writer = SummaryWriter(str(self.dir)) if self.is_main else ddp.NullWriter()
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.checkpoints)
-        if path is None:
-            logger.info("no checkpoint under %s: starting from iteration 0 (replay shards found: %d)",
-                        self.checkpoints, len(self.replay.shards))  # fmt: skip
-            return
-        extra = load_checkpoint(path, self.learner)
+        skipped: set[Path] = set()
+        while True:
+            path = latest_checkpoint(self.checkpoints, exclude=skipped)
+            if path is None:
+                found = len(self.replay.shards)
+                logger.info("no checkpoint under %s: starting at iteration 0 (replay shards: %d)", self.checkpoints,
+                            found)
+                return
+            try:
+                extra = load_checkpoint(path, self.learner)
+                break
+            except CorruptCheckpointError as err:  # nothing was loaded: the files are read before any is applied
+                skipped.add(path)
+                self.group.barrier()  # every rank has read it before the main process renames it
+                where = move_aside(path) if self.is_main else path
+                logger.warning("%s; moved it aside to %s and resuming from the checkpoint before it", err, where)
         self.start_iteration = int(extra["iteration"]) + 1
         self.best_accuracy = float(extra.get("best_accuracy", -1.0))
         best = self.checkpoints / "best" / "trainer.pt"

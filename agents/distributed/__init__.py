@@ -1,3 +1,3 @@
-"""Running azgym over several processes: the data-parallel learner (:mod:`agents.distributed.ddp`) and
-self-play in Ray actors (:mod:`agents.distributed.ray_selfplay`, which imports Ray: import it only when workers
-are asked for, ``--workers N``; this package itself imports nothing heavy)."""
+"""Running azgym's learner over several processes: data parallelism under torchrun (:mod:`agents.distributed.ddp`).
+Self-play in Ray actors is part of the loop (:mod:`agents.alphazero.ray_selfplay`); this package imports nothing
+from it."""

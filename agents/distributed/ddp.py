@@ -45,6 +45,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from azgym.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 BUCKET_BYTES = 64 * 2**20  # gradients are summed in flat buckets of at most this many bytes
@@ -52,7 +54,7 @@ BUCKET_BYTES = 64 * 2**20  # gradients are summed in flat buckets of at most thi
 TIMEOUT = timedelta(hours=2)
 
 
-class SetupError(ValueError):
+class SetupError(UserError, ValueError):
     """A data-parallel run that cannot start as configured."""
 
 

@@ -99,13 +99,14 @@ class Student(nn.Module):
 
     @classmethod
     def from_config(cls, config: StudentConfig, *, model: nn.Module | None = None, tokenizer=None) -> Student:
-        """Load ``config.model`` (or take ``model`` + ``tokenizer``) and add LoRA / 4-bit as configured; with
-        ``config.init_from``, load that checkpoint's trained weights (its model and LoRA shape win)."""
-        init = None
-        if config.init_from:  # imported here: the checkpoint module imports the learner, which imports this one
-            from agents.training.checkpoint import init_weights
-
-            init, config = init_weights(config)
+        """Load ``config.model`` (or take ``model`` + ``tokenizer``) and add LoRA / 4-bit as configured. A config
+        with ``init_from`` is built by :func:`agents.training.checkpoint.build_student` (checkpoints are the
+        trainer's format; the student does not read them)."""
+        if config.init_from:
+            raise ValueError(
+                f"init_from={config.init_from!r}: build this student with agents.training.checkpoint.build_student, "
+                "which loads the checkpoint's weights"
+            )
         if model is None:
             if config.load_in_4bit:
                 model, tokenizer = _load_4bit(config)
@@ -132,11 +133,7 @@ class Student(nn.Module):
                               target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
             model = get_peft_model(model, lora)
         model.train()
-        student = cls(model, tokenizer, config)
-        if init is not None:
-            student.load_trainable_state(init)
-            student.refresh_reference()  # full fine-tuning: the loaded weights are the KL reference
-        return student
+        return cls(model, tokenizer, config)
 
     # -- parameters --------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Collection
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from agents.student import Student, StudentConfig
 from agents.training.learner import Learner
+from azgym.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +39,12 @@ _MUST_MATCH = ("model", "lora", "lora_r", "lora_targets", "load_in_4bit")
 INIT_SETTINGS = ("model", "lora", "lora_r", "lora_alpha", "lora_targets")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the current student."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose files cannot be read (a crash mid-copy, a disk error): resume moves it aside."""
 
 
 def save_checkpoint(
@@ -91,7 +98,7 @@ def load_checkpoint(path: str | Path, learner: Learner) -> dict[str, Any]:
         weights = load_file(str(path / "trainable.safetensors"))
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - safetensors and pickle raise many types
-        raise CheckpointError(_unreadable(path, err)) from err
+        raise CorruptCheckpointError(_unreadable(path, err)) from err
     try:
         learner.student.load_trainable_state(weights)
     except ValueError as err:
@@ -105,24 +112,36 @@ def load_checkpoint(path: str | Path, learner: Learner) -> dict[str, Any]:
     return trainer.get("extra", {})
 
 
-def load_student(path: str | Path, device: str = "cpu"):
-    """A :class:`~agents.student.Student` rebuilt from a checkpoint's config, with its trained weights."""
-    from agents.student import Student, StudentConfig
+def build_student(config: StudentConfig, **kwargs) -> Student:
+    """:meth:`Student.from_config`, and with ``config.init_from`` that checkpoint's trained weights loaded
+    (its model and LoRA shape win: :func:`init_weights`). ``kwargs`` go to ``from_config``."""
+    if not config.init_from:
+        return Student.from_config(config, **kwargs)
+    weights, config = init_weights(config)
+    student = Student.from_config(replace(config, init_from=""), **kwargs)
+    student.config = config  # saved with later checkpoints: where the weights came from
+    student.load_trainable_state(weights)
+    student.refresh_reference()  # full fine-tuning: the loaded weights are the KL reference
+    return student
 
+
+def load_student(path: str | Path, device: str = "cpu", **overrides) -> Student:
+    """The student a checkpoint was saved from, with its trained weights; ``overrides`` replace saved settings
+    (e.g. ``load_in_4bit=False``). Raises :class:`CheckpointError` before any model loads."""
     path = Path(path)
     meta = _read_meta(path)
-    fields = dict(meta["student"], device=device, init_from="")  # the trained weights are all here
-    fields["lora_targets"] = tuple(fields.get("lora_targets", ()))
-    student = Student.from_config(StudentConfig(**fields))
     try:
         weights = load_file(str(path / "trainable.safetensors"))
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(_unreadable(path, err)) from err
+    except Exception as err:  # noqa: BLE001 - safetensors raises many types
+        raise CorruptCheckpointError(_unreadable(path, err)) from err
+    fields = dict(meta["student"], device=device, init_from="") | overrides  # the trained weights are all here
+    fields["lora_targets"] = tuple(fields.get("lora_targets", ()))
+    student = Student.from_config(StudentConfig(**fields))
     student.load_trainable_state(weights)
     return student
 
 
-def init_weights(config):
+def init_weights(config: StudentConfig) -> tuple[dict[str, torch.Tensor], StudentConfig]:
     """The trained weights ``config.init_from`` names and the student config that fits them.
 
     ``init_from`` is a checkpoint directory, or a run directory / checkpoints folder (its newest checkpoint,
@@ -147,19 +166,19 @@ def init_weights(config):
     try:
         weights = load_file(str(path / "trainable.safetensors"))
     except Exception as err:  # noqa: BLE001 - safetensors raises many types
-        raise CheckpointError(_unreadable(path, err)) from err
+        raise CorruptCheckpointError(_unreadable(path, err)) from err
     return weights, replace(config, **changes)
 
 
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step under ``root``, or None."""
+def latest_checkpoint(root: str | Path, exclude: Collection[Path] = ()) -> Path | None:
+    """The complete checkpoint with the highest step under ``root`` (none of ``exclude``), or None."""
     root = Path(root)
     if not root.is_dir():
         return None
     steps = []
     for child in root.iterdir():
         match = _STEP_DIR.match(child.name)
-        if match and (child / "meta.json").is_file():
+        if match and child not in exclude and (child / "meta.json").is_file():
             steps.append((int(match.group(1)), child))
     return max(steps)[1] if steps else None
 
@@ -192,7 +211,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(_unreadable(path, err)) from err
+        raise CorruptCheckpointError(_unreadable(path, err)) from err
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {meta.get('format_version')}, this azgym reads {FORMAT_VERSION}"
@@ -201,9 +220,20 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _unreadable(path: Path, err: Exception) -> str:
-    earlier = sorted(p.name for p in path.parent.glob("step-*") if p != path)
-    hint = f"resume from an earlier one ({earlier[-1]}) by deleting it" if earlier else "delete it to start fresh"
+    earlier = sorted(p.name for p in path.parent.glob("step-*") if p != path and _STEP_DIR.match(p.name))
+    hint = f"--resume moves it aside and continues from {earlier[-1]}" if earlier else "delete it to start fresh"
     return f"checkpoint {path} is corrupt or incomplete ({type(err).__name__}: {err}); {hint}"
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a corrupt checkpoint to ``<name>.corrupt`` (``.corrupt-2``, ... if taken), as replay shards are."""
+    aside = path.with_name(path.name + ".corrupt")
+    count = 1
+    while aside.exists():
+        count += 1
+        aside = path.with_name(f"{path.name}.corrupt-{count}")
+    os.rename(path, aside)
+    return aside
 
 
 def _normal(value):

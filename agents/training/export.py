@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from agents.training.checkpoint import CheckpointError, _read_meta, resolve_checkpoint
+from agents.student import Student
+from agents.training.checkpoint import _read_meta, load_student, resolve_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,7 +39,7 @@ def export_merged(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass another directory or overwrite it (--force)")
-    student = _student(path, meta)
+    student = _student(path)
     model = student.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
@@ -69,20 +69,5 @@ def export_merged(
     return out
 
 
-def _student(path: Path, meta: dict):
-    from safetensors.torch import load_file
-
-    from agents.student import Student, StudentConfig
-
-    fields = dict(meta["student"], device="cpu", init_from="", gradient_checkpointing=False)
-    fields["lora_targets"] = tuple(fields.get("lora_targets", ()))
-    config = replace(StudentConfig(**fields), load_in_4bit=False, dtype="float32")
-    student = Student.from_config(config)
-    try:
-        weights = load_file(str(path / "trainable.safetensors"))
-    except Exception as err:  # noqa: BLE001 - safetensors raises many types
-        raise CheckpointError(
-            f"checkpoint {path}: trainable.safetensors is unreadable ({err}); export an earlier step"
-        ) from err
-    student.load_trainable_state(weights)
-    return student
+def _student(path: Path) -> Student:
+    return load_student(path, load_in_4bit=False, dtype="float32", gradient_checkpointing=False)

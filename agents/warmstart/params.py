@@ -15,6 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from azgym.errors import UserError
+
 # parameter name -> the config section whose field it sets (the sections of sft.py's and hpo.py's configs)
 PARAMS: dict[str, str] = {
     "learning_rate": "sft",
@@ -28,7 +30,7 @@ PARAMS: dict[str, str] = {
 }
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A hyper-parameter file that cannot be used; the message names the problem and the fix."""
 
 

@@ -48,11 +48,19 @@ from azgym.lm.hf_prefix import (
     timed,
 )
 from azgym.lm.prefix_cache import PrefixCache, supports_prefix_cache, weights_fingerprint
+from azgym.lm.registry import load_model
 
 logger = logging.getLogger(__name__)
 
 
 DEFAULT_PREFIX_CACHE_BYTES = 1 << 30  # 1 GiB of keys and values kept across calls (~23k tokens of SmolLM2-135M, fp32)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_backend(name: str, device: str = "cpu") -> HFBackend:
+    """One loaded :class:`HFBackend` per (name, device), shared by every env and teacher ensemble in the
+    process (fp32)."""
+    return HFBackend.from_name(name, device=device)
 
 
 @contextlib.contextmanager
@@ -131,8 +139,6 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
     @classmethod
     def from_name(cls, name: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs) -> HFBackend:
         """Load by short name (e.g. ``smollm2-135m-instruct``), local path or Hub id."""
-        from azgym.lm.registry import load_model
-
         model, tokenizer = load_model(name, dtype=dtype, device=device)
         return cls(model, tokenizer, name=name, **kwargs)
 

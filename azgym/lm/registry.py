@@ -11,13 +11,12 @@ that directory in about a second.
 
 Cache location: ``$AZGYM_CACHE`` if set, else ``~/.cache/azgym``. Building a model from a name is
 this module's job: the environment and the teacher ensemble take ready models or ask
-:func:`shared_backend`.
+:func:`azgym.lm.hf.shared_backend`.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import importlib
 import importlib.util
 import logging
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from azgym.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ KNOWN_MODELS: dict[str, PackagedGGUF | ChunkedGGUF] = {
 }
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(UserError, ValueError):
     """A model name that is neither a known short name, a local directory nor a Hub id."""
 
 
@@ -157,15 +158,6 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     return model, tokenizer
-
-
-@functools.lru_cache(maxsize=4)
-def shared_backend(name: str, device: str = "cpu"):
-    """One loaded :class:`~azgym.lm.hf.HFBackend` per (name, device), shared by every env and
-    teacher ensemble in the process (fp32)."""
-    from azgym.lm.hf import HFBackend
-
-    return HFBackend.from_name(name, device=device)
 
 
 def _converted_dir(name: str, spec: PackagedGGUF | ChunkedGGUF) -> Path:

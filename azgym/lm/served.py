@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from azgym.errors import UserError
 from azgym.lm.base import Generation, Prompt, TokenizerMixin
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ logger = logging.getLogger(__name__)
 RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError, RuntimeError):
     """A served model that cannot answer: unreachable, unknown model, or a refused request."""
 
 

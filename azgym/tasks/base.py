@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from azgym.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data source that is missing or holds a malformed row; the message names where and the fix."""
 
 

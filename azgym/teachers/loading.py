@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from azgym.lm.base import LanguageModel
-from azgym.lm.registry import shared_backend
+from azgym.lm.hf import shared_backend
 from azgym.lm.served import OpenAIBackend, is_served, parse_served
 from azgym.teachers.ensemble import Teacher
 
