@@ -47,8 +47,15 @@ class SimilarityAgent:
             the seed and the state, so it does not depend on the other states of a batch).
     """
 
-    def __init__(self, lm, *, epsilon: float = 0.3, similarity: str = "lexical", temperature: float = 0.7,
-                 seed: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        lm,
+        *,
+        epsilon: float = 0.3,
+        similarity: str = "lexical",
+        temperature: float = 0.7,
+        seed: int | None = None,
+    ):
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         if similarity not in SIMILARITIES:
@@ -84,8 +91,9 @@ class SimilarityAgent:
         prompts = [env.solve_prompt(s) + list(s.response_ids) for s in states]
         budgets = [env.step_budget(s) for s in states]
         seeds = [int(state_rng(s, OWN_STEP_SALT, self.seed).integers(0, 2**31 - 1)) for s in states]
-        samples = self.lm.generate(prompts, max_tokens=budgets, stop=env.step_stop, temperature=self.temperature,
-                                   seed=seeds)  # fmt: skip
+        samples = self.lm.generate(
+            prompts, max_tokens=budgets, stop=env.step_stop, temperature=self.temperature, seed=seeds
+        )
         return [s[0].text for s in samples]
 
     def _similarities(self, mine: str, texts: list[str]) -> np.ndarray:

@@ -67,8 +67,15 @@ def _shown(value: Any) -> str:
 class ConfigParser:
     """The argparse parser of a config class; see the module docs."""
 
-    def __init__(self, config_cls: type, *, description: str = "", presets: dict[str, Callable[[], Any]] | None = None,
-                 default_preset: str | None = None, aliases: Sequence[Alias] = ()):  # fmt: skip
+    def __init__(
+        self,
+        config_cls: type,
+        *,
+        description: str = "",
+        presets: dict[str, Callable[[], Any]] | None = None,
+        default_preset: str | None = None,
+        aliases: Sequence[Alias] = (),
+    ):
         self.config_cls = config_cls
         self.presets = presets or {}
         self.default_preset = default_preset
@@ -79,8 +86,12 @@ class ConfigParser:
     def build(self, base: Any) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(description=_first_line(self.config_cls), allow_abbrev=False)
         if self.presets:
-            parser.add_argument("--preset", choices=sorted(self.presets), default=self.default_preset,
-                                help=f"starting values of every setting (default: {self.default_preset})")  # fmt: skip
+            parser.add_argument(
+                "--preset",
+                choices=sorted(self.presets),
+                default=self.default_preset,
+                help=f"starting values of every setting (default: {self.default_preset})",
+            )
         taken = {"--preset", "-h", "--help"}
         for section in self.sections:
             values = getattr(base, section)
@@ -110,8 +121,14 @@ class ConfigParser:
                         kwargs.update(choices=meta["choices"], metavar=None)
                 group.add_argument(*names, **kwargs)
         for alias in self.aliases:
-            parser.add_argument(alias.flag, dest=alias.target, action="store_const", const=alias.value,
-                                default=argparse.SUPPRESS, help=alias.help)  # fmt: skip
+            parser.add_argument(
+                alias.flag,
+                dest=alias.target,
+                action="store_const",
+                const=alias.value,
+                default=argparse.SUPPRESS,
+                help=alias.help,
+            )
         return parser
 
     def parse(self, argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Any:
@@ -161,8 +178,9 @@ class ConfigParser:
         return lines
 
 
-def parse_config(config_cls: type, argv: Sequence[str] | None = None, *, environ: dict[str, str] | None = None,
-                 **kwargs) -> Any:  # fmt: skip
+def parse_config(
+    config_cls: type, argv: Sequence[str] | None = None, *, environ: dict[str, str] | None = None, **kwargs
+) -> Any:
     """Parse ``argv`` (default ``sys.argv[1:]``) and ``environ`` (default ``os.environ``) into a
     validated ``config_cls``; ``kwargs`` go to :class:`ConfigParser`."""
     return ConfigParser(config_cls, **kwargs).parse(argv, environ)

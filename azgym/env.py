@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from azgym.lm.hf import shared_backend
 from azgym.lm.registry import DEFAULT_MODEL
 from azgym.prompts import system_prompt
 from azgym.spaces import PAD, as_action, observation_space, padded, played_slot
-from azgym.state import EnvState, Transition
+from azgym.state import EnvState, Judgement, Transition
 from azgym.tasks import get_task
 from azgym.tasks.base import Problem, has_partial_credit
 from azgym.teachers import Candidate, ProposalRequest, TeacherEnsemble, TeacherProposer, load_teachers
@@ -83,7 +83,6 @@ class ReasoningEnv(gym.Env):
     - ``teachers``: ``None`` (``model`` proposes alone), a tier (``"local"``: SmolLM2-135M-Instruct +
       Gemma-3-270M; ``"free"``, ``"production"``: Hub models for a GPU) or model names: a
       :class:`~azgym.teachers.TeacherEnsemble` whose teachers propose and ``model`` scores.
-      Teacher weights follow the returns of finished episodes (``step`` reports them).
     - ``proposer``: a ready :class:`~azgym.teachers.TeacherEnsemble` (or ``TeacherProposer``);
       overrides ``model``, ``teachers`` and the candidate settings.
     - the settings of :class:`~azgym.config.EnvConfig` (each documented there, with its default):
@@ -97,8 +96,15 @@ class ReasoningEnv(gym.Env):
       see :mod:`azgym.prompts`; priors, PRE and the student's training prompt use it).
       :meth:`from_config` builds the env from an ``EnvConfig``.
     - ``render_mode``: ``None`` or ``"ansi"``.
+    - ``on_episode_end``: called with the final :class:`~azgym.state.EnvState` when ``step`` ends an
+      episode, e.g. ``env.proposer.credit`` to move an ensemble's teacher weights toward the teachers whose
+      steps earned more. The env itself learns nothing: what learns (teacher weights, proposal caches,
+      sampling temperatures) lives in the proposer, which the agents drive.
 
     ## Version History
+    - v0: the env learns nothing: ``step`` credits teachers only through ``on_episode_end``, and the
+      proposer's learning (weights, caches, temperatures) is driven through ``env.proposer``; one
+      grading function, :meth:`judge`. Results of ``step`` are unchanged.
     - v0: an empty slot plays the candidate of slot ``i mod n`` (it raised ``InvalidAction``: a random
       agent, ``action_space.sample()``, crashed where duplicates had been merged).
     - v0: initial release (``AZLLM-GSM8K-v0``, ``AZLLM-Arithmetic-v0``, ``AZLLM-Countdown-v0``); before the
@@ -129,16 +135,22 @@ class ReasoningEnv(gym.Env):
         device: str = "cpu",
         render_mode: str | None = None,
         prompt: str = ENV_DEFAULTS.prompt,
+        on_episode_end: Callable[[EnvState], None] | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.task = get_task(task)
         settings = EnvConfig(  # validates every scalar setting at once
-            task=task, num_right=num_right, num_wrong=num_wrong, right_prompt=right_prompt, chunk_tokens=chunk_tokens,
+            task=task,
+            num_right=num_right,
+            num_wrong=num_wrong,
+            right_prompt=right_prompt,
+            chunk_tokens=chunk_tokens,
             max_steps=env_override("MAX_TREE_DEPTH", ENV_DEFAULTS.max_steps) if max_steps is None else max_steps,
             max_tokens=env_override("MAX_TOKENS", ENV_DEFAULTS.max_tokens) if max_tokens is None else max_tokens,
-            max_question_tokens=max_question_tokens, prompt=prompt,
-        )  # fmt: skip
+            max_question_tokens=max_question_tokens,
+            prompt=prompt,
+        )
         data = self.task.DEFAULT_DATA if data is None or data == "" else data
         self.render_mode = render_mode
         self.max_steps = settings.max_steps
@@ -146,8 +158,10 @@ class ReasoningEnv(gym.Env):
         self.max_question_tokens = max_question_tokens
         self.reward_config = rw.resolve_rewards(rewards, answer)
         if self.reward_config.credit == "partial" and not has_partial_credit(self.task):
-            raise ConfigError([("rewards", f"partial credit needs a task that defines it (countdown); task {task!r} "
-                                "has none: use the outcome or seed preset")], "ReasoningEnv")  # fmt: skip
+            why = (
+                f"partial credit needs a task that defines it (countdown); task {task!r} has none: use outcome or seed"
+            )
+            raise ConfigError([("rewards", why)], "ReasoningEnv")
         self.problems = list(data) if _is_problem_list(data) else self.task.load_problems(data, split)
         if not self.problems:
             raise ValueError(f"no problems in {data!r} (split {split!r}); the environment needs at least one")
@@ -167,6 +181,7 @@ class ReasoningEnv(gym.Env):
             else:
                 proposer = TeacherProposer(lm, **options)
         self.proposer = proposer
+        self.on_episode_end = on_episode_end
         self.lm = proposer.lm
         self.terminal = make_terminal_checker(terminal, self.lm, self.task)
         num_candidates = proposer.num_candidates
@@ -178,16 +193,21 @@ class ReasoningEnv(gym.Env):
         self._question_ids: dict[int, np.ndarray] = {}  # problem index -> padded question observation
 
     @classmethod
-    def from_config(cls, config: EnvConfig, *, model: str | LanguageModel = DEFAULT_MODEL, split: str = "train",
-                    data: Sequence[Problem] | None = None, device: str = "cpu", **kwargs) -> ReasoningEnv:  # fmt: skip
+    def from_config(
+        cls,
+        config: EnvConfig,
+        *,
+        model: str | LanguageModel = DEFAULT_MODEL,
+        split: str = "train",
+        data: Sequence[Problem] | None = None,
+        device: str = "cpu",
+        **kwargs,
+    ) -> ReasoningEnv:
         """The env an :class:`~azgym.config.EnvConfig` describes (``data`` replaces ``config.data``)."""
-        return cls(
-            config.data if data is None else data, split, model, task=config.task,
-            teachers=config.teachers or None, terminal=config.terminal, num_right=config.num_right,
-            num_wrong=config.num_wrong, right_prompt=config.right_prompt, chunk_tokens=config.chunk_tokens,
-            max_steps=config.max_steps, max_tokens=config.max_tokens, max_question_tokens=config.max_question_tokens,
-            rewards=config.rewards, answer=config.answer, device=device, prompt=config.prompt, **kwargs,
-        )  # fmt: skip
+        names = ("task", "terminal", "num_right", "num_wrong", "right_prompt", "chunk_tokens", "max_steps")
+        names += ("max_tokens", "max_question_tokens", "rewards", "answer", "prompt")
+        settings = {name: getattr(config, name) for name in names} | {"teachers": config.teachers or None}
+        return cls(config.data if data is None else data, split, model, device=device, **settings, **kwargs)
 
     # -- Gymnasium API ---------------------------------------------------------------------------
 
@@ -211,7 +231,8 @@ class ReasoningEnv(gym.Env):
         info["action_played"] = played_slot(int(action), len(self.candidates(state)))
         if outcome.grade is not None:
             info["grade"] = asdict(outcome.grade)
-            self.observe(outcome.state)
+            if self.on_episode_end is not None:
+                self.on_episode_end(outcome.state)
         terminated, truncated = outcome.state.terminated, outcome.state.truncated
         return self._observation(), outcome.reward, terminated, truncated, info
 
@@ -270,15 +291,16 @@ class ReasoningEnv(gym.Env):
         problem = self.problems[state.problem_index]
         terminated = self.terminal.is_terminal(problem.question, response_ids, chosen)
         truncated = not terminated and (state.depth + 1 >= self.max_steps or len(response_ids) >= self.max_tokens)
-        grade, credit = None, None
-        if terminated or truncated:
-            response = self.lm.decode(response_ids)
-            grade = self.task.grade(response, problem.gold)
-        correct = self.solved(grade)
-        if grade is not None and self.reward_config.credit == "partial":  # an exact solution is worth WIN
-            credit = 1.0 if correct else float(self.task.partial_credit(response, problem.gold))
-        terms = rw.step_reward(self.reward_config, depth=state.depth, pre=chosen.logprob, label=chosen.label,
-                               ended=grade is not None, correct=correct, credit=credit)  # fmt: skip
+        judgement = self.judge(state, response_ids) if terminated or truncated else None
+        terms = rw.step_reward(
+            self.reward_config,
+            depth=state.depth,
+            pre=chosen.logprob,
+            label=chosen.label,
+            ended=judgement is not None,
+            correct=bool(judgement and judgement.solved),
+            credit=judgement.credit if judgement else None,
+        )
         child = replace(
             state,
             response_ids=response_ids,
@@ -291,7 +313,7 @@ class ReasoningEnv(gym.Env):
             terminated=terminated,
             truncated=truncated,
         )
-        return Transition(child, float(terms["total"]), terms, grade)
+        return Transition(child, float(terms["total"]), terms, judgement)
 
     def candidates(self, state: EnvState | None = None) -> list[Candidate]:
         """The candidates of a state (default: the current one); empty once the episode ended."""
@@ -317,6 +339,18 @@ class ReasoningEnv(gym.Env):
         problem = state if isinstance(state, Problem) else self.problem(state)
         return self.proposer.solve_prompt(problem.question)
 
+    def judge(self, state: EnvState | int, response_ids: Sequence[int]) -> Judgement:
+        """Grade a complete response to a state's (or a problem index's) problem: the one grading function
+        (the env's transitions, tree self-play and the adaptive rescue all judge through it)."""
+        problem = self.problems[state if isinstance(state, int) else state.problem_index]
+        response = self.lm.decode(response_ids)
+        grade = self.task.grade(response, problem.gold)
+        solved = self.solved(grade)
+        if self.reward_config.credit != "partial":
+            return Judgement(grade, solved, rw.outcome(solved))
+        credit = 1.0 if solved else float(self.task.partial_credit(response, problem.gold))  # exact: WIN
+        return Judgement(grade, solved, rw.partial_outcome(credit), credit)
+
     def solved(self, grade) -> bool:
         """Whether a grade is a solution under the env's answer rule (exact, whatever the reward preset pays)."""
         return bool(grade and (grade.correct if self.reward_config.answer == "strict" else grade.flexible_correct))
@@ -329,30 +363,6 @@ class ReasoningEnv(gym.Env):
     def step_stop(self) -> tuple[str, ...]:
         """Strings that end a step (a newline: one reasoning line per step)."""
         return self.proposer.stop
-
-    def observe(self, state: EnvState) -> None:
-        """Credit a finished episode's return to the teachers whose candidates it chose."""
-        self.proposer.observe(state.teachers, state.episode_return)
-
-    def clear_cache(self) -> None:
-        """Forget every cached proposal (call it after the proposing model's weights change)."""
-        self.proposer.clear_cache()
-
-    def set_sampling_temperature(self, temperature: float | None) -> None:
-        """Generate every candidate at ``temperature`` (None: the proposer's own right / wrong temperatures)."""
-        self.proposer.set_temperature(temperature)
-
-    @property
-    def teacher_weights(self) -> dict[str, float]:
-        """Each live teacher's share of the candidate slots."""
-        return self.proposer.weights
-
-    def state_dict(self) -> dict:
-        """What a checkpoint keeps of the env: the teachers' moving averages and who was dropped."""
-        return self.proposer.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.proposer.load_state_dict(state)
 
     # -- helpers -----------------------------------------------------------------------------------
 

@@ -187,9 +187,15 @@ def direction_bonus(label: str, config: RewardConfig) -> float:
 
 
 def step_reward(
-    config: RewardConfig, *, depth: int, pre: float, label: str, ended: bool, correct: bool,
+    config: RewardConfig,
+    *,
+    depth: int,
+    pre: float,
+    label: str,
+    ended: bool,
+    correct: bool,
     credit: float | None = None,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Every term of one step's reward, and their weighted sum under ``"total"``.
 
     ``depth`` is the 0-based index of this step in the episode; ``ended``: the step terminates or

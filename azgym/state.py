@@ -25,10 +25,24 @@ class EnvState:
 
 
 @dataclass(frozen=True)
+class Judgement:
+    """A complete response graded against its problem's gold answer (training only; evaluation never sees it)."""
+
+    grade: Grade  # the task's grade: parsed answer, correct (strict), flexible_correct, format_ok
+    solved: bool  # the one notion of success: correct under the env's answer rule (strict or flexible)
+    outcome: float  # on the value scale: WIN / LOSS, or the partial credit's LOSS + (WIN - LOSS) * credit
+    credit: float | None = None  # the partial credit in [0, 1] where the reward preset pays it
+
+
+@dataclass(frozen=True)
 class Transition:
-    """What one action does: the next state, its reward (and each term), the grade at the end."""
+    """What one action does: the next state, its reward (and each term), the judgement at the end."""
 
     state: EnvState
     reward: float
     terms: dict[str, float]
-    grade: Grade | None
+    judgement: Judgement | None  # None until the episode ends
+
+    @property
+    def grade(self) -> Grade | None:
+        return self.judgement.grade if self.judgement else None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -20,6 +21,16 @@ from agents.mcts.search import Expansion, Step
 from azgym.lm.base import Generation, broadcast
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def send_json(handler, code: int, payload: dict) -> None:
+    """Answer an ``http.server`` request with ``payload`` as JSON (the test servers' replies)."""
+    data = json.dumps(payload).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 def free_port() -> int:

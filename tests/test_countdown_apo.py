@@ -127,14 +127,14 @@ def test_env_samples_every_candidate_at_the_set_temperature():
     state = env.initial_state(0, 0)
     env.candidates(state)
     assert lm.temperatures[-1] == [0.7, 1.0]  # the proposer's own right / wrong temperatures
-    env.set_sampling_temperature(0.3)
+    env.proposer.set_temperature(0.3)
     env.candidates(state)  # the cache was dropped: proposed again, at 0.3
     assert lm.temperatures[-1] == [0.3, 0.3]
-    env.set_sampling_temperature(None)
+    env.proposer.set_temperature(None)
     env.candidates(state)
     assert lm.temperatures[-1] == [0.7, 1.0]
     with pytest.raises(ValueError, match="> 0"):
-        env.set_sampling_temperature(0.0)
+        env.proposer.set_temperature(0.0)
 
 
 # -- A*PO with advantage normalisation -------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from azgym.config import ConfigError, EnvConfig
 from azgym.lm.served import ByteTokenizer, OpenAIBackend, ServerError, parse_served
 from azgym.teachers import ProposalRequest, TeacherEnsemble, load_teachers
-from helpers import REPO, transformers_serve
+from helpers import REPO, send_json, transformers_serve
 
 
 class Completions(BaseHTTPRequestHandler):
@@ -66,12 +66,7 @@ class Completions(BaseHTTPRequestHandler):
         self._reply(200, {"choices": [{"index": 0, "text": prompt, "logprobs": logprobs}]})
 
     def _reply(self, code: int, payload: dict):
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, payload)
 
     def log_message(self, *args):
         pass

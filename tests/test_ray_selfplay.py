@@ -66,7 +66,7 @@ def test_a_worker_killed_mid_iteration_loses_nothing_and_records_nothing_twice(r
     starts = local.player.starts([4, 5, 6, 7], np.random.default_rng(7))
     expected, _, _ = local.player.play(starts, iteration=2, weights_version=local.learner.step_count)
     pool.sync(distributed.learner.step_count, distributed.student)
-    jobs = pool.jobs(starts, 2, distributed.env.state_dict(), iteration=2)
+    jobs = pool.jobs(starts, 2, distributed.env.proposer.state_dict(), iteration=2)
     pending = pool.submit(jobs)
     ray.kill(pool.actors[0], no_restart=False)  # Ray restarts it; its chunk is in flight
     with caplog.at_level(logging.WARNING, logger="agents.alphazero.ray_selfplay"):

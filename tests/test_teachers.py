@@ -42,6 +42,10 @@ def test_weights_move_toward_the_teacher_whose_candidates_earn_more():
     good, bad = scripted("good", "5"), scripted("bad", "7")
     teachers = ensemble(good, bad, scorer=ScriptedLM({}))
     env = ReasoningEnv([PROBLEM], model=good, proposer=teachers, rewards="outcome", max_steps=2)
+    env.reset(seed=0)
+    env.step(0)
+    assert teachers.values == {"good": 0.0, "bad": 0.0}  # the env itself credits no one
+    env.on_episode_end = teachers.credit
     rng = np.random.default_rng(0)
     picked = {"good": 0, "bad": 0}
     for seed in range(12):  # random play: the scripted reward pays +1 for "good"'s answer, -1 for "bad"'s

@@ -23,7 +23,7 @@ import azgym_verifiers  # noqa: E402
 from azgym.prompts import TASK_SYSTEM_PROMPTS  # noqa: E402
 from azgym_verifiers import scoring  # noqa: E402
 from azgym_verifiers.taskset import CORRECTNESS_WEIGHT, PERPLEXITY_WEIGHT  # noqa: E402
-from helpers import ScriptedLM, transformers_serve  # noqa: E402
+from helpers import ScriptedLM, send_json, transformers_serve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VF_EVAL = Path(sys.executable).with_name("vf-eval")
@@ -133,12 +133,7 @@ class _ArithmeticStub(BaseHTTPRequestHandler):
                          "message": {"role": "assistant", "content": f"{a} + {b} = {total}\n#### {total}"}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
         }  # fmt: skip
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, 200, reply)
 
     def log_message(self, *args):
         pass

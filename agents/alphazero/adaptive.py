@@ -133,8 +133,7 @@ def solved_paths(env: ReasoningEnv, result, b: int) -> list[list[EnvState]]:
 
 def is_solved(env: ReasoningEnv, state: EnvState) -> bool:
     """Whether a finished state's response is a solution under the env's answer rule."""
-    problem = env.problems[state.problem_index]
-    return env.solved(env.task.grade(env.lm.decode(state.response_ids), problem.gold))
+    return env.judge(state, state.response_ids).solved
 
 
 def path_episode(env: ReasoningEnv, path: list[EnvState], *, iteration: int, weights_version: int) -> Episode:
@@ -161,16 +160,16 @@ def path_episode(env: ReasoningEnv, path: list[EnvState], *, iteration: int, wei
         )
     end = path[-1]
     problem = env.problems[end.problem_index]
-    grade = env.task.grade(env.lm.decode(end.response_ids), problem.gold)
+    judgement = env.judge(end, end.response_ids)
     return Episode(
         problem_id=problem.id,
         question=problem.question,
         prompt_ids=env.solve_prompt(problem),
         response_ids=list(end.response_ids),
         episode_return=end.episode_return,
-        correct=bool(grade.correct),
-        format_ok=bool(grade.format_ok),
-        solved=env.solved(grade),
+        correct=bool(judgement.grade.correct),
+        format_ok=bool(judgement.grade.format_ok),
+        solved=judgement.solved,
         iteration=iteration,
         weights_version=weights_version,
         steps=steps,

@@ -32,8 +32,7 @@ class LoopConfig:
     resume: bool = option(False, "continue <runs-dir>/<run-name> from its newest checkpoint")
     iterations: int = option(6, "AlphaZero iterations: self-play, then training, then evaluation")
     num_examples: int = option(2, "problems per iteration")
-    group_size: int = option(4, "moves self-play: episodes per problem (the GRPO group); all are searched in "
-                             "lockstep")  # fmt: skip
+    group_size: int = option(4, "moves self-play: episodes per problem (the GRPO group); all are searched in lockstep")
     selfplay: str = option(
         "adaptive",
         "self-play: adaptive (the default: cheap groups drawn from the priors "
@@ -77,51 +76,78 @@ class LoopConfig:
         "such group in the replay skips its learner steps (always on under --selfplay "
         "adaptive)",
     )
-    leaf_value: str = option("value", "moves self-play: what a live leaf of the search is worth: value (the "
-                             "student's value head) or rollout (the student rolls the leaf out under the solve prompt "
-                             "to a graded end, Monte Carlo as tree self-play does; the grader sees the gold answer, "
-                             "so training only)", choices=("value", "rollout"))  # fmt: skip
-    rollout_temperature: float = option(0.7, "rolled-out leaves (tree self-play, --leaf-value rollout): sampling "
-                                        "temperature of the student's rollouts (0.7: the teachers' 'right' "
-                                        "candidates' temperature)")  # fmt: skip
+    leaf_value: str = option(
+        "value",
+        "moves self-play: what a live leaf of the search is worth: value (the "
+        "student's value head) or rollout (the student rolls the leaf out under the solve prompt "
+        "to a graded end, Monte Carlo as tree self-play does; the grader sees the gold answer, "
+        "so training only)",
+        choices=("value", "rollout"),
+    )
+    rollout_temperature: float = option(
+        0.7,
+        "rolled-out leaves (tree self-play, --leaf-value rollout): sampling "
+        "temperature of the student's rollouts (0.7: the teachers' 'right' "
+        "candidates' temperature)",
+    )
     value_weight: float = option(
         0.0,
         "rolled-out leaves (tree self-play, --leaf-value rollout): weight of the value head in the leaf values "
         "the search backs up, (1 - w) * rollout outcome + w * value head (0: Monte Carlo only)",
     )
-    branch_entropy: float = option(0.0, "tree self-play: branch only at nodes whose candidates' priors have a "
-                                   "normalised entropy H / log K of at least this, elsewhere search the most likely "
-                                   "step alone (0: branch at every node)")  # fmt: skip
-    agent: str = option("mcts", "who plays self-play: mcts, or similarity (the seed's epsilon-greedy pick of the "
-                        "candidate nearest the student's own step)", choices=("mcts", "similarity"))  # fmt: skip
+    branch_entropy: float = option(
+        0.0,
+        "tree self-play: branch only at nodes whose candidates' priors have a "
+        "normalised entropy H / log K of at least this, elsewhere search the most likely "
+        "step alone (0: branch at every node)",
+    )
+    agent: str = option(
+        "mcts",
+        "who plays self-play: mcts, or similarity (the seed's epsilon-greedy pick of the "
+        "candidate nearest the student's own step)",
+        choices=("mcts", "similarity"),
+    )
     epsilon: float = option(0.3, "similarity agent: probability of a random candidate")
     train_steps: int = option(4, "learner steps per iteration")
     groups_per_step: int = option(2, "problem groups drawn from the replay per learner step")
-    value_target: str = option("outcome", "value-head target: outcome (+1 solved, -1 not) or q (the MCTS Q of "
-                               "the move taken)", choices=("outcome", "q"))  # fmt: skip
+    value_target: str = option(
+        "outcome",
+        "value-head target: outcome (+1 solved, -1 not) or q (the MCTS Q of the move taken)",
+        choices=("outcome", "q"),
+    )
     capacity_iterations: int = option(4, "replay shards (iterations) kept on disk")
     eval_every: int = option(3, "evaluate every N iterations and after the last (0: never)")
     eval_base: bool = option(True, "evaluate the base model before the first iteration (--no-eval-base to skip)")
-    eval_size: int = option(200, "held-out problems per evaluation (greedy; 200 keeps the 95% interval under "
-                            "+-7 points)")  # fmt: skip
+    eval_size: int = option(
+        200, "held-out problems per evaluation (greedy; 200 keeps the 95% interval under +-7 points)"
+    )
     eval_max_tokens: int = option(64, "response tokens per problem at evaluation")
     save_every: int = option(1, "checkpoint every N iterations (the last one always)")
     checkpoint_dir: str = option("", "checkpoint folder ('' = <runs-dir>/<run-name>/checkpoints)")
     log_interval: int = option(1, "learner steps between scalar logs")
     seed: int = option(0, "seeds problems, episodes, the search's noise and torch")
-    budget_min: float = option(0.0, "stop, with a checkpoint, after the iteration that passes this many minutes "
-                               "(0: no limit)")  # fmt: skip
+    budget_min: float = option(
+        0.0, "stop, with a checkpoint, after the iteration that passes this many minutes (0: no limit)"
+    )
     progress: bool = option(True, "show tqdm progress bars (--no-progress for logs only)")
-    temperature_start: float | None = option(None, "self-play sampling temperature of the candidates at the first "
-                                             "iteration, annealed linearly to --temperature-end at the last "
-                                             "(none: off, the proposer's own temperatures)")  # fmt: skip
-    temperature_end: float | None = option(None, "self-play sampling temperature at the last iteration (none: "
-                                           "off; set both or neither)")  # fmt: skip
-    workers: int = option(0, "self-play in N Ray actors, each with its own env and student copy; the learner stays "
-                          "in this process (0: self-play in this process, Ray never imported; needs "
-                          "pip install 'azgym[ray]')")  # fmt: skip
-    ray_address: str = option("", "with --workers: the Ray cluster to join (e.g. ray://head:10001 or auto; '': "
-                              "start a local Ray instance)")  # fmt: skip
+    temperature_start: float | None = option(
+        None,
+        "self-play sampling temperature of the candidates at the first "
+        "iteration, annealed linearly to --temperature-end at the last "
+        "(none: off, the proposer's own temperatures)",
+    )
+    temperature_end: float | None = option(
+        None, "self-play sampling temperature at the last iteration (none: off; set both or neither)"
+    )
+    workers: int = option(
+        0,
+        "self-play in N Ray actors, each with its own env and student copy; the learner stays "
+        "in this process (0: self-play in this process, Ray never imported; needs "
+        "pip install 'azgym[ray]')",
+    )
+    ray_address: str = option(
+        "", "with --workers: the Ray cluster to join (e.g. ray://head:10001 or auto; '': start a local Ray instance)"
+    )
 
     @property
     def learns_differing_groups_only(self) -> bool:
@@ -129,35 +155,71 @@ class LoopConfig:
         return self.dynamic_sampling or self.selfplay == "adaptive"
 
     def __post_init__(self):
-        at_least_one = ("iterations", "num_examples", "group_size", "train_steps", "groups_per_step", "eval_size",
-                        "eval_max_tokens", "save_every", "log_interval", "capacity_iterations")  # fmt: skip
-        raise_problems(self, check_fields(self, {
-            **{name: (getattr(self, name) >= 1, ">= 1") for name in at_least_one},
-            "eval_every": (self.eval_every >= 0, ">= 0"),
-            "epsilon": (0 <= self.epsilon <= 1, "in [0, 1]"),
-            "value_weight": (0 <= self.value_weight <= 1, "in [0, 1]"),
-            "rollout_temperature": (self.rollout_temperature > 0, "> 0"),
-            "leaf_value": (self.leaf_value == "value" or self.selfplay == "moves",
-                           "value unless --selfplay moves (a tree's leaves are always rolled out; adaptive "
-                           "self-play's rescue search values its leaves by the value head)"),
-            "branch_entropy": (0 <= self.branch_entropy <= 1, "in [0, 1] (a normalised entropy)"),
-            **{name: (getattr(self, name) >= 0, ">= 0") for name in ("solution_cache", "skip_solved")},
-            "rescue_simulations": (self.rescue_simulations >= 2, ">= 2 (a search that can look past the root)"),
-            "rescue_budget": (self.rescue_budget == 0 or self.rescue_budget >= self.rescue_simulations,
-                              f"0 or >= --rescue-simulations ({self.rescue_simulations}: one problem's tree)"),
-            "rescue_leaves_per_round": (self.rescue_leaves_per_round >= 1, ">= 1"),
-            "dynamic_sampling": (not self.dynamic_sampling or self.selfplay != "tree",
-                                 "off under --selfplay tree (a tree is one group of one root)"),
-            "budget_min": (self.budget_min >= 0, ">= 0"),
-            "workers": (self.workers >= 0 and (self.workers == 0 or self.selfplay != "adaptive"),
+        at_least_one = (
+            "iterations",
+            "num_examples",
+            "group_size",
+            "train_steps",
+            "groups_per_step",
+            "eval_size",
+            "eval_max_tokens",
+            "save_every",
+            "log_interval",
+            "capacity_iterations",
+        )
+        raise_problems(
+            self,
+            check_fields(
+                self,
+                {
+                    **{name: (getattr(self, name) >= 1, ">= 1") for name in at_least_one},
+                    "eval_every": (self.eval_every >= 0, ">= 0"),
+                    "epsilon": (0 <= self.epsilon <= 1, "in [0, 1]"),
+                    "value_weight": (0 <= self.value_weight <= 1, "in [0, 1]"),
+                    "rollout_temperature": (self.rollout_temperature > 0, "> 0"),
+                    "leaf_value": (
+                        self.leaf_value == "value" or self.selfplay == "moves",
+                        "value unless --selfplay moves (a tree's leaves are always rolled out; adaptive "
+                        "self-play's rescue search values its leaves by the value head)",
+                    ),
+                    "branch_entropy": (0 <= self.branch_entropy <= 1, "in [0, 1] (a normalised entropy)"),
+                    **{name: (getattr(self, name) >= 0, ">= 0") for name in ("solution_cache", "skip_solved")},
+                    "rescue_simulations": (self.rescue_simulations >= 2, ">= 2 (a search that can look past the root)"),
+                    "rescue_budget": (
+                        self.rescue_budget == 0 or self.rescue_budget >= self.rescue_simulations,
+                        f"0 or >= --rescue-simulations ({self.rescue_simulations}: one problem's tree)",
+                    ),
+                    "rescue_leaves_per_round": (self.rescue_leaves_per_round >= 1, ">= 1"),
+                    "dynamic_sampling": (
+                        not self.dynamic_sampling or self.selfplay != "tree",
+                        "off under --selfplay tree (a tree is one group of one root)",
+                    ),
+                    "budget_min": (self.budget_min >= 0, ">= 0"),
+                    "workers": (
+                        self.workers >= 0 and (self.workers == 0 or self.selfplay != "adaptive"),
                         ">= 0, and 0 under --selfplay adaptive (its rescue search and solution cache live in this "
-                        "process; pass --selfplay moves for Ray workers)"),
-            "ray_address": (not self.ray_address or self.workers > 0, "'' without --workers (no Ray without workers)"),
-            "run_name": (bool(self.run_name.strip()) and "/" not in self.run_name, "a non-empty name without '/'"),
-            **{name: ((self.temperature_start is None) == (self.temperature_end is None) and (
-                getattr(self, name) is None or getattr(self, name) > 0), "> 0, with temperature_start and "
-                "temperature_end both set or both none") for name in ("temperature_start", "temperature_end")},
-        }) + _ray_missing(self.workers))  # fmt: skip
+                        "process; pass --selfplay moves for Ray workers)",
+                    ),
+                    "ray_address": (
+                        not self.ray_address or self.workers > 0,
+                        "'' without --workers (no Ray without workers)",
+                    ),
+                    "run_name": (
+                        bool(self.run_name.strip()) and "/" not in self.run_name,
+                        "a non-empty name without '/'",
+                    ),
+                    **{
+                        name: (
+                            (self.temperature_start is None) == (self.temperature_end is None)
+                            and (getattr(self, name) is None or getattr(self, name) > 0),
+                            "> 0, with temperature_start and temperature_end both set or both none",
+                        )
+                        for name in ("temperature_start", "temperature_end")
+                    },
+                },
+            )
+            + _ray_missing(self.workers),
+        )
 
 
 def _ray_missing(workers: int) -> list[tuple[str, str]]:
@@ -174,7 +236,7 @@ def sampling_temperature(loop: LoopConfig, iteration: int) -> float | None:
     ``loop.iterations``, so a resume that changes ``--iterations`` re-spans it.
 
     It is the candidates' generation temperature (both teacher prompts; see
-    :meth:`azgym.env.ReasoningEnv.set_sampling_temperature`): with one candidate per state and no
+    :meth:`azgym.teachers.TeacherEnsemble.set_temperature`): with one candidate per state and no
     search it is the temperature of the policy's own rollout (A*PO). The move among candidates is
     still drawn from the agent's policy as it is (MCTS: ``--search-temperature``).
     """
@@ -188,9 +250,19 @@ def sampling_temperature(loop: LoopConfig, iteration: int) -> float | None:
 class RunConfig:
     """The AlphaZero loop: self-play with MCTS -> replay -> GRPO + value training -> evaluation -> checkpoint."""
 
-    env: EnvConfig = field(default_factory=lambda: EnvConfig(
-        task="arithmetic", num_right=2, num_wrong=1, chunk_tokens=16, max_steps=4, max_tokens=64,
-        rewards="outcome", answer="flexible", prompt="bare"))  # fmt: skip
+    env: EnvConfig = field(
+        default_factory=lambda: EnvConfig(
+            task="arithmetic",
+            num_right=2,
+            num_wrong=1,
+            chunk_tokens=16,
+            max_steps=4,
+            max_tokens=64,
+            rewards="outcome",
+            answer="flexible",
+            prompt="bare",
+        )
+    )
     search: SearchConfig = field(default_factory=lambda: SearchConfig(num_simulations=4))
     student: StudentConfig = field(default_factory=StudentConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
@@ -199,8 +271,12 @@ class RunConfig:
     def __post_init__(self):
         problems = []
         if self.learner.loss == "grpo" and self.loop.group_size < 2:
-            problems.append(("loop.group_size", "must be >= 2 for GRPO (advantages are relative within a group); "
-                             "raise it or use --loss legacy"))  # fmt: skip
+            problems.append(
+                (
+                    "loop.group_size",
+                    "must be >= 2 for GRPO (advantages are relative within a group); raise it or use --loss legacy",
+                )
+            )
         if self.loop.selfplay == "adaptive" and self.loop.group_size < 2 and not problems:
             problems.append(
                 (
@@ -215,8 +291,13 @@ class RunConfig:
             )
             problems.append(("search.num_simulations", why))
         if self.learner.loss == "apo" and self.learner.apo_normalize and self.loop.group_size < 2:
-            problems.append(("loop.group_size", "must be >= 2 for apo_normalize (advantages are relative within "
-                             "a group); raise it or use --no-apo-normalize"))  # fmt: skip
+            problems.append(
+                (
+                    "loop.group_size",
+                    "must be >= 2 for apo_normalize (advantages are relative within "
+                    "a group); raise it or use --no-apo-normalize",
+                )
+            )
         raise_problems(self, problems)
 
 
@@ -230,8 +311,17 @@ def cpu_preset() -> RunConfig:
 def gpu_preset() -> RunConfig:
     """One GPU: GSM8K, the seed system's 5 + 5 candidates, 32 simulations, 16 problems x 8 episodes."""
     cpu = cpu_preset()
-    env = replace(cpu.env, task="gsm8k", num_right=5, num_wrong=5, chunk_tokens=48, max_steps=12, max_tokens=256,
-                  answer="strict", prompt="task")  # fmt: skip
+    env = replace(
+        cpu.env,
+        task="gsm8k",
+        num_right=5,
+        num_wrong=5,
+        chunk_tokens=48,
+        max_steps=12,
+        max_tokens=256,
+        answer="strict",
+        prompt="task",
+    )
     return replace(
         cpu,
         env=env,
@@ -249,7 +339,7 @@ def gpu_preset() -> RunConfig:
             eval_size=200,
             eval_max_tokens=256,
             save_every=5,
-        ),  # fmt: skip
+        ),
     )
 
 
@@ -267,11 +357,30 @@ def countdown_preset() -> RunConfig:
     SmolLM2-135M never wrote an ``<answer>`` block (0 of 200), so every reward was the same.
     """
     cpu = cpu_preset()
-    env = replace(cpu.env, task="countdown", data="3", num_right=1, num_wrong=0, right_prompt="solve",
-                  chunk_tokens=32, max_steps=4, max_tokens=96, rewards="partial", answer="strict",
-                  prompt="example")  # fmt: skip
-    loop = replace(cpu.loop, selfplay="moves", num_examples=4, group_size=4, groups_per_step=4, eval_max_tokens=96,
-                   temperature_start=1.0, temperature_end=0.3)  # fmt: skip
+    env = replace(
+        cpu.env,
+        task="countdown",
+        data="3",
+        num_right=1,
+        num_wrong=0,
+        right_prompt="solve",
+        chunk_tokens=32,
+        max_steps=4,
+        max_tokens=96,
+        rewards="partial",
+        answer="strict",
+        prompt="example",
+    )
+    loop = replace(
+        cpu.loop,
+        selfplay="moves",
+        num_examples=4,
+        group_size=4,
+        groups_per_step=4,
+        eval_max_tokens=96,
+        temperature_start=1.0,
+        temperature_end=0.3,
+    )
     learner = replace(cpu.learner, loss="apo", apo_normalize=True, normalize_std=True, value_coef=0.0)
     return replace(cpu, env=env, search=replace(cpu.search, num_simulations=1), learner=learner, loop=loop)
 

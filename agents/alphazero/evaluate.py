@@ -24,8 +24,18 @@ from azgym.tasks.base import Problem
 MODES = ("greedy", "majority", "best_of_n", "tree", "mcts")  # mcts: the former name of tree, kept as an alias
 ANSWERS = ("strict", "flexible")
 # the summary's numbers, in the order they are printed and logged (see :func:`summarize`)
-METRICS = ("accuracy", "accuracy_low", "accuracy_high", "strict_accuracy", "flexible_accuracy", "format_accuracy",
-           "correct", "wrong_answer", "format_failure", "tokens_per_problem")  # fmt: skip
+METRICS = (
+    "accuracy",
+    "accuracy_low",
+    "accuracy_high",
+    "strict_accuracy",
+    "flexible_accuracy",
+    "format_accuracy",
+    "correct",
+    "wrong_answer",
+    "format_failure",
+    "tokens_per_problem",
+)
 
 
 def evaluate(
@@ -67,15 +77,17 @@ def evaluate(
         raise ValueError("tree evaluation needs env (built on these problems) and agent (a tree_eval.BlindSearch)")
     system = system_prompt(task.NAME, prompt)
     records = []
-    bar = tqdm(total=len(problems), desc=f"eval {mode}", unit="problem", disable=not progress or mode == "tree",
-               leave=False)  # fmt: skip
+    bar = tqdm(
+        total=len(problems), desc=f"eval {mode}", unit="problem", disable=not progress or mode == "tree", leave=False
+    )
     if mode == "tree":
         index = {p.id: i for i, p in enumerate(env.problems)}
         missing = [p.id for p in problems if p.id not in index]
         if missing:
             raise ValueError(f"the env does not hold problem {missing[0]!r}: build it on the evaluated problems")
-        played = agent.responses(env, lm, [index[p.id] for p in problems], seed=seed, batch_size=batch_size,
-                                 progress=progress)  # fmt: skip
+        played = agent.responses(
+            env, lm, [index[p.id] for p in problems], seed=seed, batch_size=batch_size, progress=progress
+        )
         records = [_record(p, text, tokens, task, answer) for p, (text, tokens) in zip(problems, played, strict=True)]
     else:
         for start in range(0, len(problems), batch_size):

@@ -51,12 +51,23 @@ def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | Tr
     if config.search.num_simulations <= 1:
         return PriorAgent()
     if loop.selfplay == "tree":
-        return TreeSelfPlay(lm, config.search, value_fn=value_fn, value_weight=loop.value_weight,
-                            temperature=loop.rollout_temperature, seed=loop.seed,
-                            branch_entropy=loop.branch_entropy)  # fmt: skip
+        return TreeSelfPlay(
+            lm,
+            config.search,
+            value_fn=value_fn,
+            value_weight=loop.value_weight,
+            temperature=loop.rollout_temperature,
+            seed=loop.seed,
+            branch_entropy=loop.branch_entropy,
+        )
     if loop.leaf_value == "rollout":  # Monte Carlo leaves (VinePPO): graded against the gold answer, training only
-        value_fn = RolloutValue(lm, value_fn=value_fn, value_weight=loop.value_weight,
-                                temperature=loop.rollout_temperature, keep_endings=False)  # fmt: skip
+        value_fn = RolloutValue(
+            lm,
+            value_fn=value_fn,
+            value_weight=loop.value_weight,
+            temperature=loop.rollout_temperature,
+            keep_endings=False,
+        )
     return MCTSAgent(value_fn, config=config.search, seed=loop.seed, reuse_tree=False)
 
 
@@ -106,13 +117,15 @@ class Player:
                 self.env, starts, iteration=iteration, weights_version=weights_version, progress=progress
             )
         if isinstance(self.agent, TreeSelfPlay):
-            episodes, stats = self.agent.play_roots(self.env, starts, iteration=iteration,
-                                                    weights_version=weights_version)  # fmt: skip
+            episodes, stats = self.agent.play_roots(
+                self.env, starts, iteration=iteration, weights_version=weights_version
+            )
             return episodes, stats, self.agent.last_tree_stats
         rollouts = getattr(self.agent, "value_fn", None)
         rolled = rollouts.generated_tokens if isinstance(rollouts, RolloutValue) else 0
-        episodes, stats = play_episodes(self.env, self.agent, starts, iteration=iteration,
-                                        weights_version=weights_version, progress=progress)  # fmt: skip
+        episodes, stats = play_episodes(
+            self.env, self.agent, starts, iteration=iteration, weights_version=weights_version, progress=progress
+        )
         if isinstance(rollouts, RolloutValue):  # the leaves' rollouts are generated tokens too
             stats.generated_tokens += rollouts.generated_tokens - rolled
         return episodes, stats, None

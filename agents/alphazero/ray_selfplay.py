@@ -14,7 +14,7 @@ One iteration:
 3. A worker that dies (its call raises ``RayActorError``) is restarted by Ray (``max_restarts``) and its
    chunk is submitted again, to the next worker. Results are kept per chunk, so nothing is recorded twice;
    the episodes come back in the order of their starting states.
-4. The teacher credit the workers gave (``env.observe``) is replayed on the driver's env in that order.
+4. The teacher credit the workers gave (``env.proposer.observe``) is replayed on the driver's proposer in that order.
 
 Equality with in-process self-play: after the starting states, every random draw is seeded by the state
 (candidates, the search's root noise, the move, the rollouts: :func:`~agents.policy.state_rng`), so a chunk
@@ -60,7 +60,7 @@ class Job:
     starts: list[EnvState]
     iteration: int
     temperature: float | None  # the candidates' sampling temperature (None: the proposer's own)
-    env_state: dict  # the driver's teacher state (env.state_dict()) at the start of the iteration
+    env_state: dict  # the driver's teacher state (env.proposer.state_dict()) at the start of the iteration
 
 
 @dataclass
@@ -69,7 +69,7 @@ class ChunkResult:
     episodes: list[Episode]
     stats: SelfPlayStats
     tree_stats: TreeStats | None
-    observed: list[EnvState]  # the states the worker credited its teachers with, in order
+    observed: list[tuple[tuple[str, ...], float]]  # (teachers, return) the worker credited, in order
     num_starts: int
     weights_version: int
 
@@ -96,31 +96,34 @@ class SelfPlayWorker:
         if version != self.version:
             self.set_weights(version, ray.get(ref))
         env = self.player.env
-        env.load_state_dict(job.env_state)
-        env.clear_cache()
+        env.proposer.load_state_dict(job.env_state)
+        env.proposer.clear_cache()
         if job.temperature is not None:
-            env.set_sampling_temperature(job.temperature)
+            env.proposer.set_temperature(job.temperature)
         with recorded_observations(env) as observed:
-            episodes, stats, tree_stats = self.player.play(job.starts, iteration=job.iteration,
-                                                           weights_version=self.version)  # fmt: skip
+            episodes, stats, tree_stats = self.player.play(
+                job.starts, iteration=job.iteration, weights_version=self.version
+            )
         return ChunkResult(job.chunk, episodes, stats, tree_stats, observed, len(job.starts), self.version)
 
 
 @contextmanager
-def recorded_observations(env: ReasoningEnv) -> Iterator[list[EnvState]]:
-    """Record every state ``env.observe`` credits while the block runs (and credit it as usual)."""
-    seen: list[EnvState] = []
-    observe = env.observe
+def recorded_observations(env: ReasoningEnv) -> Iterator[list[tuple[tuple[str, ...], float]]]:
+    """Record every ``(teachers, return)`` the env's proposer is credited with while the block runs (and credit it
+    as usual)."""
+    seen: list[tuple[tuple[str, ...], float]] = []
+    proposer = env.proposer
+    observe = proposer.observe
 
-    def recording(state: EnvState) -> None:
-        seen.append(state)
-        observe(state)
+    def recording(teachers, episode_return: float) -> None:
+        seen.append((tuple(teachers), float(episode_return)))
+        observe(teachers, episode_return)
 
-    env.observe = recording
+    proposer.observe = recording
     try:
         yield seen
     finally:
-        del env.observe  # the class's method again
+        del proposer.observe  # the class's method again
 
 
 class RaySelfPlay:
@@ -139,8 +142,7 @@ class RaySelfPlay:
             raise ValueError(f"RaySelfPlay needs at least one worker, got {num}")
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
-            ray.init(address=config.loop.ray_address or None, include_dashboard=False,
-                     logging_level=logging.WARNING)  # fmt: skip
+            ray.init(address=config.loop.ray_address or None, include_dashboard=False, logging_level=logging.WARNING)
         student = replace(student_config or config.student, init_from="")
         resources = ray.cluster_resources()
         options = {"max_restarts": MAX_RESTARTS, "max_task_retries": 0, "num_cpus": _share(resources.get("CPU"), num)}
@@ -157,27 +159,43 @@ class RaySelfPlay:
             state = {k: v.cpu() for k, v in student.trainable_state().items()}
             self.weights = (version, [ray.put(state)])
 
-    def play(self, starts: list[EnvState], group_size: int, env: ReasoningEnv, *, iteration: int,
-             temperature: float | None = None) -> tuple[list[Episode], SelfPlayStats, TreeStats | None]:  # fmt: skip
+    def play(
+        self,
+        starts: list[EnvState],
+        group_size: int,
+        env: ReasoningEnv,
+        *,
+        iteration: int,
+        temperature: float | None = None,
+    ) -> tuple[list[Episode], SelfPlayStats, TreeStats | None]:
         """Play from ``starts`` (``group_size`` a problem, a problem's together) on the workers; return what
         :meth:`~agents.alphazero.player.Player.play` would, and credit the driver's ``env``'s teachers."""
         start = time.perf_counter()
-        jobs = self.jobs(starts, group_size, env.state_dict(), iteration=iteration, temperature=temperature)
+        jobs = self.jobs(starts, group_size, env.proposer.state_dict(), iteration=iteration, temperature=temperature)
         results = self.collect(self.submit(jobs), jobs)
         for result in results:
-            for state in result.observed:
-                env.observe(state)
+            for teachers, episode_return in result.observed:
+                env.proposer.observe(teachers, episode_return)
         return merge_results(results, time.perf_counter() - start)
 
-    def jobs(self, starts: list[EnvState], group_size: int, env_state: dict, *, iteration: int,
-             temperature: float | None = None) -> list[Job]:  # fmt: skip
+    def jobs(
+        self,
+        starts: list[EnvState],
+        group_size: int,
+        env_state: dict,
+        *,
+        iteration: int,
+        temperature: float | None = None,
+    ) -> list[Job]:
         """``starts`` split by problem into at most one chunk per worker, in order."""
         if group_size < 1 or len(starts) % group_size:
             raise ValueError(f"{len(starts)} starting states do not make groups of {group_size}")
         problems = np.arange(len(starts) // group_size)
         chunks = [c for c in np.array_split(problems, len(self.actors)) if len(c)]
-        return [Job(i, starts[c[0] * group_size : (c[-1] + 1) * group_size], iteration, temperature, env_state)
-                for i, c in enumerate(chunks)]  # fmt: skip
+        return [
+            Job(i, starts[c[0] * group_size : (c[-1] + 1) * group_size], iteration, temperature, env_state)
+            for i, c in enumerate(chunks)
+        ]
 
     def submit(self, jobs: list[Job]) -> dict:
         """Start every job (chunk i on worker i mod N); ``{object ref: (chunk, worker)}``."""
@@ -196,11 +214,16 @@ class RaySelfPlay:
                 result = ray.get(ref)
             except RayActorError as err:
                 if attempts[chunk] >= MAX_ATTEMPTS:
-                    raise RuntimeError(f"self-play chunk {chunk} failed {attempts[chunk]} times; the last worker "
-                                       f"error: {err}") from err  # fmt: skip
+                    raise RuntimeError(
+                        f"self-play chunk {chunk} failed {attempts[chunk]} times; the last worker error: {err}"
+                    ) from err
                 worker = (worker + 1) % len(self.actors)
-                logger.warning("self-play worker died during chunk %d (%s); playing it again on worker %d", chunk,
-                               type(err).__name__, worker)  # fmt: skip
+                logger.warning(
+                    "self-play worker died during chunk %d (%s); playing it again on worker %d",
+                    chunk,
+                    type(err).__name__,
+                    worker,
+                )
                 pending[self._call(worker, jobs[chunk])] = (chunk, worker)
                 attempts[chunk] += 1
                 continue
@@ -220,8 +243,7 @@ class RaySelfPlay:
         return self.actors[worker].play.remote(job, self.weights)
 
 
-def merge_results(results: list[ChunkResult], seconds: float) -> tuple[list[Episode], SelfPlayStats,
-                                                                         TreeStats | None]:  # fmt: skip
+def merge_results(results: list[ChunkResult], seconds: float) -> tuple[list[Episode], SelfPlayStats, TreeStats | None]:
     """The chunks' episodes in order, their statistics as one phase of ``seconds`` (wall time), tree stats merged."""
     stats = SelfPlayStats.merged([r.stats for r in results], seconds)
     trees = [(r.tree_stats, r.num_starts, r.stats.generated_tokens) for r in results if r.tree_stats is not None]

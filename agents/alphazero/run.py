@@ -79,14 +79,19 @@ class Run:
             self.dir.mkdir(parents=True, exist_ok=True)
         student = replace(config.student, device=ddp.per_process_device(config.student.device, self.group))
         self.player = Player.from_config(replace(config, student=student))
-        self.student, self.lm, self.env, self.agent = (self.player.student, self.player.lm, self.player.env,
-                                                       self.player.agent)  # fmt: skip
+        self.student, self.lm, self.env, self.agent = (
+            self.player.student,
+            self.player.lm,
+            self.player.env,
+            self.player.agent,
+        )
         learner = config.learner
         if not learner.max_completion_tokens:  # Dr. GRPO's constant: the response budget and its end token
             learner = replace(learner, max_completion_tokens=config.env.max_tokens + 1)
         self.learner = Learner(self.student, learner, self.group if self.group.world_size > 1 else None)
-        self.replay = ReplayBuffer(self.dir / "replay", capacity_iterations=loop.capacity_iterations,
-                                   persist=self.is_main)  # fmt: skip
+        self.replay = ReplayBuffer(
+            self.dir / "replay", capacity_iterations=loop.capacity_iterations, persist=self.is_main
+        )
         self.replay.shards = self.group.broadcast_object(self.replay.shards)  # rank 0 read them
         self.rng = np.random.default_rng(loop.seed)
         self.start_iteration = 0
@@ -113,8 +118,9 @@ class Run:
             path = latest_checkpoint(self.checkpoints, exclude=skipped)
             if path is None:
                 found = len(self.replay.shards)
-                logger.info("no checkpoint under %s: starting at iteration 0 (replay shards: %d)", self.checkpoints,
-                            found)
+                logger.info(
+                    "no checkpoint under %s: starting at iteration 0 (replay shards: %d)", self.checkpoints, found
+                )
                 return
             try:
                 extra = load_checkpoint(path, self.learner)
@@ -135,7 +141,7 @@ class Run:
         self.rng.bit_generator.state = extra["loop_rng"]
         if extra.get("agent_rng") and hasattr(self.agent, "rng"):
             self.agent.rng.bit_generator.state = extra["agent_rng"]
-        self.env.load_state_dict(extra.get("teachers", {}))
+        self.env.proposer.load_state_dict(extra.get("teachers", {}))
         if isinstance(self.agent, AdaptiveSelfPlay) and extra.get("adaptive"):
             self.agent.load_state_dict(extra["adaptive"])
         logger.info("resumed from %s: continuing at iteration %d", path, self.start_iteration)
@@ -171,13 +177,14 @@ class Run:
         loop, writer = self.config.loop, self.writer
         if iteration in self.replay.shards:
             episodes = self.replay.shards[iteration]
-            logger.info("iteration %d: reusing its replay shard from before the stop (%d episodes)",
-                        iteration, len(episodes))  # fmt: skip
+            logger.info(
+                "iteration %d: reusing its replay shard from before the stop (%d episodes)", iteration, len(episodes)
+            )
         else:
-            self.env.clear_cache()  # the student changed: its old proposals are stale
+            self.env.proposer.clear_cache()  # the student changed: its old proposals are stale
             temperature = sampling_temperature(loop, iteration)
             if temperature is not None:  # the schedule's candidates' temperature (derived, so resume-safe)
-                self.env.set_sampling_temperature(temperature)
+                self.env.proposer.set_temperature(temperature)
                 writer.add_scalar("charts/temperature", temperature, iteration)
             problems = self.player.draw_problems(loop.num_examples, iteration, self.rng)
             episodes, stats, tree_stats = self._play(iteration, problems, temperature)
@@ -229,12 +236,16 @@ class Run:
         if loop.eval_every and ((iteration + 1) % loop.eval_every == 0 or final):
             result = self.evaluate(iteration + 1, tag=f"iter-{iteration:04d}")
         agent_rng = getattr(self.agent, "rng", None)
-        extra = {"iteration": iteration, "loop_rng": self.rng.bit_generator.state,
-                 "agent_rng": agent_rng.bit_generator.state if agent_rng is not None else None,
-                 "teachers": self.env.state_dict(), "best_accuracy": self.best_accuracy,
-                 "adaptive": self.agent.state_dict() if isinstance(self.agent, AdaptiveSelfPlay) else None,
-                 "elapsed_s": time.perf_counter() - self.started,
-                 "generated_tokens": self.generated_tokens}  # fmt: skip
+        extra = {
+            "iteration": iteration,
+            "loop_rng": self.rng.bit_generator.state,
+            "agent_rng": agent_rng.bit_generator.state if agent_rng is not None else None,
+            "teachers": self.env.proposer.state_dict(),
+            "best_accuracy": self.best_accuracy,
+            "adaptive": self.agent.state_dict() if isinstance(self.agent, AdaptiveSelfPlay) else None,
+            "elapsed_s": time.perf_counter() - self.started,
+            "generated_tokens": self.generated_tokens,
+        }
         if result is not None and result["accuracy"] > self.best_accuracy:
             self.best_accuracy = extra["best_accuracy"] = result["accuracy"]
             extra["eval"] = {k: result[k] for k in ("accuracy", "accuracy_low", "accuracy_high", "num_problems")}
@@ -253,16 +264,20 @@ class Run:
         version = self.learner.step_count
         if self.workers is not None:
             self.workers.sync(version, self.student)
-            return self.workers.play(starts, self.player.group_size, self.env, iteration=iteration,
-                                     temperature=temperature)  # fmt: skip
+            return self.workers.play(
+                starts, self.player.group_size, self.env, iteration=iteration, temperature=temperature
+            )
         group, size = self.group, self.player.group_size
         if group.world_size > 1:
             starts = [s for i, s in enumerate(starts) if (i // size) % group.world_size == group.rank]
-        episodes, stats, tree_stats = self.player.play(starts, iteration=iteration, weights_version=version,
-                                                       progress=self.config.loop.progress and self.is_main)  # fmt: skip
+        episodes, stats, tree_stats = self.player.play(
+            starts, iteration=iteration, weights_version=version, progress=self.config.loop.progress and self.is_main
+        )
         if group.world_size > 1:
             episodes, stats = ddp.gather_episodes(group, episodes, stats, [self.env.problems[p].id for p in problems])
-            self.env.load_state_dict(group.broadcast_object(self.env.state_dict()))  # rank 0's teacher weights
+            self.env.proposer.load_state_dict(
+                group.broadcast_object(self.env.proposer.state_dict())
+            )  # rank 0's teacher weights
         return episodes, stats, tree_stats
 
     def _log_self_play(self, iteration: int, episodes, stats, tree_stats) -> None:
@@ -275,7 +290,7 @@ class Run:
         w.add_scalar("charts/format_accuracy", float(np.mean([e.format_ok for e in episodes])), iteration)
         w.add_scalar("charts/episode_length", float(np.mean([len(e.steps) for e in episodes])), iteration)
         w.add_scalar("perf/self_play_seconds", stats.seconds, iteration)
-        weights = self.env.teacher_weights
+        weights = self.env.proposer.weights
         if len(weights) > 1:
             for name, weight in weights.items():
                 w.add_scalar(f"teachers/weight/{name}", weight, iteration)
@@ -296,20 +311,38 @@ class Run:
             with (self.dir / "adaptive.jsonl").open("a") as f:
                 f.write(json.dumps({"iteration": iteration, **json.loads(tree_stats.to_json())}) + "\n")
         w.add_text("trajectories/sample", _trajectory_text(self.lm, episodes[0]), iteration)
-        logger.info("iteration %d: self-play %d episodes in %.0f s, solved %.2f, return %.3f", iteration,
-                    len(episodes), stats.seconds, np.mean([e.solved for e in episodes]), returns.mean())  # fmt: skip
+        logger.info(
+            "iteration %d: self-play %d episodes in %.0f s, solved %.2f, return %.3f",
+            iteration,
+            len(episodes),
+            stats.seconds,
+            np.mean([e.solved for e in episodes]),
+            returns.mean(),
+        )
 
     def evaluate(self, step: int, tag: str) -> dict:
         loop = self.config.loop
-        result = evaluate(self.lm, self.eval_problems, self.task, max_tokens=loop.eval_max_tokens,
-                          progress=loop.progress, prompt=self.config.env.prompt,
-                          answer=self.config.env.answer)  # fmt: skip
+        result = evaluate(
+            self.lm,
+            self.eval_problems,
+            self.task,
+            max_tokens=loop.eval_max_tokens,
+            progress=loop.progress,
+            prompt=self.config.env.prompt,
+            answer=self.config.env.answer,
+        )
         for key in METRICS:
             self.writer.add_scalar(f"eval/{key}", result[key], step)
         (self.dir / f"eval-{tag}.json").write_text(json.dumps(result, indent=1))
-        logger.info("eval %s: accuracy %.3f (95%% CI %.3f-%.3f), format %.3f on %d problems", tag,
-                    result["accuracy"], result["accuracy_low"], result["accuracy_high"], result["format_accuracy"],
-                    result["num_problems"])  # fmt: skip
+        logger.info(
+            "eval %s: accuracy %.3f (95%% CI %.3f-%.3f), format %.3f on %d problems",
+            tag,
+            result["accuracy"],
+            result["accuracy_low"],
+            result["accuracy_high"],
+            result["format_accuracy"],
+            result["num_problems"],
+        )
         return result
 
 

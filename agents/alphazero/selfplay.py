@@ -48,14 +48,17 @@ class SelfPlayStats:
         """Several processes' or workers' statistics as one phase of ``seconds``: counts add up, lists join."""
         lists = ("tree_nodes", "tree_depths", "simulations_per_s", "visit_entropies", "root_values")
         return cls(
-            episodes=sum(p.episodes for p in parts), moves=max((p.moves for p in parts), default=0), seconds=seconds,
+            episodes=sum(p.episodes for p in parts),
+            moves=max((p.moves for p in parts), default=0),
+            seconds=seconds,
             generated_tokens=sum(p.generated_tokens for p in parts),
             **{name: [x for p in parts for x in getattr(p, name)] for name in lists},
-        )  # fmt: skip
+        )
 
 
-def initial_states(env: ReasoningEnv, problem_indices: list[int], group_size: int,
-                   rng: np.random.Generator) -> list[EnvState]:  # fmt: skip
+def initial_states(
+    env: ReasoningEnv, problem_indices: list[int], group_size: int, rng: np.random.Generator
+) -> list[EnvState]:
     """``group_size`` starting states per problem (a problem's group together), each with its own episode
     seed drawn from ``rng`` in that order."""
     return [env.initial_state(p, int(rng.integers(0, 2**31 - 1))) for p in problem_indices for _ in range(group_size)]
@@ -132,10 +135,13 @@ def play_episodes(
             )
             states[i] = step.state
             if step.grade is not None:
-                env.observe(step.state)
+                env.proposer.credit(step.state)
                 # solved: an exact solution, even when HRE pays partial credit
-                grades[i] = {"correct": step.grade.correct, "format_ok": step.grade.format_ok,
-                             "solved": env.solved(step.grade)}  # fmt: skip
+                grades[i] = {
+                    "correct": step.grade.correct,
+                    "format_ok": step.grade.format_ok,
+                    "solved": step.judgement.solved,
+                }
         stats.moves += 1
         done = [i for i in live if states[i].terminated or states[i].truncated]
         bar.update(len(done))
@@ -184,8 +190,12 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
             positions = [int(p) for p, _ in e.value_targets or []]
             targets = [float(t) for _, t in e.value_targets or []]
         elif value_target == "q":
-            targets = [float(np.clip(s.q_values[s.action], -1, 1)) if s.q_values and s.q_values[s.action] is not None
-                       else final for s in e.steps] + [final]  # fmt: skip
+            targets = [
+                float(np.clip(s.q_values[s.action], -1, 1))
+                if s.q_values and s.q_values[s.action] is not None
+                else final
+                for s in e.steps
+            ] + [final]
         else:
             targets = [final] * len(positions)
         samples.append(

@@ -6,7 +6,7 @@ answer key in hand, and its accuracy is not a model's accuracy. So here the sear
 :class:`~agents.mcts.EnvSearchModel`: a finished response is valued by the value head or by
 :class:`AnswerAgreement` (how many of the finished responses the search reached give the same answer),
 never by the grade, and the env's rewards and grades are not read. Teacher weights are not updated
-either (no ``env.observe``). The caller grades the final responses.
+either (no teacher is credited). The caller grades the final responses.
 
 Cost is counted in generated tokens (every sample the teachers drew, duplicates included; the scoring
 and value passes are prefill, not counted), so a search can be compared with greedy decoding and maj@k
@@ -92,14 +92,22 @@ class BlindSearch:
         if self.token_budget < 0:
             raise ValueError(f"token_budget must be >= 0 (0: no limit), got {self.token_budget}")
 
-    def responses(self, env: ReasoningEnv, lm, problem_indices: Sequence[int], *, seed: int = 0,
-                  batch_size: int = 32, progress: bool = True) -> list[tuple[str, int]]:  # fmt: skip
+    def responses(
+        self,
+        env: ReasoningEnv,
+        lm,
+        problem_indices: Sequence[int],
+        *,
+        seed: int = 0,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> list[tuple[str, int]]:
         """(response text, generated tokens) for each of ``env.problems[i]``, ``batch_size`` problems in lockstep.
 
         ``lm`` finishes responses past the budget (the student's backend). The env's proposal cache is
         cleared first, so every generated token of this evaluation is counted.
         """
-        env.clear_cache()
+        env.proposer.clear_cache()
         terminal = self.terminal_value_fn or AnswerAgreement(env.task, strict=env.reward_config.answer == "strict")
         model = EnvSearchModel(env, self.value_fn, terminal_value_fn=terminal)
         out: list[tuple[str, int]] = []
@@ -143,5 +151,7 @@ class BlindSearch:
         prompts = [env.solve_prompt(s) + list(s.response_ids) for s in states]
         budgets = [max(1, env.max_tokens - len(s.response_ids)) for s in states]
         outs = lm.generate(prompts, max_tokens=budgets, temperature=0.0)
-        return {r: (lm.decode(list(s.response_ids) + list(o[0].token_ids)), len(o[0].token_ids))
-                for r, s, o in zip(rows, states, outs, strict=True)}  # fmt: skip
+        return {
+            r: (lm.decode(list(s.response_ids) + list(o[0].token_ids)), len(o[0].token_ids))
+            for r, s, o in zip(rows, states, outs, strict=True)
+        }

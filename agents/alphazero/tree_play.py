@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,7 +40,6 @@ from agents.mcts.search import MCTS, SearchConfig, SearchResult
 from agents.mcts.tree import NO_PARENT, ROOT_INDEX
 from agents.policy import ValueFn, base_seed, state_rng
 from agents.training.replay import Episode, StepRecord
-from azgym import rewards as rw
 from azgym.env import EnvState, ReasoningEnv
 
 ROLLOUT_SEED_SALT = 7919  # separates a node's rollout seed from its episode seed
@@ -60,14 +59,11 @@ class Ending:
 
 def judge(env: ReasoningEnv, state: EnvState, token_ids: tuple[int, ...], truncated: bool) -> Ending:
     """Grade a complete response of ``state``'s problem (training only: the grader sees the gold answer)."""
-    problem = env.problems[state.problem_index]
-    text = env.lm.decode(token_ids)
-    grade = env.task.grade(text, problem.gold)
-    solved = env.solved(grade)
-    value = rw.outcome(solved)
-    if env.reward_config.credit == "partial" and not solved:
-        value = rw.LOSS + (rw.WIN - rw.LOSS) * float(env.task.partial_credit(text, problem.gold))
-    return Ending(tuple(token_ids), value, bool(grade.correct), bool(grade.format_ok), solved, truncated)
+    judgement = env.judge(state, token_ids)
+    grade = judgement.grade
+    return Ending(
+        tuple(token_ids), judgement.outcome, bool(grade.correct), bool(grade.format_ok), judgement.solved, truncated
+    )
 
 
 class RolloutValue:
@@ -81,8 +77,15 @@ class RolloutValue:
     ``(1 - value_weight) * outcome + value_weight * value_fn(state)``.
     """
 
-    def __init__(self, lm, *, value_fn: ValueFn | None = None, value_weight: float = 0.0,
-                 temperature: float = 1.0, keep_endings: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        lm,
+        *,
+        value_fn: ValueFn | None = None,
+        value_weight: float = 0.0,
+        temperature: float = 1.0,
+        keep_endings: bool = True,
+    ):
         if not 0.0 <= value_weight <= 1.0:
             raise ValueError(f"value_weight must lie in [0, 1], got {value_weight}")
         if value_weight > 0 and value_fn is None:
@@ -142,8 +145,17 @@ class TreeSelfPlay:
             :class:`~agents.mcts.env_model.EnvSearchModel`).
     """
 
-    def __init__(self, lm, config: SearchConfig, *, value_fn: ValueFn | None = None, value_weight: float = 0.0,
-                 temperature: float = 0.7, seed: int | None = None, branch_entropy: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        lm,
+        config: SearchConfig,
+        *,
+        value_fn: ValueFn | None = None,
+        value_weight: float = 0.0,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        branch_entropy: float = 0.0,
+    ):
         self.lm = lm
         self.branch_entropy = branch_entropy
         self.temperature = temperature
@@ -153,18 +165,27 @@ class TreeSelfPlay:
         self.seed = base_seed(seed)
         self.last_tree_stats: TreeStats | None = None
 
-    def play(self, env: ReasoningEnv, problem_indices: list[int], rng: np.random.Generator, *, iteration: int,
-             weights_version: int) -> tuple[list[Episode], SelfPlayStats]:  # fmt: skip
+    def play(
+        self,
+        env: ReasoningEnv,
+        problem_indices: list[int],
+        rng: np.random.Generator,
+        *,
+        iteration: int,
+        weights_version: int,
+    ) -> tuple[list[Episode], SelfPlayStats]:
         """Search one tree per problem (all in lockstep) and return one episode per tree node."""
         roots = [env.initial_state(p, int(rng.integers(0, 2**31 - 1))) for p in problem_indices]
         return self.play_roots(env, roots, iteration=iteration, weights_version=weights_version)
 
-    def play_roots(self, env: ReasoningEnv, roots: list[EnvState], *, iteration: int,
-                   weights_version: int) -> tuple[list[Episode], SelfPlayStats]:  # fmt: skip
+    def play_roots(
+        self, env: ReasoningEnv, roots: list[EnvState], *, iteration: int, weights_version: int
+    ) -> tuple[list[Episode], SelfPlayStats]:
         """Search one tree from each root state (all in lockstep); its episodes in root order."""
         start = time.perf_counter()
-        rollout = RolloutValue(self.lm, value_fn=self.value_fn, value_weight=self.value_weight,
-                               temperature=self.temperature)  # fmt: skip
+        rollout = RolloutValue(
+            self.lm, value_fn=self.value_fn, value_weight=self.value_weight, temperature=self.temperature
+        )
         noise = [state_rng(r, NOISE_SALT, self.seed) for r in roots]
         model = EnvSearchModel(env, rollout, branch_entropy=self.branch_entropy)
         result = self.mcts.search(model, roots, noise)
@@ -178,7 +199,7 @@ class TreeSelfPlay:
             trained += tree.trained_tokens()
             ranks.append(self._sibling_ranks(env, tree))
             for node, end in enumerate(ends):  # the teachers whose steps the response took are credited
-                env.observe(replace(result.states[b, node], episode_return=end.value))
+                env.proposer.observe(result.states[b, node].teachers, end.value)
         generated = proposed + rollout.generated_tokens
         pairs = sum(r[2] for r in ranks)
         self.last_tree_stats = TreeStats(
@@ -191,19 +212,25 @@ class TreeSelfPlay:
         )
         stats = result.stats()
         return episodes, SelfPlayStats(
-            episodes=len(episodes), moves=int(result.tree.max_depth().max()), seconds=time.perf_counter() - start,
-            generated_tokens=generated, tree_nodes=[stats["num_nodes"]], tree_depths=[stats["max_depth"]],
-            simulations_per_s=[stats["simulations_per_s"]], visit_entropies=[],
+            episodes=len(episodes),
+            moves=int(result.tree.max_depth().max()),
+            seconds=time.perf_counter() - start,
+            generated_tokens=generated,
+            tree_nodes=[stats["num_nodes"]],
+            tree_depths=[stats["max_depth"]],
+            simulations_per_s=[stats["simulations_per_s"]],
+            visit_entropies=[],
             root_values=result.root_value.tolist(),
-        )  # fmt: skip
+        )
 
     def _sibling_ranks(self, env, tree: TreeData) -> tuple[float, float, int]:
         """(value head right, prior right, pairs) over sibling pairs whose Monte Carlo values differ."""
         t, b, mc = tree.result.tree, tree.b, tree.values
         nodes = list(range(1, len(tree.ends)))
         states = [tree.result.states[b, i] for i in nodes]
-        head = dict(zip(nodes, self.value_fn(env, states) if self.value_fn and nodes else np.zeros(len(nodes)),
-                        strict=True))  # fmt: skip
+        head = dict(
+            zip(nodes, self.value_fn(env, states) if self.value_fn and nodes else np.zeros(len(nodes)), strict=True)
+        )
         right_v = right_p = 0.0
         pairs = 0
         for parent in range(len(tree.ends)):
@@ -336,24 +363,37 @@ def episodes_of_tree(env: ReasoningEnv, tree: TreeData, *, iteration: int, weigh
         for parent, child in zip(path, path[1:], strict=False):
             before, after = len(tree.state(parent).response_ids), len(tree.state(child).response_ids)
             advantages += [step_advantage(values[child], values[parent], values[ROOT_INDEX], leaves[child])] * (
-                after - before)  # fmt: skip
+                after - before
+            )
             steps.append(_step_record(env, t, tree.b, parent, tree.state(parent), int(t.node_action[tree.b, child])))
             targets.append([before, float(values[parent])])
         own = len(tree.state(node).response_ids)
         if len(end.token_ids) > own:  # the rollout after the node: a leaf of its own
             advantages += [step_advantage(end.value, values[node], values[ROOT_INDEX], 1.0)] * (
-                len(end.token_ids) - own)  # fmt: skip
+                len(end.token_ids) - own
+            )
             targets.append([own, float(values[node])])
         targets.append([len(end.token_ids), end.value])
         if not advantages:  # an empty response (a root that ended at once): nothing to train on
             continue
-        episodes.append(Episode(
-            problem_id=problem.id, question=problem.question, prompt_ids=prompt_ids,
-            response_ids=list(end.token_ids), episode_return=end.value, correct=end.correct,
-            format_ok=end.format_ok, solved=end.solved, iteration=iteration, weights_version=weights_version,
-            steps=steps, truncated=end.truncated, token_advantages=[round(a, 6) for a in advantages],
-            value_targets=targets,
-        ))  # fmt: skip
+        episodes.append(
+            Episode(
+                problem_id=problem.id,
+                question=problem.question,
+                prompt_ids=prompt_ids,
+                response_ids=list(end.token_ids),
+                episode_return=end.value,
+                correct=end.correct,
+                format_ok=end.format_ok,
+                solved=end.solved,
+                iteration=iteration,
+                weights_version=weights_version,
+                steps=steps,
+                truncated=end.truncated,
+                token_advantages=[round(a, 6) for a in advantages],
+                value_targets=targets,
+            )
+        )
     return episodes
 
 
@@ -368,8 +408,12 @@ def _step_record(env, tree, b: int, node: int, state: EnvState, action: int) -> 
     candidates = env.candidates(state)
     children = tree.children_index[b, node, : len(candidates)]
     visits = [int(tree.node_visits[b, c]) if c >= 0 else 0 for c in children]
-    q = [float(tree.children_reward[b, node, a] + tree.node_value_sum[b, c] / max(tree.node_visits[b, c], 1))
-         if c >= 0 else None for a, c in enumerate(children)]  # fmt: skip
+    q = [
+        float(tree.children_reward[b, node, a] + tree.node_value_sum[b, c] / max(tree.node_visits[b, c], 1))
+        if c >= 0
+        else None
+        for a, c in enumerate(children)
+    ]
     return StepRecord(
         response_len=len(state.response_ids),
         candidates=[list(c.token_ids) for c in candidates],

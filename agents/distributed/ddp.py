@@ -147,8 +147,10 @@ def from_env(device: str = "cpu") -> Alone | ProcessGroup:
     cuda = device.startswith("cuda")
     if cuda:
         if torch.cuda.device_count() <= local_rank:
-            raise RuntimeError(f"process {rank} wants GPU {local_rank} but this machine has "
-                               f"{torch.cuda.device_count()}; start at most that many processes per node")  # fmt: skip
+            raise RuntimeError(
+                f"process {rank} wants GPU {local_rank} but this machine has "
+                f"{torch.cuda.device_count()}; start at most that many processes per node"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
@@ -166,8 +168,10 @@ def check_workers(workers: int) -> None:
     """Ray self-play workers and torchrun's processes do not mix (each process would start its own actors)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if workers > 0 and world_size > 1:
-        raise SetupError(f"--workers {workers} under torchrun ({world_size} processes): use one or the other, "
-                         "torchrun for a data-parallel learner or --workers for Ray self-play actors")  # fmt: skip
+        raise SetupError(
+            f"--workers {workers} under torchrun ({world_size} processes): use one or the other, "
+            "torchrun for a data-parallel learner or --workers for Ray self-play actors"
+        )
 
 
 def check_split(num_problems: int, group: Alone) -> None:
@@ -179,9 +183,11 @@ def check_split(num_problems: int, group: Alone) -> None:
     agents.distributed.ddp.SetupError: --num-examples 2 is fewer than the 4 processes: each plays at least one ...
     """
     if num_problems < group.world_size:
-        raise SetupError(f"--num-examples {num_problems} is fewer than the {group.world_size} processes: each plays "
-                         f"at least one problem; raise --num-examples to {group.world_size} or start fewer processes "
-                         "(torchrun --nproc_per_node)")  # fmt: skip
+        raise SetupError(
+            f"--num-examples {num_problems} is fewer than the {group.world_size} processes: each plays "
+            f"at least one problem; raise --num-examples to {group.world_size} or start fewer processes "
+            "(torchrun --nproc_per_node)"
+        )
 
 
 def per_process_device(device: str, group: Alone) -> str:

@@ -33,8 +33,15 @@ class MCTSAgent:
             (:func:`~agents.policy.state_rng`), so a search does not depend on the other states of its batch.
     """
 
-    def __init__(self, value_fn: ValueFn | None = None, *, config: SearchConfig | None = None,
-                 reuse_tree: bool = True, seed: int | None = None, **settings):  # fmt: skip
+    def __init__(
+        self,
+        value_fn: ValueFn | None = None,
+        *,
+        config: SearchConfig | None = None,
+        reuse_tree: bool = True,
+        seed: int | None = None,
+        **settings,
+    ):
         self.mcts = MCTS(config, **settings)
         self.value_fn = value_fn or constant_value(0.0)
         self.reuse_tree = reuse_tree

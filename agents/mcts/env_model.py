@@ -32,8 +32,14 @@ class EnvSearchModel:
 
     state_dtype = object
 
-    def __init__(self, env: ReasoningEnv, value_fn: ValueFn, *, terminal_value_fn: ValueFn | None = None,
-                 branch_entropy: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        env: ReasoningEnv,
+        value_fn: ValueFn,
+        *,
+        terminal_value_fn: ValueFn | None = None,
+        branch_entropy: float = 0.0,
+    ):
         if not 0.0 <= branch_entropy <= 1.0:
             raise ValueError(f"branch_entropy must lie in [0, 1] (a normalised entropy), got {branch_entropy}")
         self.env = env

@@ -46,25 +46,35 @@ class SearchConfig:
     noise, no PUCT settings; the result's ``policy`` is the improved policy and ``action`` the selected action.
     """
 
-    num_simulations: int = _setting(32, "MCTS simulations per move; 1 turns search off (actions from the priors)",
-                                    flag="--simulations", aliases=("--num-simulations",))  # fmt: skip
+    num_simulations: int = _setting(
+        32,
+        "MCTS simulations per move; 1 turns search off (actions from the priors)",
+        flag="--simulations",
+        aliases=("--num-simulations",),
+    )
     c_puct: float = _setting(1.25, "exploration constant c (MuZero's c1)")
     pb_c_base: float | None = _setting(19652.0, "MuZero's c2 of the log schedule of c; none keeps c constant")
     fpu_value: float = _setting(0.0, "Q of a child never visited (first-play urgency), before normalisation")
     discount: float = _setting(1.0, "return discount per step (1: episodic)")
     dirichlet_alpha: float = _setting(0.3, "root noise Dir(alpha)")
     dirichlet_fraction: float = _setting(0.25, "weight of the root noise (0 turns it off)")
-    temperature: float = _setting(1.0, "temperature of the visit policy moves are drawn from (0: the most visited)",
-                                  flag="--search-temperature")  # fmt: skip
+    temperature: float = _setting(
+        1.0, "temperature of the visit policy moves are drawn from (0: the most visited)", flag="--search-temperature"
+    )
     leaves_per_round: int = _setting(1, "descents per tree per simulation round; above 1 uses virtual loss")
     virtual_loss: float = _setting(1.0, "value subtracted per descent in flight through a node")
     max_search_depth: int = _setting(64, "search horizon in edges below the root; deeper leaves back up their value")
-    root: str = _setting("puct", "puct (AlphaZero / MuZero), or gumbel (Gumbel MuZero: Sequential Halving with Gumbel "
-                         "at the root, mctx's deterministic rule below it, completed-Q improved policy)",
-                         flag="--search-root", choices=ROOTS)  # fmt: skip
+    root: str = _setting(
+        "puct",
+        "puct (AlphaZero / MuZero), or gumbel (Gumbel MuZero: Sequential Halving with Gumbel "
+        "at the root, mctx's deterministic rule below it, completed-Q improved policy)",
+        flag="--search-root",
+        choices=ROOTS,
+    )
     gumbel_scale: float = _setting(1.0, "gumbel: scale of the root's Gumbel noise (0: deterministic)")
-    max_considered_actions: int = _setting(16, "gumbel: root actions sampled without replacement (Gumbel-top-k) for "
-                                           "Sequential Halving")  # fmt: skip
+    max_considered_actions: int = _setting(
+        16, "gumbel: root actions sampled without replacement (Gumbel-top-k) for Sequential Halving"
+    )
     c_visit: float = _setting(50.0, "gumbel: sigma(q) = (c_visit + max visits) * c_scale * q, the visit offset")
     c_scale: float = _setting(0.1, "gumbel: the scale c_scale of sigma(q)")
     q_bounds: str = _setting(
@@ -95,11 +105,17 @@ class SearchConfig:
             "q_bounds": (self.q_bounds in ("minmax", "fixed"), "minmax or fixed"),
         }
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        problems = [(name, f"must be a finite number, got {value}") for name, value in values.items()
-                    if isinstance(value, float) and not math.isfinite(value)]  # fmt: skip
+        problems = [
+            (name, f"must be a finite number, got {value}")
+            for name, value in values.items()
+            if isinstance(value, float) and not math.isfinite(value)
+        ]
         bad = {name for name, _ in problems}
-        problems += [(name, f"must be {rule}, got {getattr(self, name)!r}") for name, (holds, rule) in rules.items()
-                     if not holds and name not in bad]  # fmt: skip
+        problems += [
+            (name, f"must be {rule}, got {getattr(self, name)!r}")
+            for name, (holds, rule) in rules.items()
+            if not holds and name not in bad
+        ]
         if problems:
             raise SearchConfigError(problems)
 

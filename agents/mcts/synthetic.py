@@ -57,8 +57,20 @@ def _children(states, actions, out):
 
 
 @njit(cache=True)
-def _step(states, actions, num_actions, max_depth, terminal_rate, invalid_rate, children, reward, prior, valid,
-          value, terminal):  # fmt: skip
+def _step(
+    states,
+    actions,
+    num_actions,
+    max_depth,
+    terminal_rate,
+    invalid_rate,
+    children,
+    reward,
+    prior,
+    valid,
+    value,
+    terminal,
+):
     _children(states, actions, children)
     _evaluate(children, num_actions, max_depth, terminal_rate, invalid_rate, prior, valid, value, terminal)
     for i in range(children.shape[0]):
@@ -78,8 +90,15 @@ class HashTreeModel:
 
     state_dtype = np.uint64
 
-    def __init__(self, num_actions: int = 8, max_depth: int = 12, *, terminal_rate: float = 0.05,
-                 invalid_rate: float = 0.1, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        num_actions: int = 8,
+        max_depth: int = 12,
+        *,
+        terminal_rate: float = 0.05,
+        invalid_rate: float = 0.1,
+        seed: int = 0,
+    ):
         if not 1 <= max_depth < 16:
             raise ValueError(f"max_depth must lie in [1, 15] (it is stored in 4 bits), got {max_depth}")
         self.num_actions = num_actions
@@ -97,17 +116,37 @@ class HashTreeModel:
 
     def evaluate(self, states: np.ndarray) -> Expansion:
         out = self._empty(len(states))
-        _evaluate(np.asarray(states, np.uint64), self.num_actions, self.max_depth, self.terminal_rate,
-                  self.invalid_rate, out.prior, out.valid, out.value, out.terminal)  # fmt: skip
+        _evaluate(
+            np.asarray(states, np.uint64),
+            self.num_actions,
+            self.max_depth,
+            self.terminal_rate,
+            self.invalid_rate,
+            out.prior,
+            out.valid,
+            out.value,
+            out.terminal,
+        )
         return out
 
     def step(self, states: np.ndarray, actions: np.ndarray) -> Step:
         m = len(states)
         out = Step(states=np.empty(m, np.uint64), reward=np.empty(m), expansion=self._empty(m))
         x = out.expansion
-        _step(np.asarray(states, np.uint64), np.asarray(actions, np.int32), self.num_actions, self.max_depth,
-              self.terminal_rate, self.invalid_rate, out.states, out.reward, x.prior, x.valid, x.value,
-              x.terminal)  # fmt: skip
+        _step(
+            np.asarray(states, np.uint64),
+            np.asarray(actions, np.int32),
+            self.num_actions,
+            self.max_depth,
+            self.terminal_rate,
+            self.invalid_rate,
+            out.states,
+            out.reward,
+            x.prior,
+            x.valid,
+            x.value,
+            x.terminal,
+        )
         return out
 
     def _empty(self, m: int) -> Expansion:

@@ -32,9 +32,12 @@ class StudentConfig:
     """The student: which model, LoRA or full fine-tuning, precision and device (saved with checkpoints)."""
 
     model: str = option(DEFAULT_MODEL, "student (and teacher) model: a short name, local path or Hub id")
-    init_from: str = option("", "start from a checkpoint's trained weights (sft.py's or selfplay.py's): a step-N or "
-                            "best directory, or a run directory (its newest); its model and LoRA shape (lora, "
-                            "lora_r, lora_alpha, lora_targets) replace these flags")  # fmt: skip
+    init_from: str = option(
+        "",
+        "start from a checkpoint's trained weights (sft.py's or selfplay.py's): a step-N or "
+        "best directory, or a run directory (its newest); its model and LoRA shape (lora, "
+        "lora_r, lora_alpha, lora_targets) replace these flags",
+    )
     lora: bool = option(True, "train LoRA adapters (--no-lora: every weight)")
     lora_r: int = option(32, "rank r of the LoRA adapters")
     lora_alpha: int = option(32, "LoRA alpha (the adapter's scale is alpha / r)")
@@ -44,22 +47,36 @@ class StudentConfig:
     )
     load_in_4bit: bool = option(False, "NF4 base weights through bitsandbytes (needs LoRA)")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
-    dtype: str = option("auto", "weights' dtype; auto: bfloat16 on a GPU that supports it, else float32",
-                        choices=("auto", "float32", "bfloat16", "float16"))  # fmt: skip
+    dtype: str = option(
+        "auto",
+        "weights' dtype; auto: bfloat16 on a GPU that supports it, else float32",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
     device: str = option("cpu", "device of the student (and of teachers loaded by name): cpu, cuda, cuda:1, ...")
-    prefix_cache_mib: int = option(1024, "memory (MiB) for the keys and values of the student's prefix cache, kept "
-                                   "across calls of a search; 0 turns it off")  # fmt: skip
+    prefix_cache_mib: int = option(
+        1024,
+        "memory (MiB) for the keys and values of the student's prefix cache, kept "
+        "across calls of a search; 0 turns it off",
+    )
 
     def __post_init__(self):
-        raise_problems(self, check_fields(self, {
-            "load_in_4bit": (self.lora or not self.load_in_4bit,
-                             "off without LoRA (4-bit trains adapters on frozen weights)"),
-            "lora_r": (not self.lora or self.lora_r >= 1, ">= 1"),
-            "lora_alpha": (not self.lora or self.lora_alpha > 0, "> 0"),
-            "lora_dropout": (not self.lora or 0 <= self.lora_dropout < 1, "in [0, 1)"),
-            "lora_targets": (not self.lora or len(self.lora_targets) > 0, "at least one module name"),
-            "prefix_cache_mib": (self.prefix_cache_mib >= 0, ">= 0 (0 turns the prefix cache off)"),
-        }))  # fmt: skip
+        raise_problems(
+            self,
+            check_fields(
+                self,
+                {
+                    "load_in_4bit": (
+                        self.lora or not self.load_in_4bit,
+                        "off without LoRA (4-bit trains adapters on frozen weights)",
+                    ),
+                    "lora_r": (not self.lora or self.lora_r >= 1, ">= 1"),
+                    "lora_alpha": (not self.lora or self.lora_alpha > 0, "> 0"),
+                    "lora_dropout": (not self.lora or 0 <= self.lora_dropout < 1, "in [0, 1)"),
+                    "lora_targets": (not self.lora or len(self.lora_targets) > 0, "at least one module name"),
+                    "prefix_cache_mib": (self.prefix_cache_mib >= 0, ">= 0 (0 turns the prefix cache off)"),
+                },
+            ),
+        )
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype != "auto":
@@ -129,8 +146,13 @@ class Student(nn.Module):
                     f"none of the LoRA target modules {list(config.lora_targets)} exist in {config.model}; "
                     f"its linear layers are named like {sorted(present)[:12]}"
                 )
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=targets, task_type="CAUSAL_LM")  # fmt: skip
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=targets,
+                task_type="CAUSAL_LM",
+            )
             model = get_peft_model(model, lora)
         model.train()
         return cls(model, tokenizer, config)

@@ -161,8 +161,9 @@ def init_weights(config: StudentConfig) -> tuple[dict[str, torch.Tensor], Studen
     if "lora_targets" in changes:
         changes["lora_targets"] = tuple(changes["lora_targets"])
     if changes:
-        logger.info("init_from %s: taking %s from the checkpoint", path,
-                    ", ".join(f"{k}={v!r}" for k, v in changes.items()))  # fmt: skip
+        logger.info(
+            "init_from %s: taking %s from the checkpoint", path, ", ".join(f"{k}={v!r}" for k, v in changes.items())
+        )
     try:
         weights = load_file(str(path / "trainable.safetensors"))
     except Exception as err:  # noqa: BLE001 - safetensors raises many types

@@ -1,7 +1,7 @@
 """The learner: batches of completed responses -> one optimizer step on the student.
 
-Losses are chosen by name from :data:`POLICY_LOSSES` (``grpo`` / ``legacy`` / ``apo``), plus the value
-regression and, optionally, distillation of MCTS visit counts. A step splits its batch into
+Losses are chosen by name from :data:`agents.training.losses.POLICY_LOSSES` (``grpo`` / ``legacy`` /
+``apo``), plus the value regression and, optionally, distillation of MCTS visit counts. A step splits its batch into
 micro-batches, accumulates their gradients, clips the global norm and steps AdamW.
 
 Every term of a step's loss is a sum over its samples (or tokens, value positions, distilled states)
@@ -15,7 +15,7 @@ computes the advantages and counts on all of it, runs forward and backward on it
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -23,101 +23,95 @@ import torch
 
 from agents.student import Student
 from agents.training import losses
+from agents.training.samples import DistillSample, Sample
 from azgym.config import check_fields, option, raise_problems
 from azgym.lm.hf import module_mode
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One completed response and what to learn from it."""
-
-    prompt_ids: tuple[int, ...]
-    completion_ids: tuple[int, ...]
-    reward: float  # the return of the episode (GRPO groups it with the other samples of its problem)
-    group: str  # problem id: the GRPO group
-    value_positions: tuple[int, ...] = ()  # prefix lengths (into the completion) whose value to train
-    value_targets: tuple[float, ...] = ()  # their targets in [-1, 1] (final outcome or MCTS Q)
-    old_logprobs: tuple[float, ...] | None = None  # per completion token at sampling time; None: on-policy
-    ref_logprobs: tuple[float, ...] | None = None  # per completion token under the reference; None: computed
-    truncated: bool = False  # the episode ran out of steps or tokens before it ended on its own
-    advantages: tuple[float, ...] | None = None  # per completion token (tree self-play); None: the group's
-
-
-@dataclass(frozen=True)
-class DistillSample:
-    """A searched state: its K candidates and the root visit distribution over them."""
-
-    state_ids: tuple[int, ...]  # solve prompt + response so far
-    candidates: tuple[tuple[int, ...], ...]
-    visit_probs: tuple[float, ...]
-
-
-def _grpo(fwd, mask, old, ref, advantages, rewards, config, scale):
-    return losses.grpo_loss(fwd.logprobs, old, ref, advantages, mask, clip_eps=config.clip_eps,
-                            clip_eps_high=config.clip_eps_high, kl_coef=config.kl_coef,
-                            aggregation=config.aggregation, **scale)  # fmt: skip
-
-
-def _legacy(fwd, mask, old, ref, advantages, rewards, config, scale):
-    return losses.legacy_loss(fwd.logprobs, rewards, mask, aggregation=config.aggregation, **scale), {}
-
-
-def _apo(fwd, mask, old, ref, advantages, rewards, config, scale):
-    weights = advantages if config.apo_normalize else rewards  # A*PO's advantage normalisation, when asked
-    return losses.apo_loss(fwd.logprobs, ref, weights, mask, beta=config.apo_beta, aggregation=config.aggregation,
-                           **scale)  # fmt: skip
-
-
-POLICY_LOSSES: dict[str, Callable] = {"grpo": _grpo, "legacy": _legacy, "apo": _apo}
-_NEEDS_REFERENCE = {"grpo": lambda c: c.kl_coef > 0, "legacy": lambda c: False, "apo": lambda c: True}
 
 
 @dataclass(frozen=True)
 class LearnerConfig:
     """The learner: policy loss, optimiser and the value and distillation terms (saved with checkpoints)."""
 
-    loss: str = option("grpo", "policy loss: grpo (group advantages, clipped ratio, KL), legacy (reward-weighted "
-                       "SL) or apo (A*PO-style -r log pi + beta KL)", choices=tuple(POLICY_LOSSES))  # fmt: skip
+    loss: str = option(
+        "grpo",
+        "policy loss: grpo (group advantages, clipped ratio, KL), legacy (reward-weighted "
+        "SL) or apo (A*PO-style -r log pi + beta KL)",
+        choices=tuple(losses.POLICY_LOSSES),
+    )
     learning_rate: float = option(5e-5, "AdamW learning rate (LoRA-sized; picked by the add2 sweep in BENCHMARKS.md)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_steps: int = option(0, "learner steps of linear learning-rate warm-up")
     micro_batch_size: int = option(8, "sequences per forward pass; a step accumulates over its micro-batches")
     max_grad_norm: float = option(1.0, "global gradient-norm clip")
     clip_eps: float = option(0.2, "PPO ratio clip epsilon (the lower bound: ratios below 1 - clip_eps are clipped)")
-    clip_eps_high: float | None = option(0.28, "upper ratio clip 1 + clip_eps_high (DAPO's clip-higher; "
-                                         "0.28); none: clip_eps, symmetric")  # fmt: skip
+    clip_eps_high: float | None = option(
+        0.28, "upper ratio clip 1 + clip_eps_high (DAPO's clip-higher; 0.28); none: clip_eps, symmetric"
+    )
     kl_coef: float = option(0.01, "GRPO KL penalty weight (0 skips the reference pass)")
     adv_clip: float = option(3.0, "advantages are clipped to [-adv_clip, adv_clip]")
-    normalize_std: bool = option(False, "divide group advantages by the group's std (GRPO, apo_normalize; off: Dr. "
-                                 "GRPO)")  # fmt: skip
-    aggregation: str = option("token", "loss average over a step: token (DAPO: every token weighs the same), "
-                              "sequence (GRPO: each sequence's mean, then the batch) or constant (Dr. GRPO: token "
-                              "sum / (sequences x max_completion_tokens))", choices=losses.AGGREGATIONS)  # fmt: skip
-    max_completion_tokens: int = option(0, "the constant of aggregation 'constant' (the response budget in "
-                                        "tokens); 0: a run sets it to the env's max_tokens + 1")  # fmt: skip
-    drop_truncated: bool = option(False, "leave truncated responses out of the policy loss (they still count in "
-                                  "their group's advantages and train the value head)")  # fmt: skip
+    normalize_std: bool = option(
+        False, "divide group advantages by the group's std (GRPO, apo_normalize; off: Dr. GRPO)"
+    )
+    aggregation: str = option(
+        "token",
+        "loss average over a step: token (DAPO: every token weighs the same), "
+        "sequence (GRPO: each sequence's mean, then the batch) or constant (Dr. GRPO: token "
+        "sum / (sequences x max_completion_tokens))",
+        choices=losses.AGGREGATIONS,
+    )
+    max_completion_tokens: int = option(
+        0,
+        "the constant of aggregation 'constant' (the response budget in "
+        "tokens); 0: a run sets it to the env's max_tokens + 1",
+    )
+    drop_truncated: bool = option(
+        False,
+        "leave truncated responses out of the policy loss (they still count in "
+        "their group's advantages and train the value head)",
+    )
     apo_beta: float = option(0.1, "A*PO KL weight beta")
-    apo_normalize: bool = option(False, "A*PO weighs log pi by the group advantage (reward - group mean, / std "
-                                 "with --normalize-std, clipped to adv_clip) instead of the raw reward")  # fmt: skip
+    apo_normalize: bool = option(
+        False,
+        "A*PO weighs log pi by the group advantage (reward - group mean, / std "
+        "with --normalize-std, clipped to adv_clip) instead of the raw reward",
+    )
     value_coef: float = option(0.5, "weight of the value-head loss")
     distill_coef: float = option(0.0, "weight of the MCTS visit-distillation loss (0: off)")
     update_ref_every: int = option(50, "learner steps between KL-reference refreshes (full fine-tuning only)")
     optimizer: str = option("adamw", "optimiser: adamw, or adamw8bit (bitsandbytes)", choices=("adamw", "adamw8bit"))
 
     def __post_init__(self):
-        raise_problems(self, check_fields(self, {
-            **{name: (getattr(self, name) > 0, "> 0") for name in ("learning_rate", "max_grad_norm", "clip_eps",
-                                                                      "adv_clip")},
-            **{name: (getattr(self, name) >= 0, ">= 0") for name in ("kl_coef", "value_coef", "distill_coef",
-                                                                       "weight_decay", "apo_beta", "warmup_steps")},
-            "micro_batch_size": (self.micro_batch_size >= 1, ">= 1"),
-            "max_completion_tokens": (self.max_completion_tokens >= 1 or (
-                self.max_completion_tokens == 0 and self.aggregation != "constant"), ">= 1 with aggregation "
-                "constant, else >= 0"),
-            "clip_eps_high": (self.clip_eps_high is None or self.clip_eps_high > 0, "> 0 or none"),
-            "update_ref_every": (self.update_ref_every >= 1, ">= 1"),
-        }))  # fmt: skip
+        raise_problems(
+            self,
+            check_fields(
+                self,
+                {
+                    **{
+                        name: (getattr(self, name) > 0, "> 0")
+                        for name in ("learning_rate", "max_grad_norm", "clip_eps", "adv_clip")
+                    },
+                    **{
+                        name: (getattr(self, name) >= 0, ">= 0")
+                        for name in (
+                            "kl_coef",
+                            "value_coef",
+                            "distill_coef",
+                            "weight_decay",
+                            "apo_beta",
+                            "warmup_steps",
+                        )
+                    },
+                    "micro_batch_size": (self.micro_batch_size >= 1, ">= 1"),
+                    "max_completion_tokens": (
+                        self.max_completion_tokens >= 1
+                        or (self.max_completion_tokens == 0 and self.aggregation != "constant"),
+                        ">= 1 with aggregation constant, else >= 0",
+                    ),
+                    "clip_eps_high": (self.clip_eps_high is None or self.clip_eps_high > 0, "> 0 or none"),
+                    "update_ref_every": (self.update_ref_every >= 1, ">= 1"),
+                },
+            ),
+        )
 
 
 class Collective(Protocol):
@@ -194,8 +188,10 @@ class Learner:
             "num_tokens": sum(len(s.completion_ids) for s in trained),
             "max_tokens": config.max_completion_tokens,
         }
-        counts = {"values": sum(len(s.value_positions) for s in samples),  # the step's, for the metrics too
-                  "tokens": sum(len(s.completion_ids) for s in samples)}  # fmt: skip
+        counts = {
+            "values": sum(len(s.value_positions) for s in samples),  # the step's, for the metrics too
+            "tokens": sum(len(s.completion_ids) for s in samples),
+        }
         rank, world_size = (self.collective.rank, self.collective.world_size) if self.collective else (0, 1)
         mine = shard(len(samples), rank, world_size)
         self._fresh_old = {}
@@ -239,15 +235,16 @@ class Learner:
         sequences = [(s.prompt_ids, s.completion_ids) for s in samples]
         fwd, ids, mask = student.forward_batch(sequences, [s.value_positions for s in samples])
         old = self._old(samples, fwd.logprobs)
-        ref = self._reference(samples, ids, mask, old) if _NEEDS_REFERENCE[config.loss](config) else None
+        ref = self._reference(samples, ids, mask, old) if losses.NEEDS_REFERENCE[config.loss](config) else None
         device = fwd.logprobs.device
         policy_mask = fwd.mask
         if config.drop_truncated:
             keep = torch.tensor([not s.truncated for s in samples], dtype=fwd.mask.dtype, device=device)
             policy_mask = fwd.mask * keep[:, None]
         advantages = self._token_advantages(samples, advantages.to(device), fwd.logprobs)
-        policy, parts = POLICY_LOSSES[config.loss](fwd, policy_mask, old, ref, advantages, rewards.to(device),
-                                                   config, scale)  # fmt: skip
+        policy, parts = losses.POLICY_LOSSES[config.loss](
+            fwd, policy_mask, old, ref, advantages, rewards.to(device), config, scale
+        )
         targets = torch.zeros_like(fwd.values)
         for i, s in enumerate(samples):
             if len(s.value_targets) != len(s.value_positions):
@@ -264,8 +261,10 @@ class Learner:
         (policy + config.value_coef * v_loss).backward()
         tokens = float(fwd.mask.sum()) / max(counts["tokens"], 1)  # entropy: over every completion token
         trained = float(policy_mask.sum()) / max(scale["num_tokens"], 1)  # KL, clip fraction: the trained ones
-        metrics = {"loss": float(policy.detach() + config.value_coef * v_loss.detach()),
-                   "entropy": float(fwd.entropy) * tokens}  # fmt: skip
+        metrics = {
+            "loss": float(policy.detach() + config.value_coef * v_loss.detach()),
+            "entropy": float(fwd.entropy) * tokens,
+        }
         metrics.update({k: float(v) if k == "policy" else float(v) * trained for k, v in parts.items()})
         if has_values:
             error = ((fwd.values.detach() - targets).abs() * fwd.value_mask).sum() / counts["values"]
@@ -320,8 +319,9 @@ class Learner:
                 )
                 continue
             if len(values) != len(s.completion_ids):
-                raise ValueError(f"sample {i}: {len(values)} old_logprobs for {len(s.completion_ids)} completion "
-                                 "tokens")  # fmt: skip
+                raise ValueError(
+                    f"sample {i}: {len(values)} old_logprobs for {len(s.completion_ids)} completion tokens"
+                )
             old[i, start : start + len(values)] = torch.tensor(values, dtype=old.dtype)
         self._trim(self._old_cache)
         return old

@@ -5,13 +5,19 @@ Shapes: B sequences, T token positions. ``mask`` is 1 on the completion tokens b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
 def group_advantages(
-    rewards: torch.Tensor, groups: torch.Tensor, *, normalize_std: bool = True, clip: float | None = 3.0,
+    rewards: torch.Tensor,
+    groups: torch.Tensor,
+    *,
+    normalize_std: bool = True,
+    clip: float | None = 3.0,
     eps: float = 1e-6,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """GRPO advantages: each reward relative to the other samples of its group (same problem).
 
     ``A_i = (r_i - mean_g(r)) / (std_g(r) + eps)`` (population std; without ``normalize_std``
@@ -64,9 +70,14 @@ AGGREGATIONS = ("sequence", "token", "constant")
 
 
 def aggregate(
-    values: torch.Tensor, mask: torch.Tensor, aggregation: str, *, num_sequences: int | None = None,
-    num_tokens: float | None = None, max_tokens: int | None = None,
-) -> torch.Tensor:  # fmt: skip
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: str,
+    *,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+    max_tokens: int | None = None,
+) -> torch.Tensor:
     """This batch's share of a loss averaged over a whole step (which may span several micro-batches).
 
     With ``l_it`` the per-token loss, ``N`` the step's sequences and ``M`` its masked tokens:
@@ -97,11 +108,20 @@ def aggregate(
 
 
 def grpo_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
-    advantages: torch.Tensor, mask: torch.Tensor, *, clip_eps: float = 0.2, clip_eps_high: float | None = None,
-    kl_coef: float = 0.01, aggregation: str = "token", num_sequences: int | None = None,
-    num_tokens: float | None = None, max_tokens: int | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    kl_coef: float = 0.01,
+    aggregation: str = "token",
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
+    max_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO: the PPO clipped objective with group advantages, plus a KL penalty to the reference.
 
     Per token: ``rho = exp(logp - logp_old)``,
@@ -144,9 +164,15 @@ def legacy_loss(
 
 
 def apo_loss(
-    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, *,
-    beta: float = 0.1, aggregation: str = "sequence", **scale,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    aggregation: str = "sequence",
+    **scale,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A*PO-style: ``-r * log pi + beta * KL(pi || ref)`` per token (k3 estimator), aggregated by :func:`aggregate`.
 
     ``rewards`` [B] weigh each sequence: the raw rewards, or (A*PO's advantage normalisation) the
@@ -192,3 +218,35 @@ def visit_distillation_loss(
     log_q = torch.log_softmax(masked, dim=-1)
     log_q = torch.where(valid.bool(), log_q, torch.zeros_like(log_q))
     return -(visit_probs * log_q).sum(-1).mean()
+
+
+# -- the learner's policy objectives by name: each takes the forward pass, the mask, old and reference
+# log-probs, advantages, rewards, the LearnerConfig and the normalisation ``scale``; returns (loss, stats)
+
+
+def _grpo(fwd, mask, old, ref, advantages, rewards, config, scale):
+    return grpo_loss(
+        fwd.logprobs,
+        old,
+        ref,
+        advantages,
+        mask,
+        clip_eps=config.clip_eps,
+        clip_eps_high=config.clip_eps_high,
+        kl_coef=config.kl_coef,
+        aggregation=config.aggregation,
+        **scale,
+    )
+
+
+def _legacy(fwd, mask, old, ref, advantages, rewards, config, scale):
+    return legacy_loss(fwd.logprobs, rewards, mask, aggregation=config.aggregation, **scale), {}
+
+
+def _apo(fwd, mask, old, ref, advantages, rewards, config, scale):
+    weights = advantages if config.apo_normalize else rewards  # A*PO's advantage normalisation, when asked
+    return apo_loss(fwd.logprobs, ref, weights, mask, beta=config.apo_beta, aggregation=config.aggregation, **scale)
+
+
+POLICY_LOSSES: dict[str, Callable] = {"grpo": _grpo, "legacy": _legacy, "apo": _apo}
+NEEDS_REFERENCE = {"grpo": lambda c: c.kl_coef > 0, "legacy": lambda c: False, "apo": lambda c: True}

@@ -151,8 +151,12 @@ class ReplayBuffer:
                 os.replace(path, aside)
                 logger.warning(
                     "replay shard %s is unreadable (%s: %s); moved it to %s and skipped it, the other shards "
-                    "are loaded", path, type(err).__name__, err, aside.name,
-                )  # fmt: skip
+                    "are loaded",
+                    path,
+                    type(err).__name__,
+                    err,
+                    aside.name,
+                )
                 continue
             self.shards[int(match.group(1))] = episodes
         for old in sorted(self.shards)[: -self.capacity_iterations]:

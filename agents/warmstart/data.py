@@ -41,8 +41,9 @@ def sft_example(prompt_ids: Sequence[int], response_ids: Sequence[int]) -> dict[
     {'input_ids': [5, 6, 7, 8], 'labels': [-100, -100, 7, 8]}
     """
     if not prompt_ids or not response_ids:
-        raise ValueError(f"an SFT example needs a prompt and a response, got {len(prompt_ids)} and "
-                         f"{len(response_ids)} tokens")  # fmt: skip
+        raise ValueError(
+            f"an SFT example needs a prompt and a response, got {len(prompt_ids)} and {len(response_ids)} tokens"
+        )
     return {
         "input_ids": [int(t) for t in (*prompt_ids, *response_ids)],
         "labels": [IGNORE_INDEX] * len(prompt_ids) + [int(t) for t in response_ids],
@@ -88,8 +89,10 @@ def split_heldout(problems: Sequence[Problem], heldout_size: int, train_size: in
     ([0, 1, 2, 3], [7, 8, 9])
     """
     if heldout_size < 1 or heldout_size >= len(problems):
-        raise DataError(f"held-out size {heldout_size} must be in [1, {len(problems) - 1}] for {len(problems)} "
-                        "problems; lower --heldout-size")  # fmt: skip
+        raise DataError(
+            f"held-out size {heldout_size} must be in [1, {len(problems) - 1}] for {len(problems)} "
+            "problems; lower --heldout-size"
+        )
     rest, heldout = list(problems[:-heldout_size]), list(problems[-heldout_size:])
     return (rest[:train_size] if train_size else rest), heldout
 

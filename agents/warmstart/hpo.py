@@ -55,12 +55,18 @@ class HPOConfig:
     """The search: TPE sampling and successive-halving pruning of SFT's hyper-parameters."""
 
     study: str = option("sft-hpo", "study name; its trials run under <runs-dir>/<study>/")
-    storage: str = option("", "Optuna storage: an SQLite file or a database URL ('' = <runs-dir>/<study>/study.db); "
-                          "a stopped study continues from it")  # fmt: skip
-    trials: int = option(8, "finished trials (complete or pruned) the study should hold; a continued study runs "
-                         "only the rest")  # fmt: skip
-    trial_examples: int = option(96, "training examples per trial (the first N of the training problems; a "
-                                 "trial's steps are this / its batch size)")  # fmt: skip
+    storage: str = option(
+        "",
+        "Optuna storage: an SQLite file or a database URL ('' = <runs-dir>/<study>/study.db); "
+        "a stopped study continues from it",
+    )
+    trials: int = option(
+        8, "finished trials (complete or pruned) the study should hold; a continued study runs only the rest"
+    )
+    trial_examples: int = option(
+        96,
+        "training examples per trial (the first N of the training problems; a trial's steps are this / its batch size)",
+    )
     reports: int = option(3, "held-out evaluations per trial, at equal example counts, each reported to the pruner")
     reduction_factor: int = option(2, "successive halving's eta: a trial goes past a rung only in the best 1/eta")
     startup_trials: int = option(4, "trials sampled at random before TPE models the finished ones")
@@ -68,28 +74,39 @@ class HPOConfig:
     lr_max: float = option(1e-3, "highest learning rate searched")
     batch_sizes: str = option("4,8,16", "batch sizes searched (a comma list)")
     weight_decay_max: float = option(0.1, "weight decay is searched in [0, this] (0: not searched)")
-    lora_ranks: str = option("8,16,32", "LoRA ranks searched, with alpha = rank ('': not searched; ignored with "
-                             "--no-lora)")  # fmt: skip
+    lora_ranks: str = option(
+        "8,16,32", "LoRA ranks searched, with alpha = rank ('': not searched; ignored with --no-lora)"
+    )
     timeout_min: float = option(0.0, "start no new trial after this many minutes (0: no limit)")
     out: str = option("", "best parameters JSON, read by sft.py --params ('' = <runs-dir>/<study>/best_params.json)")
 
     def __post_init__(self):
         sizes = parse_ints(self.batch_sizes)
         per_report = self.trial_examples // max(self.reports, 1)
-        raise_problems(self, check_fields(self, {
-            **{name: (getattr(self, name) >= 1, ">= 1") for name in ("trials", "trial_examples", "reports")},
-            "reduction_factor": (self.reduction_factor >= 2, ">= 2"),
-            "startup_trials": (self.startup_trials >= 0, ">= 0"),
-            "lr_min": (0 < self.lr_min <= self.lr_max, f"> 0 and <= lr_max ({self.lr_max})"),
-            "batch_sizes": (bool(sizes), "a comma list of positive integers, e.g. 4,8,16"),
-            "trial_examples": (self.trial_examples % self.reports == 0 and all(per_report % b == 0 for b in sizes),
-                               f"a multiple of reports x each batch size ({self.reports} x {max(sizes or (1,))})"),
-            "weight_decay_max": (self.weight_decay_max >= 0, ">= 0"),
-            "lora_ranks": (not self.lora_ranks.strip() or bool(parse_ints(self.lora_ranks)),
-                           "a comma list of positive integers, or '' not to search it"),
-            "timeout_min": (self.timeout_min >= 0, ">= 0"),
-            "study": (bool(self.study.strip()) and "/" not in self.study, "a non-empty name without '/'"),
-        }))  # fmt: skip
+        raise_problems(
+            self,
+            check_fields(
+                self,
+                {
+                    **{name: (getattr(self, name) >= 1, ">= 1") for name in ("trials", "trial_examples", "reports")},
+                    "reduction_factor": (self.reduction_factor >= 2, ">= 2"),
+                    "startup_trials": (self.startup_trials >= 0, ">= 0"),
+                    "lr_min": (0 < self.lr_min <= self.lr_max, f"> 0 and <= lr_max ({self.lr_max})"),
+                    "batch_sizes": (bool(sizes), "a comma list of positive integers, e.g. 4,8,16"),
+                    "trial_examples": (
+                        self.trial_examples % self.reports == 0 and all(per_report % b == 0 for b in sizes),
+                        f"a multiple of reports x each batch size ({self.reports} x {max(sizes or (1,))})",
+                    ),
+                    "weight_decay_max": (self.weight_decay_max >= 0, ">= 0"),
+                    "lora_ranks": (
+                        not self.lora_ranks.strip() or bool(parse_ints(self.lora_ranks)),
+                        "a comma list of positive integers, or '' not to search it",
+                    ),
+                    "timeout_min": (self.timeout_min >= 0, ">= 0"),
+                    "study": (bool(self.study.strip()) and "/" not in self.study, "a non-empty name without '/'"),
+                },
+            ),
+        )
 
     @property
     def examples_per_report(self) -> int:
@@ -138,19 +155,25 @@ def open_study(hpo: HPOConfig, url: str, direction: str, settings: dict[str, Any
         previous = None
     if previous is not None:
         if previous.direction.name.lower() != direction:
-            raise ValueError(f"study {hpo.study!r} in {url} was made to {previous.direction.name.lower()}; use its "
-                             f"metric again or start a new study with --study NAME")  # fmt: skip
+            raise ValueError(
+                f"study {hpo.study!r} in {url} was made to {previous.direction.name.lower()}; use its "
+                f"metric again or start a new study with --study NAME"
+            )
         changed = {k: (previous.user_attrs.get(k), v) for k, v in settings.items() if previous.user_attrs.get(k) != v}
         if changed:
             details = ", ".join(f"{k}: was {old!r}, now {new!r}" for k, (old, new) in changed.items())
-            raise ValueError(f"study {hpo.study!r} in {url} was made with other settings ({details}); continue it with "
-                             "the same settings or start a new study with --study NAME")  # fmt: skip
+            raise ValueError(
+                f"study {hpo.study!r} in {url} was made with other settings ({details}); continue it with "
+                "the same settings or start a new study with --study NAME"
+            )
     count = len(previous.trials) if previous is not None else 0
     sampler = optuna.samplers.TPESampler(seed=seed + count, n_startup_trials=hpo.startup_trials)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=hpo.examples_per_report,
-                                                    reduction_factor=hpo.reduction_factor)  # fmt: skip
-    study = optuna.create_study(study_name=hpo.study, storage=storage, direction=direction, sampler=sampler,
-                                pruner=pruner, load_if_exists=True)  # fmt: skip
+    pruner = optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=hpo.examples_per_report, reduction_factor=hpo.reduction_factor
+    )
+    study = optuna.create_study(
+        study_name=hpo.study, storage=storage, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+    )
     if previous is None:
         for key, value in settings.items():
             study.set_user_attr(key, value)
@@ -182,8 +205,9 @@ def run_study(study, objective: Callable, trials: int, timeout_min: float = 0.0)
     return study
 
 
-def sft_objective(config, train: Sequence[dict], heldout: Sequence[dict], heldout_problems, build_student: Callable,
-                  runs_dir: Path) -> Callable:  # fmt: skip
+def sft_objective(
+    config, train: Sequence[dict], heldout: Sequence[dict], heldout_problems, build_student: Callable, runs_dir: Path
+) -> Callable:
     """The objective of one trial: SFT of a fresh student with the trial's parameters, its held-out metric
     reported after every ``examples_per_report`` examples (the pruner may stop it there), the last one returned.
 
@@ -203,16 +227,31 @@ def sft_objective(config, train: Sequence[dict], heldout: Sequence[dict], heldou
         trial.set_user_attr("params", params)
         run = apply_params(config, params, source=f"trial {trial.number}")
         batch = run.sft.batch_size
-        sft = replace(run.sft, run_name=f"trial-{trial.number:03d}", runs_dir=str(runs_dir), resume=False, params="",
-                      max_steps=hpo.trial_examples // batch, eval_every=hpo.examples_per_report // batch,
-                      budget_min=0.0, train_size=0)  # fmt: skip
+        sft = replace(
+            run.sft,
+            run_name=f"trial-{trial.number:03d}",
+            runs_dir=str(runs_dir),
+            resume=False,
+            params="",
+            max_steps=hpo.trial_examples // batch,
+            eval_every=hpo.examples_per_report // batch,
+            budget_min=0.0,
+            train_size=0,
+        )
 
         def report(step: int, record: dict) -> bool:
             trial.report(record[metric], step=record["examples"])
             return trial.should_prune()
 
-        result = train_sft(sft, build_student(run.student), train[: hpo.trial_examples], heldout,
-                           heldout_problems=heldout_problems, on_evaluate=report, save=False)  # fmt: skip
+        result = train_sft(
+            sft,
+            build_student(run.student),
+            train[: hpo.trial_examples],
+            heldout,
+            heldout_problems=heldout_problems,
+            on_evaluate=report,
+            save=False,
+        )
         trial.set_user_attr("evals", result.evals)
         trial.set_user_attr("minutes", round(result.minutes, 2))
         if result.stopped == "interrupted":  # Ctrl-C: the trial fails (it does not count) and the study stops
@@ -249,8 +288,10 @@ def trials_table(study, limit: int = 12) -> str:
     from optuna.trial import TrialState
 
     direction = 1 if study.direction.name.lower() == "minimize" else -1
-    rows = sorted(study.get_trials(deepcopy=False), key=lambda t: (
-        t.state != TrialState.COMPLETE, direction * (t.value if t.value is not None else 0.0), t.number))  # fmt: skip
+    rows = sorted(
+        study.get_trials(deepcopy=False),
+        key=lambda t: (t.state != TrialState.COMPLETE, direction * (t.value if t.value is not None else 0.0), t.number),
+    )
     lines = [f"{'trial':>5s}  {'state':8s} {'value':>9s} {'examples':>8s}  params"]
     for t in rows[:limit]:
         value = f"{t.value:9.4f}" if t.value is not None else f"{'-':>9s}"

@@ -46,8 +46,10 @@ def read_params(path: str | Path) -> dict[str, Any]:
         raise ParamsError(f"{path} is not valid JSON ({err}); pass the best_params.json that hpo.py wrote") from None
     params = data.get("params", data) if isinstance(data, dict) else data
     if not isinstance(params, dict) or not params:
-        raise ParamsError(f"{path} holds no parameters; expected {{\"params\": {{\"learning_rate\": 0.0002, ...}}}} "
-                          "or a flat {\"learning_rate\": 0.0002, ...}")  # fmt: skip
+        raise ParamsError(
+            f'{path} holds no parameters; expected {{"params": {{"learning_rate": 0.0002, ...}}}} '
+            'or a flat {"learning_rate": 0.0002, ...}'
+        )
     for name, value in params.items():
         if name not in PARAMS:
             close = difflib.get_close_matches(name, PARAMS, n=1)
@@ -73,8 +75,9 @@ def apply_params(config: Any, params: dict[str, Any], source: str = "params") ->
     if "batch_size" in sft and "micro_batch_size" not in sft:  # the forward-pass size follows the batch size down
         sft["micro_batch_size"] = math.gcd(config.sft.micro_batch_size, sft["batch_size"]) or 1
     try:
-        return dataclasses.replace(config, **{
-            name: dataclasses.replace(getattr(config, name), **changes) for name, changes in sections.items()
-        })  # fmt: skip
+        return dataclasses.replace(
+            config,
+            **{name: dataclasses.replace(getattr(config, name), **changes) for name, changes in sections.items()},
+        )
     except ValueError as err:
         raise ParamsError(f"{source}: {err}") from None

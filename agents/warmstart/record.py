@@ -11,8 +11,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-STAGE_KEYS = ("accuracy", "accuracy_low", "accuracy_high", "format_accuracy", "correct", "wrong_answer",
-              "format_failure", "tokens_per_problem")  # fmt: skip
+STAGE_KEYS = (
+    "accuracy",
+    "accuracy_low",
+    "accuracy_high",
+    "format_accuracy",
+    "correct",
+    "wrong_answer",
+    "format_failure",
+    "tokens_per_problem",
+)
 
 
 def three_way_table(rows: dict[str, dict]) -> str:
@@ -25,12 +33,16 @@ def three_way_table(rows: dict[str, dict]) -> str:
                      correct  wrong answer  format failure  accuracy (95% CI)    format  tokens/problem
     base               0.100         0.150           0.750  0.100 (0.066-0.149)   0.250           180.0
     """
-    lines = [f"{'':15s} {'correct':>8s} {'wrong answer':>13s} {'format failure':>15s}  {'accuracy (95% CI)':20s} "
-             f"{'format':>6s}  tokens/problem"]  # fmt: skip
+    lines = [
+        f"{'':15s} {'correct':>8s} {'wrong answer':>13s} {'format failure':>15s}  {'accuracy (95% CI)':20s} "
+        f"{'format':>6s}  tokens/problem"
+    ]
     for name, r in rows.items():
         interval = f"{r['accuracy']:.3f} ({r['accuracy_low']:.3f}-{r['accuracy_high']:.3f})"
-        lines.append(f"{name:15s} {r['correct']:8.3f} {r['wrong_answer']:13.3f} {r['format_failure']:15.3f}  "
-                     f"{interval:20s} {r['format_accuracy']:6.3f} {r['tokens_per_problem']:15.1f}")  # fmt: skip
+        lines.append(
+            f"{name:15s} {r['correct']:8.3f} {r['wrong_answer']:13.3f} {r['format_failure']:15.3f}  "
+            f"{interval:20s} {r['format_accuracy']:6.3f} {r['tokens_per_problem']:15.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -44,8 +56,10 @@ def check_record(path: str | Path, problems: int) -> None:
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not a readable pipeline record ({err}); fix or remove it") from None
     if data.get("problems") not in (None, problems):
-        raise ValueError(f"{path} records stages on {data['problems']} problems, this evaluation has {problems}; "
-                         f"use --size {data['problems']} or another --record file")  # fmt: skip
+        raise ValueError(
+            f"{path} records stages on {data['problems']} problems, this evaluation has {problems}; "
+            f"use --size {data['problems']} or another --record file"
+        )
 
 
 def record_stage(path: str | Path, stage: str, result: dict[str, Any], *, commit: str, **details: Any) -> dict:

@@ -26,12 +26,9 @@ and the minutes spent, for resume), ``evals.jsonl``, TensorBoard events, ``train
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,20 +36,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from agents.student import Student
 from agents.training.checkpoint import save_checkpoint
-from agents.training.learner import Learner, LearnerConfig
+from agents.warmstart.callbacks import METRICS, SFTCallbacks, graceful_interrupt
 from agents.warmstart.data import Collator
 from azgym.config import check_fields, option, raise_problems
 from azgym.tasks.base import Problem
 
 logger = logging.getLogger(__name__)
-
-METRICS = {"loss": "min", "accuracy": "max", "format_accuracy": "max"}  # held-out metric -> its better direction
-GENERATED = ("accuracy", "format_accuracy", "wrong_answer", "format_failure", "tokens_per_problem")
 
 
 @dataclass(frozen=True)
@@ -62,16 +55,22 @@ class SFTConfig:
     run_name: str = option("sft", "the run directory is <runs-dir>/<run-name>")
     runs_dir: str = option("runs", "folder of all runs (tensorboard --logdir runs)")
     resume: bool = option(False, "continue <runs-dir>/<run-name> from its newest trainer checkpoint")
-    params: str = option("", "JSON of hyper-parameters written by hpo.py (or a flat {name: value} object); flags "
-                         "given explicitly win over it")  # fmt: skip
-    data: str = option("", "GSM8K: a .jsonl/.parquet file, a folder holding train.jsonl, or a Hub id ('' = "
-                       "openai/gsm8k)")  # fmt: skip
-    prompt: str = option("task", "solve prompt's system message: task, bare or the text; must match the --prompt "
-                         "of selfplay.py and evaluate.py")  # fmt: skip
-    annotations: bool = option(True, "keep GSM8K's <<48/2=24>> calculator annotations in the responses "
-                               "(--no-annotations strips them)")  # fmt: skip
-    train_size: int = option(0, "training problems: the first N of the train split before the held-out ones "
-                             "(0: all)")  # fmt: skip
+    params: str = option(
+        "",
+        "JSON of hyper-parameters written by hpo.py (or a flat {name: value} object); flags "
+        "given explicitly win over it",
+    )
+    data: str = option(
+        "", "GSM8K: a .jsonl/.parquet file, a folder holding train.jsonl, or a Hub id ('' = openai/gsm8k)"
+    )
+    prompt: str = option(
+        "task",
+        "solve prompt's system message: task, bare or the text; must match the --prompt of selfplay.py and evaluate.py",
+    )
+    annotations: bool = option(
+        True, "keep GSM8K's <<48/2=24>> calculator annotations in the responses (--no-annotations strips them)"
+    )
+    train_size: int = option(0, "training problems: the first N of the train split before the held-out ones (0: all)")
     heldout_size: int = option(64, "held-out problems: the last N of the train split, never trained on")
     max_length: int = option(512, "longest prompt + response in tokens; longer examples are dropped, never cut")
     learning_rate: float = option(2e-4, "peak AdamW learning rate (after warm-up, then linear decay to 0)")
@@ -80,40 +79,64 @@ class SFTConfig:
     batch_size: int = option(8, "examples per optimizer step")
     micro_batch_size: int = option(4, "examples per forward pass (the step accumulates batch-size / this)")
     max_grad_norm: float = option(1.0, "global gradient-norm clip")
-    bf16: bool = option(False, "bfloat16 mixed precision (float32 weights, bfloat16 matmuls): ~1.4x faster on a "
-                        "CPU with AVX512-BF16/AMX or a recent GPU; --no-bf16 for float32 throughout")  # fmt: skip
+    bf16: bool = option(
+        False,
+        "bfloat16 mixed precision (float32 weights, bfloat16 matmuls): ~1.4x faster on a "
+        "CPU with AVX512-BF16/AMX or a recent GPU; --no-bf16 for float32 throughout",
+    )
     epochs: float = option(1.0, "passes over the training problems when --max-steps is 0")
     max_steps: int = option(0, "optimizer steps (0: --epochs passes, or fewer if --budget-min allows fewer)")
-    budget_min: float = option(0.0, "wall-clock minutes of training: the schedule is sized to it by timing a "
-                               "few passes; training stops with a checkpoint when time is up (0: none)")  # fmt: skip
+    budget_min: float = option(
+        0.0,
+        "wall-clock minutes of training: the schedule is sized to it by timing a "
+        "few passes; training stops with a checkpoint when time is up (0: none)",
+    )
     eval_every: int = option(20, "optimizer steps between held-out evaluations and trainer checkpoints")
-    metric: str = option("loss", "held-out metric that picks checkpoints/best and that hpo.py optimises: loss "
-                         "(response tokens' NLL), accuracy or format_accuracy (greedy, needs --generate-size)",
-                         choices=tuple(METRICS))  # fmt: skip
-    generate_size: int = option(0, "held-out problems also answered greedily at each evaluation (format, "
-                                "accuracy, tokens); 0: loss only")  # fmt: skip
+    metric: str = option(
+        "loss",
+        "held-out metric that picks checkpoints/best and that hpo.py optimises: loss "
+        "(response tokens' NLL), accuracy or format_accuracy (greedy, needs --generate-size)",
+        choices=tuple(METRICS),
+    )
+    generate_size: int = option(
+        0, "held-out problems also answered greedily at each evaluation (format, accuracy, tokens); 0: loss only"
+    )
     generate_max_tokens: int = option(256, "response tokens per problem in that generation")
     seed: int = option(0, "seeds the data order, dropout and the value head")
     progress: bool = option(True, "show progress bars (--no-progress for logs only)")
 
     def __post_init__(self):
-        positive = ("heldout_size", "max_length", "batch_size", "micro_batch_size", "eval_every",
-                    "generate_max_tokens")  # fmt: skip
-        raise_problems(self, check_fields(self, {
-            **{name: (getattr(self, name) >= 1, ">= 1") for name in positive},
-            **{name: (getattr(self, name) >= 0, ">= 0") for name in ("train_size", "max_steps", "generate_size",
-                                                                       "weight_decay", "budget_min")},
-            "learning_rate": (self.learning_rate > 0, "> 0"),
-            "max_grad_norm": (self.max_grad_norm > 0, "> 0"),
-            "epochs": (self.epochs > 0, "> 0"),
-            "warmup_ratio": (0 <= self.warmup_ratio < 1, "in [0, 1)"),
-            "micro_batch_size": (self.micro_batch_size >= 1 and self.batch_size % self.micro_batch_size == 0,
-                                 f"a divisor of batch_size ({self.batch_size})"),
-            "generate_size": (self.generate_size >= 1 or self.metric == "loss",
-                              f">= 1 for metric {self.metric} (it is measured by generating)"),
-            "run_name": (bool(self.run_name.strip()) and "/" not in self.run_name, "a non-empty name without '/'"),
-            "prompt": (bool(self.prompt.strip()), "'task', 'bare' or a non-empty message"),
-        }))  # fmt: skip
+        positive = ("heldout_size", "max_length", "batch_size", "micro_batch_size", "eval_every", "generate_max_tokens")
+        raise_problems(
+            self,
+            check_fields(
+                self,
+                {
+                    **{name: (getattr(self, name) >= 1, ">= 1") for name in positive},
+                    **{
+                        name: (getattr(self, name) >= 0, ">= 0")
+                        for name in ("train_size", "max_steps", "generate_size", "weight_decay", "budget_min")
+                    },
+                    "learning_rate": (self.learning_rate > 0, "> 0"),
+                    "max_grad_norm": (self.max_grad_norm > 0, "> 0"),
+                    "epochs": (self.epochs > 0, "> 0"),
+                    "warmup_ratio": (0 <= self.warmup_ratio < 1, "in [0, 1)"),
+                    "micro_batch_size": (
+                        self.micro_batch_size >= 1 and self.batch_size % self.micro_batch_size == 0,
+                        f"a divisor of batch_size ({self.batch_size})",
+                    ),
+                    "generate_size": (
+                        self.generate_size >= 1 or self.metric == "loss",
+                        f">= 1 for metric {self.metric} (it is measured by generating)",
+                    ),
+                    "run_name": (
+                        bool(self.run_name.strip()) and "/" not in self.run_name,
+                        "a non-empty name without '/'",
+                    ),
+                    "prompt": (bool(self.prompt.strip()), "'task', 'bare' or a non-empty message"),
+                },
+            ),
+        )
 
     @property
     def accumulation(self) -> int:
@@ -211,8 +234,18 @@ def train_sft(
     )
     writer = SummaryWriter(str(directory))
     resumed_step = int(resume_from.name.split("-")[-1]) if resume_from else None
-    hook = _Hooks(config, student, heldout_problems, directory, writer, on_evaluate, save, resumed_step,
-                  started=time.perf_counter(), elapsed_before=elapsed_before)  # fmt: skip
+    hook = SFTCallbacks(
+        config,
+        student,
+        heldout_problems,
+        directory,
+        writer,
+        on_evaluate,
+        save,
+        resumed_step,
+        started=time.perf_counter(),
+        elapsed_before=elapsed_before,
+    )
     trainer = Trainer(
         model=student.model,
         args=args,
@@ -225,21 +258,37 @@ def train_sft(
         trainer.remove_callback(PrinterCallback)
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
-    with _graceful_interrupt(hook):
+    with graceful_interrupt(hook):
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     steps = trainer.state.global_step
-    stopped = ("interrupted" if hook.interrupted else "caller" if hook.stopped_by_caller else "budget"
-               if hook.over_budget else "done" if steps >= max_steps else "stopped")  # fmt: skip
+    stopped = (
+        "interrupted"
+        if hook.interrupted
+        else "caller"
+        if hook.stopped_by_caller
+        else "budget"
+        if hook.over_budget
+        else "done"
+        if steps >= max_steps
+        else "stopped"
+    )
     checkpoint = None
-    if stopped not in ("caller", "interrupted") and save:  # the last step was evaluated (see _Hooks.on_step_end)
+    if stopped not in ("caller", "interrupted") and save:  # the last step was evaluated (see SFTCallbacks.on_step_end)
         extra = {"sft": {"step": steps, "max_steps": max_steps, "eval": hook.evals[-1], "prompt": config.prompt}}
         checkpoint = save_checkpoint(directory / "checkpoints", hook.learner(steps), extra=extra)
         logger.info("checkpoint %s", checkpoint)
     progress["seconds"] = hook.seconds()
     progress_file.write_text(json.dumps(progress))
     writer.close()
-    return SFTResult(steps=steps, max_steps=max_steps, stopped=stopped, evals=hook.evals, best=hook.best,
-                     checkpoint=checkpoint, minutes=progress["seconds"] / 60)  # fmt: skip
+    return SFTResult(
+        steps=steps,
+        max_steps=max_steps,
+        stopped=stopped,
+        evals=hook.evals,
+        best=hook.best,
+        checkpoint=checkpoint,
+        minutes=progress["seconds"] / 60,
+    )
 
 
 def plan_steps(config: SFTConfig, student: Student, train: Sequence[dict], heldout: Sequence[dict]) -> int:
@@ -258,8 +307,13 @@ def plan_steps(config: SFTConfig, student: Student, train: Sequence[dict], heldo
     per_example = _seconds_per_example(student, train, config)
     per_step = per_example * config.batch_size + per_example / 3 * len(heldout) / config.eval_every
     affordable = max(1, int(0.95 * 60 * config.budget_min / per_step))
-    logger.info("budget %.1f min: %.2f s per step (measured) -> %d steps (one pass over the data: %d)",
-                config.budget_min, per_step, min(affordable, steps), steps)  # fmt: skip
+    logger.info(
+        "budget %.1f min: %.2f s per step (measured) -> %d steps (one pass over the data: %d)",
+        config.budget_min,
+        per_step,
+        min(affordable, steps),
+        steps,
+    )
     return min(affordable, steps)
 
 
@@ -285,125 +339,3 @@ def _seconds_per_example(student: Student, train: Sequence[dict], config: SFTCon
 def _latest_trainer_checkpoint(root: Path) -> Path | None:
     found = [(int(p.name.split("-")[-1]), p) for p in root.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     return max(found)[1] if found else None
-
-
-class _Hooks(TrainerCallback):
-    """Trainer callbacks: the time budget, generation at evaluation, keep-best, the caller's hook."""
-
-    def __init__(self, config, student, problems, directory, writer, on_evaluate, save, resumed_step, *, started,
-                 elapsed_before):  # fmt: skip
-        self.config, self.student, self.problems = config, student, list(problems)[: config.generate_size]
-        self.directory, self.writer, self.on_evaluate_fn, self.save = directory, writer, on_evaluate, save
-        self.started, self.elapsed_before = started, elapsed_before
-        self.evals: list[dict] = []
-        self.best: dict | None = None
-        self.over_budget = self.stopped_by_caller = self.interrupted = False
-        self._learner: Learner | None = None
-        records = directory / "evals.jsonl"
-        if resumed_step is not None and records.is_file():  # keep the evaluations up to the resumed step
-            evals = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
-            self.evals = [r for r in evals if r["step"] <= resumed_step]
-            self.best = _best(self.evals, config.metric)
-        records.write_text("".join(json.dumps(r) + "\n" for r in self.evals))
-
-    def seconds(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.started
-
-    def learner(self, step: int) -> Learner:
-        """A learner around the student, for the checkpoint format (its optimizer is never stepped)."""
-        if self._learner is None:
-            self._learner = Learner(self.student, LearnerConfig(loss="legacy", learning_rate=self.config.learning_rate,
-                                                                weight_decay=self.config.weight_decay))  # fmt: skip
-        self._learner.step_count = step
-        return self._learner
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.interrupted:  # Ctrl-C: a resumable checkpoint (and the evaluation only if one is due now)
-            control.should_training_stop, control.should_save = True, self.save
-            return control
-        budget = self.config.budget_min
-        if budget and self.seconds() >= 60 * budget and state.global_step < state.max_steps:
-            logger.info("time budget of %.1f min reached at step %d of %d", budget, state.global_step, state.max_steps)
-            self.over_budget = control.should_training_stop = True
-        if control.should_training_stop:  # the last step: evaluate it (the final checkpoint's record) and save
-            control.should_evaluate = True
-            control.should_save = self.save
-        return control
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self.config.progress and logs and "loss" in logs:
-            logger.info("step %d: loss %.4f, learning rate %.3g, grad norm %.3g", state.global_step, logs["loss"],
-                        logs.get("learning_rate", float("nan")), logs.get("grad_norm", float("nan")))  # fmt: skip
-        return control
-
-    def on_save(self, args, state, control, **kwargs):
-        (self.directory / "progress.json").write_text(json.dumps({"max_steps": state.max_steps,
-                                                                  "seconds": self.seconds()}))  # fmt: skip
-        return control
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        step = state.global_step
-        record = {"step": step, "examples": step * self.config.batch_size, "loss": float(metrics["eval_loss"]),
-                  "minutes": round(self.seconds() / 60, 2)}  # fmt: skip
-        if self.problems:
-            record.update(self._generate())
-        for key in GENERATED:
-            if key in record:
-                self.writer.add_scalar(f"eval/{key}", record[key], step)
-        self.evals.append(record)
-        with (self.directory / "evals.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "examples", "minutes"))
-        logger.info("held-out at step %d: %s", step, shown)
-        if step and self.save and _better(record, self.best, self.config.metric):
-            save_checkpoint(self.directory / "checkpoints", self.learner(step), name="best",
-                            extra={"sft": {"step": step, "eval": record, "prompt": self.config.prompt}})  # fmt: skip
-        if step and _better(record, self.best, self.config.metric):
-            self.best = record
-        if step and self.on_evaluate_fn is not None and self.on_evaluate_fn(step, record):
-            self.stopped_by_caller = control.should_training_stop = True
-            control.should_save = False
-        return control
-
-    def _generate(self) -> dict:
-        from agents.alphazero.evaluate import evaluate
-        from azgym.tasks import gsm8k
-
-        lm = self.student.backend()  # a fresh backend: no generation state from before the weights changed
-        result = evaluate(lm, self.problems, gsm8k, max_tokens=self.config.generate_max_tokens, progress=False,
-                          prompt=self.config.prompt, answer="strict")  # fmt: skip
-        return {key: result[key] for key in GENERATED}
-
-
-@contextlib.contextmanager
-def _graceful_interrupt(hook: _Hooks):
-    """While training in the main thread: the first SIGINT asks ``hook`` to stop after this step, the next raises."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if hook.interrupted:
-            raise KeyboardInterrupt
-        hook.interrupted = True
-        logger.warning("interrupted: stopping after this step with a checkpoint (Ctrl-C again to stop at once)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _better(record: dict, best: dict | None, metric: str) -> bool:
-    if best is None:
-        return True
-    return record[metric] < best[metric] if METRICS[metric] == "min" else record[metric] > best[metric]
-
-
-def _best(evals: list[dict], metric: str) -> dict | None:
-    best = None
-    for record in evals:
-        if record["step"] and _better(record, best, metric):
-            best = record
-    return best

@@ -106,8 +106,16 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             the cross-call cache off (the in-call reuse stays).
     """
 
-    def __init__(self, model, tokenizer, *, name: str = "model", max_batch_size: int = 32, prefix_reuse: bool = True,
-                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str = "model",
+        max_batch_size: int = 32,
+        prefix_reuse: bool = True,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+    ):
         if prefix_cache_bytes < 0:
             raise ValueError(f"prefix_cache_bytes must be >= 0 (0 turns the cache off), got {prefix_cache_bytes}")
         self.model = model.eval()
@@ -187,8 +195,9 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             logits_cpu = logits.cpu()
             scaled = (logits / temps).cpu()
             next_ids = torch.full((len(live),), self.pad_id, dtype=torch.long)
-            drawn = sample_rows(scaled, [None if finish[i] is not None else generators[i] for i in live],
-                                [greedy[i] for i in live])  # fmt: skip
+            drawn = sample_rows(
+                scaled, [None if finish[i] is not None else generators[i] for i in live], [greedy[i] for i in live]
+            )
             for pos, i in enumerate(live):
                 if finish[i] is not None:
                     continue
@@ -261,8 +270,13 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             position = position[owner, -1:] + tail_mask.cumsum(-1)
             mask = torch.cat([mask[owner], tail_mask], dim=1)
             self.stats.prefill += int(tail_mask.sum())
-            out = self.model(input_ids=tail_ids, attention_mask=mask, position_ids=position,
-                             **{self._cache_arg: cache}, **self._logits_kept(1))  # fmt: skip
+            out = self.model(
+                input_ids=tail_ids,
+                attention_mask=mask,
+                position_ids=position,
+                **{self._cache_arg: cache},
+                **self._logits_kept(1),
+            )
             cache, logits = cache_of(out), out.logits[:, -1, :].float()
         return self._spread(cache, logits, mask, position[:, -1:], index, len(distinct))
 
@@ -318,8 +332,9 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         ids, mask = ids.to(self.device), mask.to(self.device)
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         self.stats.prefill += int(mask.sum())
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
-                         **self._logits_kept(1))  # fmt: skip
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **self._logits_kept(1)
+        )
         return cache_of(out), out.logits[:, -1, :].float(), mask, position
 
     def _score_pairs(self, pairs) -> list[np.ndarray]:
@@ -341,8 +356,13 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             steps = torch.arange(1, width, device=device).unsqueeze(0)
             self.stats.scored += int(fed.sum())
             mask = torch.cat([mask, fed], dim=1)
-            out = self.model(input_ids=conts[:, : width - 1], attention_mask=mask, position_ids=position + steps,
-                             use_cache=False, **{self._cache_arg: cache})  # fmt: skip
+            out = self.model(
+                input_ids=conts[:, : width - 1],
+                attention_mask=mask,
+                position_ids=position + steps,
+                use_cache=False,
+                **{self._cache_arg: cache},
+            )
             logits = out.logits.float()
             rest = torch.log_softmax(logits, dim=-1).gather(-1, conts[:, 1:].unsqueeze(-1)).squeeze(-1)
             token_log_p = torch.cat([token_log_p, rest.cpu()], dim=1)
@@ -373,8 +393,9 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         ids, mask = self.left_pad([self.encode(t) or [self.eos_token_id] for t in texts])
         ids, mask = ids.to(self.device), mask.to(self.device)
         position = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=position, output_hidden_states=True,
-                            **self._logits_kept(1))  # fmt: skip
+        hidden = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position, output_hidden_states=True, **self._logits_kept(1)
+        )
         last = hidden.hidden_states[-1].float() * mask.unsqueeze(-1)
         pooled = last.sum(1) / mask.sum(1, keepdim=True)
         return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()

@@ -179,8 +179,14 @@ class PrefixCacheMixin:
             self._fingerprint = fingerprint
             self.clear_prefix_cache()
 
-    def _run_cached(self, sequences: list[list[int]], counter: str | None = "prefill", *,
-                    limits: Sequence[int] | None = None, keep: int = 1) -> Ran | None:  # fmt: skip
+    def _run_cached(
+        self,
+        sequences: list[list[int]],
+        counter: str | None = "prefill",
+        *,
+        limits: Sequence[int] | None = None,
+        keep: int = 1,
+    ) -> Ran | None:
         """Run each sequence after its longest cached prefix within ``limits`` (default: all but its last
         token, so at least that token runs) and cache it. ``keep``: positions whose logits are computed,
         counted from the end (left padding puts every row's last token in the last column). ``counter``:
@@ -204,8 +210,14 @@ class PrefixCacheMixin:
             cache, past_mask = past_from([pieces for _, pieces in matched], self.model.config)
             mask, past = torch.cat([past_mask, tail_mask], dim=1), {self._cache_arg: cache}
         with LastHidden(self.model) as hidden:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
-                             **past, **self._logits_kept(keep))  # fmt: skip
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position,
+                use_cache=True,
+                **past,
+                **self._logits_kept(keep),
+            )
         cache = cache_of(out)
         self._remember(sequences, cache, mask, hidden.value)
         logits = out.logits[:, -keep:].float()
@@ -314,6 +326,10 @@ class PrefixCacheMixin:
         ids, mask = ids.to(self.device), mask.to(self.device)
         self.stats.valued += int(mask.sum())
         with LastHidden(self.model) as hidden:
-            self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                       **self._logits_kept(1))  # fmt: skip
+            self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                **self._logits_kept(1),
+            )
         return hidden.value[:, -1, :]

@@ -253,9 +253,11 @@ def weights_fingerprint(model) -> int:
 def row_kv(cache, row: int, columns: torch.Tensor) -> torch.Tensor:
     """``[L, 2, H, len(columns), D]``: one batch row's keys and values at the given cache columns."""
     return torch.stack(
-        [torch.stack((layer.keys[row].index_select(1, columns), layer.values[row].index_select(1, columns)))
-         for layer in cache.layers]
-    )  # fmt: skip
+        [
+            torch.stack((layer.keys[row].index_select(1, columns), layer.values[row].index_select(1, columns)))
+            for layer in cache.layers
+        ]
+    )
 
 
 def past_from(rows: Sequence[Sequence[torch.Tensor]], config):

@@ -45,8 +45,17 @@ class VLLMBackend(TokenizerMixin):
         **engine_kwargs: passed to ``vllm.LLM``.
     """
 
-    def __init__(self, model: str, *, gpu_memory_utilization: float = 0.3, dtype: str = "auto",
-                 max_model_len: int = 4096, name: str = "", seed: int = 0, **engine_kwargs):  # fmt: skip
+    def __init__(
+        self,
+        model: str,
+        *,
+        gpu_memory_utilization: float = 0.3,
+        dtype: str = "auto",
+        max_model_len: int = 4096,
+        name: str = "",
+        seed: int = 0,
+        **engine_kwargs,
+    ):
         try:
             from vllm import LLM
         except ImportError as err:
@@ -61,8 +70,14 @@ class VLLMBackend(TokenizerMixin):
         source = resolve_model(model)
         self.name = name or model
         engine_kwargs.setdefault("enable_prefix_caching", True)  # the search's shared prefixes are computed once
-        self.llm = LLM(model=source, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
-                       max_model_len=max_model_len, seed=seed, **engine_kwargs)  # fmt: skip
+        self.llm = LLM(
+            model=source,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            **engine_kwargs,
+        )
         self.tokenizer = self.llm.get_tokenizer()
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         eos = self.tokenizer.eos_token_id
@@ -85,10 +100,17 @@ class VLLMBackend(TokenizerMixin):
         rows = self._per_prompt(prompts, n, max_tokens, temperature, seed)
         inputs = [TokensPrompt(prompt_token_ids=ids) for ids, _, _, _ in rows]
         params = [
-            SamplingParams(n=n, max_tokens=max(b, 1), temperature=max(t, 0.0), stop=list(stop) or None,
-                           include_stop_str_in_output=True, seed=None if s is None else int(s) % (2**63), logprobs=0)
+            SamplingParams(
+                n=n,
+                max_tokens=max(b, 1),
+                temperature=max(t, 0.0),
+                stop=list(stop) or None,
+                include_stop_str_in_output=True,
+                seed=None if s is None else int(s) % (2**63),
+                logprobs=0,
+            )
             for _, b, t, s in rows
-        ]  # fmt: skip
+        ]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[self._generation(o) for o in out.outputs] for out in outputs]
 

@@ -54,10 +54,26 @@ from azgym.tasks.countdown_gen import (
 from azgym.tasks.gsm8k import Grade
 
 __all__ = [
-    "LEVELS", "CountdownScore", "Difficulty", "Grade", "SelfPlayGenerator", "extract_answer", "format_gold",
-    "grade", "has_answer_marker", "load_problems", "make_problems", "parse_gold", "parse_proposal",
-    "partial_credit", "question", "random_problem", "score", "solve", "strict_reward",
-]  # fmt: skip
+    "LEVELS",
+    "CountdownScore",
+    "Difficulty",
+    "Grade",
+    "SelfPlayGenerator",
+    "extract_answer",
+    "format_gold",
+    "grade",
+    "has_answer_marker",
+    "load_problems",
+    "make_problems",
+    "parse_gold",
+    "parse_proposal",
+    "partial_credit",
+    "question",
+    "random_problem",
+    "score",
+    "solve",
+    "strict_reward",
+]
 
 NAME = "countdown"
 DEFAULT_DATA = "3"  # three numbers in 1..20, targets 10..100
@@ -155,8 +171,13 @@ def grade(response: str, gold: str) -> Grade:
     """
     numbers, target = parse_gold(gold)
     result = score(response, numbers, target)
-    return Grade(correct=result.correct, format_ok=result.expression is not None, parsed=result.expression,
-                 flexible_correct=result.correct, flexible_parsed=result.expression)  # fmt: skip
+    return Grade(
+        correct=result.correct,
+        format_ok=result.expression is not None,
+        parsed=result.expression,
+        flexible_correct=result.correct,
+        flexible_parsed=result.expression,
+    )
 
 
 def partial_credit(response: str, gold: str) -> float:
@@ -199,8 +220,11 @@ def _number_usage(used: Sequence[int], given: Sequence[int]) -> tuple[bool, floa
     errors = []
     for n in sorted(given_count):
         if used_count[n] < given_count[n]:
-            errors.append(f"does not use {n}" if not used_count[n] else f"uses {n} {_times(used_count[n])}, "
-                          f"not {_times(given_count[n])}")  # fmt: skip
+            errors.append(
+                f"does not use {n}"
+                if not used_count[n]
+                else f"uses {n} {_times(used_count[n])}, not {_times(given_count[n])}"
+            )
     for n in sorted(used_count):
         if n not in given_count:
             errors.append(f"uses {n}, which is not one of the numbers")

@@ -73,8 +73,9 @@ def tokenize(text: str) -> list[str]:
             tokens.append(char)
             i += 1
         else:
-            raise ExpressionError(f"unexpected character {text[i]!r} at position {i}: only numbers, + - * / and "
-                                  "parentheses are allowed")  # fmt: skip
+            raise ExpressionError(
+                f"unexpected character {text[i]!r} at position {i}: only numbers, + - * / and parentheses are allowed"
+            )
     return tokens
 
 

@@ -58,14 +58,18 @@ def parse_gold(gold: str) -> tuple[tuple[int, ...], int]:
     """The numbers and target of a gold string like ``"3,7,25 -> 100"``; :class:`DataError` otherwise."""
     match = _GOLD.match(gold) if isinstance(gold, str) else None
     if match is None:
-        raise DataError(f"countdown gold {gold!r} is malformed: write the numbers, comma-separated, then "
-                        "' -> ' and the target, e.g. '3,7,25 -> 100'")  # fmt: skip
+        raise DataError(
+            f"countdown gold {gold!r} is malformed: write the numbers, comma-separated, then "
+            "' -> ' and the target, e.g. '3,7,25 -> 100'"
+        )
     return tuple(int(n) for n in match.group(1).split(",")), int(match.group(2))
 
 
 def question(numbers: Sequence[int], target: int) -> str:
-    return (f"Using the numbers [{', '.join(str(n) for n in numbers)}], create an equation that equals {target}. "
-            "Use + - * / and each number exactly once.")  # fmt: skip
+    return (
+        f"Using the numbers [{', '.join(str(n) for n in numbers)}], create an equation that equals {target}. "
+        "Use + - * / and each number exactly once."
+    )
 
 
 def solve(numbers: Sequence[int], target: int) -> str | None:
@@ -90,8 +94,12 @@ def solve(numbers: Sequence[int], target: int) -> str | None:
         for i, j in itertools.combinations(range(len(items)), 2):
             (a, ea), (b, eb) = items[i], items[j]
             rest = [items[k] for k in range(len(items)) if k not in (i, j)]
-            options = [(a + b, f"({ea} + {eb})"), (a * b, f"({ea} * {eb})"),
-                       (a - b, f"({ea} - {eb})"), (b - a, f"({eb} - {ea})")]  # fmt: skip
+            options = [
+                (a + b, f"({ea} + {eb})"),
+                (a * b, f"({ea} * {eb})"),
+                (a - b, f"({ea} - {eb})"),
+                (b - a, f"({eb} - {ea})"),
+            ]
             if b != 0:
                 options.append((a // b if a % b == 0 else Fraction(a) / b, f"({ea} / {eb})"))
             if a != 0:
@@ -156,8 +164,12 @@ def make_problems(level: str, count: int, *, seed: int, exclude: frozenset = fro
 
 
 def to_problem(problem_id: str, numbers: Sequence[int], target: int, expression: str) -> Problem:
-    return Problem(id=problem_id, question=question(numbers, target), gold=format_gold(numbers, target),
-                   solution=f"<answer>{expression}</answer>")  # fmt: skip
+    return Problem(
+        id=problem_id,
+        question=question(numbers, target),
+        gold=format_gold(numbers, target),
+        solution=f"<answer>{expression}</answer>",
+    )
 
 
 _TARGET = re.compile(r"(?:target(?:\s+is)?|equals?|makes?|reach(?:es)?|=|->|→)\s*:?\s*(\d+)", re.IGNORECASE)
@@ -184,8 +196,11 @@ def parse_proposal(text: str) -> tuple[tuple[int, ...], int] | None:
 def classify(numbers: Sequence[int], target: int) -> str | None:
     """The easiest level whose bounds hold the puzzle, or ``None``."""
     for name, level in LEVELS.items():
-        if len(numbers) == level.count and all(1 <= n <= level.max_number for n in numbers) \
-                and level.min_target <= target <= level.max_target:  # fmt: skip
+        if (
+            len(numbers) == level.count
+            and all(1 <= n <= level.max_number for n in numbers)
+            and level.min_target <= target <= level.max_target
+        ):
             return name
     return None
 
@@ -202,10 +217,20 @@ class SelfPlayGenerator:
     hard). A batch puts ``1 - explore`` of its problems at the focus and the rest at its neighbours.
     """
 
-    def __init__(self, propose: Callable[[int], list[str]] | None = None, *, levels: Sequence[str] = tuple(LEVELS),
-                 start: str | None = None, target_rate: float = 0.5, window: int = 32, min_results: int = 8,
-                 explore: float = 0.25, proposed_share: float = 0.5, exclude: frozenset = frozenset(),
-                 seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        propose: Callable[[int], list[str]] | None = None,
+        *,
+        levels: Sequence[str] = tuple(LEVELS),
+        start: str | None = None,
+        target_rate: float = 0.5,
+        window: int = 32,
+        min_results: int = 8,
+        explore: float = 0.25,
+        proposed_share: float = 0.5,
+        exclude: frozenset = frozenset(),
+        seed: int = 0,
+    ):
         unknown = [name for name in levels if name not in LEVELS]
         if unknown or not levels:
             raise ValueError(f"unknown countdown levels {unknown}; levels: {', '.join(LEVELS)}")
@@ -249,8 +274,10 @@ class SelfPlayGenerator:
         """The levels of the next ``n`` problems: mostly the focus, some at its neighbours."""
         index = self.levels.index(self.focus)
         neighbours = [self.levels[i] for i in (index - 1, index + 1) if 0 <= i < len(self.levels)]
-        return [self.rng.choice(neighbours) if neighbours and self.rng.random() < self.explore else self.focus
-                for _ in range(n)]  # fmt: skip
+        return [
+            self.rng.choice(neighbours) if neighbours and self.rng.random() < self.explore else self.focus
+            for _ in range(n)
+        ]
 
     def generate(self, n: int) -> list[Problem]:
         """``n`` problems at the planned levels, proposed ones first where they fit."""

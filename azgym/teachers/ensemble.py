@@ -211,6 +211,10 @@ class TeacherEnsemble:
             if name in self.values:
                 self.values[name] += self.weight_step * (episode_return - self.values[name])
 
+    def credit(self, state) -> None:
+        """Credit a finished episode (an :class:`~azgym.state.EnvState`) to the teachers whose candidates it chose."""
+        self.observe(state.teachers, state.episode_return)
+
     def state_dict(self) -> dict:
         return {"values": dict(self.values), "dropped": dict(self.dropped)}
 
@@ -304,8 +308,12 @@ class TeacherEnsemble:
     def _drop(self, teacher: Teacher, why: str) -> None:
         self.dropped[teacher.name] = why
         left = [t.name for t in self.live_teachers]
-        logger.warning("teacher %s failed (%s); dropped, %s", teacher.name, why,
-                       f"the others continue: {', '.join(left)}" if left else "no teacher is left")  # fmt: skip
+        logger.warning(
+            "teacher %s failed (%s); dropped, %s",
+            teacher.name,
+            why,
+            f"the others continue: {', '.join(left)}" if left else "no teacher is left",
+        )
         if not left:
             raise RuntimeError(
                 f"every teacher failed: {'; '.join(f'{n}: {w}' for n, w in self.dropped.items())}. "

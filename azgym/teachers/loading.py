@@ -65,8 +65,9 @@ def load_teachers(
             else:
                 lm = loader(name) if loader else shared_backend(name, device)
         except Exception as err:  # noqa: BLE001 - one teacher that cannot load must not stop the others
-            logger.warning("teacher %s could not be loaded (%s: %s); continuing without it", name,
-                           type(err).__name__, err)  # fmt: skip
+            logger.warning(
+                "teacher %s could not be loaded (%s: %s); continuing without it", name, type(err).__name__, err
+            )
             failures.append(f"{name}: {err}")
             continue
         has_template = bool(getattr(getattr(lm, "tokenizer", None), "chat_template", None))
