@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +11,7 @@ from agents.alphazero.config import PRESETS, RunConfig, countdown_preset, cpu_pr
 from azgym.cli import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))  # as when the script runs: it imports its sibling bench_learning
-spec = importlib.util.spec_from_file_location("bench_countdown", REPO / "scripts" / "bench_countdown.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from azgym_bench import countdown as bench  # noqa: E402
 
 
 def config_of(name: str) -> RunConfig:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))  # as when the script runs: it imports its sibling run_trl_anchor
-import bench_common as common  # noqa: E402  (after the path is set)
-
-spec = importlib.util.spec_from_file_location("bench_learning", REPO / "scripts" / "bench_learning.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+from azgym_bench import common  # noqa: E402
+from azgym_bench import learning as bench  # noqa: E402
 
 
 def fake_result(final, best, steps=10, tokens=1000):
@@ -106,7 +100,7 @@ def test_bad_flags_fail_before_any_work(tmp_path):
 
 
 def test_replay_choices_counts_what_the_agent_played(tmp_path, capsys):
-    import replay_choices
+    from azgym_bench import replay_choices
 
     def episode(action, solved, visits, problem="p1"):
         step = {"labels": ["right", "right", "wrong"], "priors": [0.6, 0.3, 0.1], "visits": visits, "action": action}

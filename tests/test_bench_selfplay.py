@@ -3,18 +3,13 @@ the ratio comes last."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_selfplay", REPO / "scripts" / "bench_selfplay.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench_selfplay"] = bench  # its dataclasses look their module up
-spec.loader.exec_module(bench)
+from azgym_bench import selfplay as bench  # noqa: E402
 
 TINY = ["--problems", "1", "--group-size", "2", "--repeats", "1", "--simulations", "3", "--chunk-tokens", "6"]
 

@@ -3,9 +3,7 @@ figures are written, the ratio comes last."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +11,7 @@ import pytest
 pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_workers", REPO / "scripts" / "bench_workers.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench_workers"] = bench  # its dataclasses look their module up
-spec.loader.exec_module(bench)
+from azgym_bench import workers as bench  # noqa: E402
 
 TINY = ["--problems", "2", "--group-size", "2", "--warmup-problems", "0", "--simulations", "2", "--chunk-tokens", "4",
         "--max-steps", "2", "--max-tokens", "8"]  # fmt: skip

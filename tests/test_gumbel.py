@@ -12,12 +12,12 @@ import pytest
 
 from agents.mcts import MCTS, MCTSAgent
 from agents.mcts.gumbel import considered_visits
+from agents.mcts.reference import ReferenceGumbelSearch, count_nodes, root_q, root_visits, seq_halving_visits
 from agents.mcts.search import SearchConfigError
 from agents.mcts.synthetic import HashTreeModel
 from azgym.env import ReasoningEnv
 from azgym.tasks import Problem
 from helpers import Bandit, ScriptedLM, roots
-from reference_mcts import ReferenceGumbelSearch, count_nodes, root_q, root_visits, seq_halving_visits
 
 K = 8
 

@@ -12,10 +12,10 @@ import pytest
 
 from agents.mcts import MCTS, kernels
 from agents.mcts.kernels import visit_policy
+from agents.mcts.reference import ReferenceSearch, count_nodes, max_depth, reroot, root_q, root_visits
 from agents.mcts.synthetic import HashTreeModel
 from agents.mcts.tree import ROOT_INDEX, new_tree
 from helpers import Bandit, roots
-from reference_mcts import ReferenceSearch, count_nodes, max_depth, reroot, root_q, root_visits
 
 K = 8
 
