@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -14,6 +13,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 from azgym import rewards as rw
+from azgym import views
 from azgym.config import ENV_DEFAULTS, ConfigError, EnvConfig, env_override
 from azgym.lm.base import LanguageModel
 from azgym.lm.hf import shared_backend
@@ -240,16 +240,10 @@ class ReasoningEnv(gym.Env):
         if self.render_mode != "ansi":
             return None
         state = self._require_state()
-        problem = self.problems[state.problem_index]
-        lines = [f"[{problem.id}] {problem.question}", "--- response ---", self.lm.decode(state.response_ids)]
-        status = "terminated" if state.terminated else "truncated" if state.truncated else "running"
-        lines.append(f"--- depth {state.depth}/{self.max_steps}, return {state.episode_return:+.3f}, {status} ---")
-        if state.terminated or state.truncated:
-            grade = self.task.grade(self.lm.decode(state.response_ids), problem.gold)
-            lines.append(f"gold {problem.gold}; parsed {grade.parsed}; correct {grade.correct}")
-        for i, c in enumerate(self.candidates()):
-            lines.append(f"  [{i}] {c.label:5s} p={c.prior:.2f} {textwrap.shorten(c.text, 100) or '<end>'}")
-        return "\n".join(lines) + "\n"
+        ended = state.terminated or state.truncated
+        grade = self.judge(state, state.response_ids).grade if ended else None
+        response = self.lm.decode(state.response_ids)
+        return views.ansi(self.problem(state), response, state, self.max_steps, grade, self.candidates())
 
     # -- planning ----------------------------------------------------------------------------------
 
@@ -415,25 +409,9 @@ class ReasoningEnv(gym.Env):
 
     def _info(self) -> dict[str, Any]:
         state = self._require_state()
-        problem = self.problems[state.problem_index]
+        response = self.lm.decode(state.response_ids)
         candidates = self.candidates()
-        k = self.action_space.n
-        priors = np.zeros(k, dtype=np.float32)
-        mask = np.zeros(k, dtype=np.int8)
-        priors[: len(candidates)] = [c.prior for c in candidates]
-        mask[: len(candidates)] = 1
-        return {
-            "problem_id": problem.id,
-            "question": problem.question,
-            "response": self.lm.decode(state.response_ids),
-            "depth": state.depth,
-            "candidates": [c.text for c in candidates],
-            "labels": [c.label for c in candidates],
-            "priors": priors,
-            "action_mask": mask,
-            "reward_terms": dict(self._last_terms),
-            "episode_return": state.episode_return,
-        }
+        return views.info(self.problem(state), response, state, candidates, self.action_space.n, self._last_terms)
 
 
 def _is_problem_list(data) -> bool:

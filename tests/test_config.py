@@ -137,7 +137,7 @@ def test_the_search_core_imports_nothing_from_azgym_and_modules_stay_small():
         assert not {m for m in _imports(REPO / "agents" / "mcts" / f"{name}.py") if m.split(".")[0] == "azgym"}
     for package in ("azgym", "agents", "scripts", "azgym_verifiers", "azgym_bench"):
         for path in (REPO / package).rglob("*.py"):
-            assert len(path.read_text().splitlines()) <= 450, f"{path} has grown past ~400 lines: split it"
+            assert len(path.read_text().splitlines()) <= 430, f"{path} has grown past ~400 lines: split it"
     for path in [*(REPO / "azgym").rglob("*.py"), *(REPO / "azgym_verifiers").rglob("*.py")]:
         assert not {m for m in _imports(path) if m.split(".")[0] == "agents"}, f"{path} imports agents"
         assert not {m for m in _imports(path) if m.split(".")[0] == "verifiers"} or "azgym_verifiers" in path.parts, (

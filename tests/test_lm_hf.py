@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from azgym.lm import HFBackend, LanguageModel
-from azgym.lm.hf import sample_rows
+from azgym.lm.sampling import sample_rows
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from azgym.env import EnvState, ReasoningEnv
-from azgym.lm.hf import HFBackend, eval_mode
+from azgym.lm.hf import HFBackend
+from azgym.lm.modes import eval_mode
 
 
 class ValueHead(nn.Module):

@@ -25,7 +25,7 @@ from agents.student import Student
 from agents.training import losses
 from agents.training.samples import DistillSample, Sample
 from azgym.config import check_fields, option, raise_problems
-from azgym.lm.hf import module_mode
+from azgym.lm.modes import module_mode
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ seconds spent in each method.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Sequence
@@ -47,8 +46,10 @@ from azgym.lm.hf_prefix import (
     shared_heads,
     timed,
 )
+from azgym.lm.modes import inference
 from azgym.lm.prefix_cache import PrefixCache, supports_prefix_cache, weights_fingerprint
 from azgym.lm.registry import load_model
+from azgym.lm.sampling import sample_rows
 
 logger = logging.getLogger(__name__)
 
@@ -61,35 +62,6 @@ def shared_backend(name: str, device: str = "cpu") -> HFBackend:
     """One loaded :class:`HFBackend` per (name, device), shared by every env and teacher ensemble in the
     process (fp32)."""
     return HFBackend.from_name(name, device=device)
-
-
-@contextlib.contextmanager
-def module_mode(module: torch.nn.Module, training: bool):
-    """``module`` in train (``training=True``) or eval mode inside the block, its previous mode
-    restored after: the code that needs a mode switches it, nothing is left for a caller to remember."""
-    was_training = module.training
-    module.train(training)
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
-def eval_mode(module: torch.nn.Module):
-    """``module`` in eval mode (dropout off) inside the block; see :func:`module_mode`."""
-    return module_mode(module, False)
-
-
-def inference(method):
-    """A backend method run without gradients and with its model in eval mode, whatever mode a
-    learner left the shared weights in."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with torch.inference_mode(), eval_mode(self.model):
-            return method(self, *args, **kwargs)
-
-    return wrapper
 
 
 class HFBackend(PrefixCacheMixin, TokenizerMixin):
@@ -420,30 +392,3 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         else:
             g.manual_seed((int(seed) * 1_000_003 + sample) % (2**63))
         return g
-
-
-def sample_rows(
-    scaled: torch.Tensor, generators: Sequence[torch.Generator | None], greedy: Sequence[bool]
-) -> list[int]:
-    """One token per row of ``scaled`` (temperature-scaled logits ``[B, V]``, on the CPU): the argmax for a
-    greedy row, else a draw from softmax(row) by inverting its cumulative distribution at one uniform
-    number from the row's own generator (so a row's sample does not depend on the batch around it). A row
-    whose generator is None is skipped (-1). The softmax and cumulative sums run for all rows at once, in
-    float64, so that each draw costs one random number instead of one per vocabulary entry.
-    """
-    out = [-1] * len(generators)
-    rows = [pos for pos, g in enumerate(generators) if g is not None]
-    argmax = [pos for pos in rows if greedy[pos]]
-    sampled = [pos for pos in rows if not greedy[pos]]
-    if argmax:
-        for pos, token in zip(argmax, scaled[argmax].argmax(dim=-1).tolist(), strict=True):
-            out[pos] = token
-    if sampled:
-        cdf = torch.softmax(scaled[sampled].double(), dim=-1).cumsum_(dim=-1)
-        u = torch.cat([1.0 - torch.rand(1, generator=generators[pos], dtype=torch.float64) for pos in sampled])
-        # the first token whose cumulative mass reaches u (in (0, 1]): a token of zero mass is never drawn; the
-        # clamp keeps a row of non-finite logits (a NaN cdf) inside the vocabulary
-        drawn = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
-        for pos, token in zip(sampled, drawn.tolist(), strict=True):
-            out[pos] = token
-    return out

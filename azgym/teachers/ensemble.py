@@ -32,7 +32,7 @@ import logging
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -46,47 +46,9 @@ from azgym.prompts import (
     solve_prompt_ids,
     teacher_messages,
 )
+from azgym.teachers.records import Candidate, ProposalRequest, Teacher
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One proposed next step."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    label: str  # "right" or "wrong": which prompt produced it
-    logprob: float  # mean token log-prob under the plain solve prompt (the step's PRE)
-    prior: float  # share of the state's prior mass
-    finished: bool  # the teacher ended its response here (end of sequence)
-    teacher: str  # name of the model that wrote it
-
-
-@dataclass(frozen=True)
-class ProposalRequest:
-    """A state to expand: the problem, the response so far (token ids) and the budget left."""
-
-    problem_id: str
-    question: str
-    response_ids: tuple[int, ...]
-    max_tokens: int  # tokens the next step may use
-    seed: int  # episode seed; mixed with the state so each state samples its own candidates
-
-
-@dataclass
-class Teacher:
-    """One proposing model: ``style`` is ``"chat"`` (an instruct model with a chat template) or
-    ``"few_shot"`` (a base model continuing a transcript of worked examples)."""
-
-    lm: LanguageModel
-    name: str = ""
-    style: str = "chat"
-
-    def __post_init__(self):
-        self.name = self.name or self.lm.name
-        if self.style not in ("chat", "few_shot"):
-            raise ValueError(f"teacher {self.name}: style must be 'chat' or 'few_shot', got {self.style!r}")
 
 
 class TeacherEnsemble:

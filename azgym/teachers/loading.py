@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from azgym.lm.base import LanguageModel
 from azgym.lm.hf import shared_backend
 from azgym.lm.served import OpenAIBackend, is_served, parse_served
-from azgym.teachers.ensemble import Teacher
+from azgym.teachers.records import Teacher
 
 logger = logging.getLogger(__name__)
 
