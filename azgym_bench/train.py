@@ -23,6 +23,7 @@ import torch
 
 from agents.student import Student, StudentConfig, token_logprobs
 from agents.training.learner import Learner, LearnerConfig, Sample
+from agents.training.samples import carried
 
 
 def make_batch(student: Student, size: int, completion_tokens: int, seed: int = 0) -> list[Sample]:
@@ -83,13 +84,11 @@ def main() -> None:
     optimizer = torch.optim.AdamW(student.trainable_parameters(), lr=1e-5)
     learner = Learner(student, LearnerConfig(learning_rate=1e-5, micro_batch_size=args.batch))
 
-    def fresh_step():
-        learner._ref_cache.clear()  # as if the samples were new: the reference pass runs
-        learner.step(samples)
-
+    learner.step(samples)
+    known = carried(samples, learner.last_logprobs)  # as replayed samples carry their old and reference log-probs
     seconds = timed(
-        {"plain": lambda: plain_step(student, optimizer, samples), "new": fresh_step,
-         "known": lambda: learner.step(samples)},
+        {"plain": lambda: plain_step(student, optimizer, samples), "new": lambda: learner.step(samples),
+         "known": lambda: learner.step(known)},
         args.repeats,
     )  # fmt: skip
     plain, grpo, grpo_cached = seconds["plain"], seconds["new"], seconds["known"]

@@ -19,6 +19,7 @@ import torch
 from agents.student import Student, StudentConfig
 from agents.training.checkpoint import load_checkpoint, save_checkpoint
 from agents.training.learner import DistillSample, Learner, LearnerConfig, Sample
+from agents.training.samples import carried
 from helpers import tiny_llama
 
 VOCAB = 64
@@ -71,7 +72,7 @@ def make_learner(case: str, collective=None, **overrides) -> Learner:
 
 def run_case(case: str, out: Path | None = None, collective=None) -> list[dict]:
     """:data:`STEPS` steps; after each, the gradients the optimizer stepped with (summed and clipped), the
-    trainable state, the metrics and the remembered old-policy log-probs. Rank 0 checkpoints after the first."""
+    trainable state, the metrics and the old-policy log-probs the samples carry. Rank 0 checkpoints after the first."""
     learner = make_learner(case, collective)
     grads = {}
 
@@ -79,13 +80,15 @@ def run_case(case: str, out: Path | None = None, collective=None) -> list[dict]:
         grads.update({n: p.grad.clone() for n, p in learner.student.named_parameters() if p.requires_grad})
 
     learner.optimizer.register_step_pre_hook(record)
-    history = []
+    history, samples = [], SAMPLES
     for step in range(STEPS):
-        metrics = learner.step(SAMPLES, DISTILL)
+        metrics = learner.step(samples, DISTILL)
+        samples = carried(samples, learner.last_logprobs)  # as the replay keeps them with the episodes
         history.append({"grads": dict(grads), "state": learner.student.trainable_state(), "metrics": metrics,
-                        "old": learner.old_logprobs_state()})  # fmt: skip
+                        "old": {i: s.old_logprobs for i, s in enumerate(samples)}})  # fmt: skip
         if step == 0 and out is not None and (collective is None or collective.is_main):
             save_checkpoint(out / f"{case}-ckpt", learner)
+            torch.save(samples, out / f"{case}-ckpt" / "samples.pt")
     return history
 
 
@@ -97,7 +100,7 @@ def main(out: Path, resume: Path | None) -> None:
     if resume is not None:
         learner = make_learner("token", group)
         load_checkpoint(resume, learner)
-        learner.step(SAMPLES, DISTILL)
+        learner.step(torch.load(resume.parent / "samples.pt", weights_only=False), DISTILL)
         results["resumed"] = learner.student.trainable_state()
     torch.save(results, out / f"results-{group.rank}.pt")
     group.close()

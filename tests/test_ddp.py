@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from agents.training.checkpoint import load_checkpoint, save_checkpoint
+from agents.training.samples import carried
 from ddp_worker import CASES, DISTILL, SAMPLES, make_learner, run_case
 from helpers import REPO, torchrun
 
@@ -24,6 +25,7 @@ def two_processes(tmp_path_factory):
     learner = make_learner("token")
     learner.step(SAMPLES, DISTILL)
     save_checkpoint(out / "alone", learner)
+    torch.save(carried(SAMPLES, learner.last_logprobs), out / "alone" / "samples.pt")
     done = torchrun(2, REPO / "tests" / "ddp_worker.py", str(out), str(out / "alone" / "step-000001"))
     assert done.returncode == 0, done.stderr[-4000:]
     return out, [torch.load(out / f"results-{rank}.pt", weights_only=False) for rank in (0, 1)]
@@ -46,7 +48,7 @@ def test_two_processes_take_the_single_process_steps(two_processes, case):
             assert_tensors_close(shared["state"], one["state"], PARAMETERS, f"{where} parameter")
             # the logged metrics are the whole batch's (grad_norm: before the clip), not this process's slice
             assert shared["metrics"] == pytest.approx(one["metrics"], rel=1e-5, abs=1e-7), where
-            # every process remembers every sample's old-policy log-probs: the second step's PPO ratios
+            # every process hands back every sample's old-policy log-probs: the second step's PPO ratios
             assert shared["old"].keys() == one["old"].keys() and len(one["old"]) == len(SAMPLES)
             for key, values in one["old"].items():
                 assert shared["old"][key] == pytest.approx(values, abs=1e-5), f"{where} old log-probs {key}"
@@ -59,7 +61,7 @@ def test_a_checkpoint_of_two_processes_resumes_in_one_and_of_one_in_two(two_proc
     alone = run_case("token")
     learner = make_learner("token")
     load_checkpoint(out / "token-ckpt" / "step-000001", learner)
-    learner.step(SAMPLES, DISTILL)
+    learner.step(torch.load(out / "token-ckpt" / "samples.pt", weights_only=False), DISTILL)
     assert_tensors_close(learner.student.trainable_state(), alone[1]["state"], PARAMETERS, "2 -> 1")
     for rank, results in enumerate(ranks):
         assert_tensors_close(results["resumed"], alone[1]["state"], PARAMETERS, f"1 -> 2, rank {rank}")

@@ -17,6 +17,7 @@ from agents.training.checkpoint import (
     save_checkpoint,
 )
 from agents.training.learner import DistillSample, Learner, LearnerConfig, Sample
+from agents.training.samples import carried
 from helpers import tiny_llama
 
 SAMPLES = [
@@ -70,16 +71,18 @@ def test_save_load_then_next_step_matches_an_uninterrupted_run(tokenizer, tmp_pa
     student = make_student(tokenizer, seed=1)
     learner = Learner(student, LearnerConfig(warmup_steps=5))
     learner.step(SAMPLES)
-    learner.step(SAMPLES)
+    samples = carried(SAMPLES, learner.last_logprobs)  # the record keeps what the first step computed
+    learner.step(samples)
     path = save_checkpoint(tmp_path, learner, extra={"iteration": 7})
-    learner.step(SAMPLES)
+    assert "old_logprobs" not in torch.load(path / "trainer.pt", weights_only=False)  # no sample cache
+    learner.step(samples)
     uninterrupted = student.trainable_state()
 
     resumed_student = make_student(tokenizer, seed=99)  # other adapters: they must all come from disk
     resumed = Learner(resumed_student, LearnerConfig(warmup_steps=5))
     assert load_checkpoint(path, resumed) == {"iteration": 7}
     assert resumed.step_count == 2
-    resumed.step(SAMPLES)
+    resumed.step(samples)
     state = resumed_student.trainable_state()
     assert all(torch.equal(uninterrupted[n], state[n]) for n in state)
     assert latest_checkpoint(tmp_path) == path
@@ -210,8 +213,37 @@ def test_replayed_samples_are_clipped_against_the_policy_that_first_trained_on_t
     learner = Learner(make_student(tokenizer), LearnerConfig(learning_rate=5e-2, kl_coef=0.0, clip_eps=0.01))
     first = learner.step(SAMPLES)
     assert first["clip_fraction"] == 0.0
+    samples = carried(SAMPLES, learner.last_logprobs)
+    assert all(len(s.old_logprobs) == len(s.completion_ids) for s in samples)
     for _ in range(3):
-        later = learner.step(SAMPLES)
+        later = learner.step(samples)
+        assert all(fresh is None for fresh in learner.last_logprobs)  # they carry all it needs: nothing computed
     assert later["clip_fraction"] > 0.0
-    key = (SAMPLES[0].group, SAMPLES[0].prompt_ids, SAMPLES[0].completion_ids)
-    assert len(learner.old_logprobs_state()[key]) == len(SAMPLES[0].completion_ids)
+    assert learner.step(SAMPLES)["clip_fraction"] == 0.0  # the bare samples again: a first sight, ratio 1
+
+
+def test_the_episode_record_carries_its_behaviour_and_reference_logprobs_through_the_replay(tokenizer, tmp_path):
+    """One record from sampling to the loss: the first step on an episode stores its old-policy (and reference)
+    log-probs in the episode, the replay shard keeps them, and a later step, after a resume too, reads them there."""
+    import numpy as np
+
+    from agents.alphazero.selfplay import train
+    from agents.training.replay import Episode, ReplayBuffer
+
+    def episode(response, solved):
+        return Episode(problem_id="p0", question="Q?", prompt_ids=[5, 6, 7], response_ids=response,
+                       episode_return=1.0 if solved else -1.0, correct=solved, format_ok=solved, solved=solved,
+                       iteration=0, weights_version=0)
+
+    replay = ReplayBuffer(tmp_path)
+    replay.add(0, [episode([8, 9, 10], True), episode([12, 13], False)])
+    learner = Learner(make_student(tokenizer), LearnerConfig(kl_coef=0.05, learning_rate=5e-2, clip_eps=0.01))
+    train(learner, replay, 1, 1, np.random.default_rng(0), eos_token_id=2, progress=False)
+    stored = [(e.old_logprobs, e.ref_logprobs) for e in replay.episodes]
+    assert [len(old) for old, _ in stored] == [4, 2] and [len(ref) for _, ref in stored] == [4, 2]  # + eos if solved
+    replay.flush()
+    again = ReplayBuffer(tmp_path)  # what a resumed run reads
+    assert [(e.old_logprobs, e.ref_logprobs) for e in again.episodes] == stored
+    history = train(learner, again, 2, 1, np.random.default_rng(0), eos_token_id=2, progress=False)
+    assert all(fresh is None for fresh in learner.last_logprobs)  # read from the records, nothing recomputed
+    assert history[-1]["clip_fraction"] > 0  # measured against the policy that first trained on them

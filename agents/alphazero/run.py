@@ -213,6 +213,7 @@ class Run:
             on_step=on_step,
             progress=loop.progress and self.is_main,
         )
+        self.replay.flush()  # the log-probs the steps computed, with their episodes, before the checkpoint
         writer.add_scalar("perf/train_seconds", time.perf_counter() - start, iteration)
         writer.add_scalar("perf/learner_steps", len(history), iteration)
         if history:

@@ -208,9 +208,26 @@ def to_samples(episodes: list[Episode], eos_token_id: int, *, value_target: str 
                 value_targets=tuple(targets),
                 truncated=e.truncated,
                 advantages=advantages,
+                old_logprobs=None if e.old_logprobs is None else tuple(e.old_logprobs),
+                ref_logprobs=None if e.ref_logprobs is None else tuple(e.ref_logprobs),
+                ref_version=e.ref_version,
             )
         )
     return samples
+
+
+def keep_logprobs(episodes: list[Episode], computed: list, replay: ReplayBuffer | None = None) -> None:
+    """Store what a learner step computed for its samples (:attr:`Learner.last_logprobs`, in the samples' order)
+    with their episodes, and mark their shards for :meth:`ReplayBuffer.flush`."""
+    for episode, fresh in zip(episodes, computed, strict=True):
+        if fresh is None:
+            continue
+        if fresh.old is not None:
+            episode.old_logprobs = list(fresh.old)
+        if fresh.ref is not None:
+            episode.ref_logprobs, episode.ref_version = list(fresh.ref), fresh.ref_version
+        if replay is not None:
+            replay.changed(episode)
 
 
 def to_distill(episodes: list[Episode]) -> list[DistillSample]:
@@ -243,7 +260,8 @@ def train(
 ) -> list[dict[str, float]]:
     """``num_steps`` learner steps, each on ``groups_per_step`` problem groups drawn from the replay. With
     ``dynamic_sampling`` only groups whose returns differ are drawn, and with none in the replay no step is taken
-    (the history is empty)."""
+    (the history is empty). The log-probs a step computes are stored with the episodes (call
+    ``replay.flush()`` to persist them before a checkpoint)."""
     history = []
     for _ in tqdm(range(num_steps), desc="train", unit="step", disable=not progress, leave=False):
         groups = replay.sample_groups(groups_per_step, rng, differing_only=dynamic_sampling)
@@ -254,6 +272,7 @@ def train(
             raise RuntimeError("the replay buffer is empty: run self-play before training")
         samples = to_samples(episodes, eos_token_id, value_target=value_target)
         metrics = learner.step(samples, to_distill(episodes) if distill else ())
+        keep_logprobs(episodes, learner.last_logprobs, replay)
         history.append(metrics)
         if on_step is not None:
             on_step(learner.step_count, metrics, samples)

@@ -2,8 +2,9 @@
 
 A checkpoint is a directory ``<root>/step-000123/`` (or ``<root>/best/``) holding
 ``trainable.safetensors`` (LoRA adapters or all weights, and the value head), ``trainer.pt``
-(optimizer, scheduler, step count, the learner's remembered old-policy log-probs, RNG states, the
-caller's extra state) and ``meta.json`` (the student and learner configs). It is written under a
+(optimizer, scheduler, step count, RNG states, the caller's extra state: no sample caches, the behaviour
+and reference log-probs live with the episodes in the replay) and ``meta.json`` (the student and learner
+configs). It is written under a
 temporary name and renamed into place, ``meta.json`` last, so a crash mid-write never leaves a
 directory that :func:`latest_checkpoint` would pick.
 """
@@ -64,7 +65,6 @@ def save_checkpoint(
             "optimizer": learner.optimizer.state_dict(),
             "scheduler": learner.scheduler.state_dict(),
             "step": learner.step_count,
-            "old_logprobs": learner.old_logprobs_state(),
             "rng": _rng_state(),
             "extra": extra or {},
         },
@@ -106,7 +106,6 @@ def load_checkpoint(path: str | Path, learner: Learner) -> dict[str, Any]:
     learner.optimizer.load_state_dict(trainer["optimizer"])
     learner.scheduler.load_state_dict(trainer["scheduler"])
     learner.step_count = int(trainer["step"])
-    learner.load_old_logprobs_state(trainer.get("old_logprobs", {}))
     _set_rng_state(trainer["rng"])
     learner.student.refresh_reference()
     return trainer.get("extra", {})

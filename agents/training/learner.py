@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from agents.student import Student
 from agents.training import losses
-from agents.training.samples import DistillSample, Sample
+from agents.training.samples import DistillSample, Logprobs, Sample
 from azgym.config import check_fields, option, raise_problems
 from azgym.lm.modes import module_mode
 
@@ -156,11 +156,10 @@ class Learner:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         self.step_count = 0
-        self.reference_cache_size = 65536  # samples whose reference (and old) log-probs are remembered
-        self._ref_cache: dict[tuple, tuple[float, ...]] = {}
-        self._old_cache: dict[tuple, tuple[float, ...]] = {}
-        self._fresh_old: dict[tuple, tuple[float, ...]] = {}  # entries this step added to _old_cache
-        self._ref_version = student.reference_version
+        # per sample of the last step: the log-probs it computed for that sample (None where it carried them all);
+        # the caller stores them with the sample's record (agents.alphazero.selfplay.train does, in the replay)
+        self.last_logprobs: list[Logprobs | None] = []
+        self._fresh: dict[int, Logprobs] = {}  # this process's share of last_logprobs, by sample index
 
     def step(self, samples: Sequence[Sample], distill: Sequence[DistillSample] = ()) -> dict[str, float]:
         """One optimizer step on ``samples`` (and ``distill``) in train mode; returns the metrics to log."""
@@ -194,10 +193,10 @@ class Learner:
         }
         rank, world_size = (self.collective.rank, self.collective.world_size) if self.collective else (0, 1)
         mine = shard(len(samples), rank, world_size)
-        self._fresh_old = {}
+        self._fresh = {}
         for start in range(mine.start, mine.stop, config.micro_batch_size):
             part = slice(start, min(start + config.micro_batch_size, mine.stop))
-            metrics = self._micro_step(samples[part], advantages[part], rewards[part], scale, counts)
+            metrics = self._micro_step(samples[part], advantages[part], rewards[part], scale, counts, offset=start)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
         states = distill[shard(len(distill), rank, world_size)] if config.distill_coef > 0 else ()
@@ -206,7 +205,8 @@ class Learner:
             loss.backward()
             totals["distill"] = float(loss.detach()) / config.distill_coef
         if world_size > 1:
-            totals = self._synchronise(samples, totals)
+            totals = self._synchronise(totals)
+        self.last_logprobs = [self._fresh.get(i) for i in range(len(samples))]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.student.trainable_parameters(), config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
@@ -226,7 +226,7 @@ class Learner:
         totals["trained_fraction"] = len(trained) / max(len(samples), 1)
         return totals
 
-    def _micro_step(self, samples, advantages, rewards, scale, counts) -> dict[str, float]:
+    def _micro_step(self, samples, advantages, rewards, scale, counts, offset: int = 0) -> dict[str, float]:
         """Forward and backward one micro-batch: the policy loss is its share of the step's (``scale``), the
         value loss its squared errors over the step's value positions (``counts``). Returns the metrics as this
         micro-batch's shares of the step's (the caller sums them): per-token means weigh by its share of the
@@ -234,8 +234,8 @@ class Learner:
         config, student = self.config, self.student
         sequences = [(s.prompt_ids, s.completion_ids) for s in samples]
         fwd, ids, mask = student.forward_batch(sequences, [s.value_positions for s in samples])
-        old = self._old(samples, fwd.logprobs)
-        ref = self._reference(samples, ids, mask, old) if losses.NEEDS_REFERENCE[config.loss](config) else None
+        old = self._old(samples, fwd.logprobs, offset)
+        ref = self._reference(samples, ids, mask, old, offset) if losses.NEEDS_REFERENCE[config.loss](config) else None
         device = fwd.logprobs.device
         policy_mask = fwd.mask
         if config.drop_truncated:
@@ -271,18 +271,12 @@ class Learner:
             metrics.update({"value_loss": float(v_loss.detach()), "value_error": float(error)})
         return metrics
 
-    def _synchronise(self, samples: Sequence[Sample], totals: dict[str, float]) -> dict[str, float]:
-        """Sum the gradients and metrics of every process, and give each the old-policy log-probs all of them
-        remembered this step, in the batch's order (so every process, and a checkpoint, holds the same)."""
+    def _synchronise(self, totals: dict[str, float]) -> dict[str, float]:
+        """Sum the gradients and metrics of every process, and give each the log-probs all of them computed this
+        step (each for its slice), so that every process stores the same with the samples."""
         self.collective.all_reduce_gradients(self.student.trainable_parameters())
-        gathered = self.collective.all_gather_object((totals, self._fresh_old))
-        fresh = {k: v for _, part in gathered for k, v in part.items()}
-        for s in samples:
-            key = (s.group, s.prompt_ids, s.completion_ids)
-            if key in fresh:
-                self._old_cache.pop(key, None)
-                self._old_cache[key] = fresh.pop(key)
-        self._trim(self._old_cache)
+        gathered = self.collective.all_gather_object((totals, self._fresh))
+        self._fresh = {i: fresh for _, part in gathered for i, fresh in part.items()}
         summed: dict[str, float] = {}
         for part, _ in gathered:
             for k, v in part.items():
@@ -297,60 +291,39 @@ class Learner:
         out = _fill(advantages[:, None].expand_as(like).clone(), samples, "advantages")
         return out.clamp(-self.config.adv_clip, self.config.adv_clip)
 
-    def old_logprobs_state(self) -> dict[tuple, tuple[float, ...]]:
-        """The remembered old-policy log-probs (saved with checkpoints so that a resumed run steps alike)."""
-        return dict(self._old_cache)
-
-    def load_old_logprobs_state(self, state: dict[tuple, tuple[float, ...]]) -> None:
-        self._old_cache = dict(state)
-
-    def _old(self, samples, logprobs: torch.Tensor) -> torch.Tensor:
-        """PPO's old policy: the log-probs stored with a sample, else those of the first step that trained on
-        it (remembered per group, i.e. per iteration and problem, so that the same text played again later
-        starts afresh), so that a replayed sample's ratio measures how far the student moved since, and the
-        clip bounds it. A sample seen for the first time has ratio 1."""
+    def _old(self, samples, logprobs: torch.Tensor, offset: int) -> torch.Tensor:
+        """PPO's old policy: the behaviour log-probs a sample carries (those of the first step that trained on it),
+        else this step's own, which it hands back in :attr:`last_logprobs`. A replayed sample's ratio thus
+        measures how far the student moved since it was first trained on, and the clip bounds it; a sample seen
+        for the first time has ratio 1."""
         old = logprobs.detach().clone()
         for i, s in enumerate(samples):
-            start, key = len(s.prompt_ids) - 1, (s.group, s.prompt_ids, s.completion_ids)
-            values = s.old_logprobs if s.old_logprobs is not None else self._old_cache.get(key)
-            if values is None:
-                self._old_cache[key] = self._fresh_old[key] = tuple(
-                    old[i, start : start + len(s.completion_ids)].tolist()
-                )
+            start = len(s.prompt_ids) - 1
+            if s.old_logprobs is None:
+                values = tuple(old[i, start : start + len(s.completion_ids)].tolist())
+                self._fresh[offset + i] = Logprobs(values, None)
                 continue
-            if len(values) != len(s.completion_ids):
+            if len(s.old_logprobs) != len(s.completion_ids):
                 raise ValueError(
-                    f"sample {i}: {len(values)} old_logprobs for {len(s.completion_ids)} completion tokens"
+                    f"sample {offset + i}: {len(s.old_logprobs)} old_logprobs for {len(s.completion_ids)} "
+                    "completion tokens"
                 )
-            old[i, start : start + len(values)] = torch.tensor(values, dtype=old.dtype)
-        self._trim(self._old_cache)
+            old[i, start : start + len(s.old_logprobs)] = torch.tensor(s.old_logprobs, dtype=old.dtype)
         return old
 
-    def _trim(self, cache: dict) -> None:
-        """Forget the oldest remembered samples beyond ``reference_cache_size``."""
-        while len(cache) > self.reference_cache_size:
-            cache.pop(next(iter(cache)))
-
-    def _reference(self, samples, ids, mask, like: torch.Tensor) -> torch.Tensor:
-        """Reference log-probs: stored with the samples, remembered from an earlier step, or computed.
-
-        With LoRA the reference is the frozen base, so a sample's reference log-probs never change and
-        are computed once; with full fine-tuning they are remembered until the next refresh.
-        """
-        if all(s.ref_logprobs is not None for s in samples):
+    def _reference(self, samples, ids, mask, like: torch.Tensor, offset: int) -> torch.Tensor:
+        """Reference log-probs: those the samples carry (computed under the current reference), else computed for
+        the micro-batch and handed back in :attr:`last_logprobs`. With LoRA the reference is the frozen base, so a
+        sample's are computed once; with full fine-tuning they are recomputed after each refresh."""
+        version = self.student.reference_version
+        if all(s.ref_logprobs is not None and s.ref_version == version for s in samples):
             return _fill(torch.zeros_like(like), samples, "ref_logprobs")
-        keys = [(s.prompt_ids, s.completion_ids) for s in samples]
-        if self._ref_version != self.student.reference_version:
-            self._ref_cache.clear()
-            self._ref_version = self.student.reference_version
-        if all(k in self._ref_cache for k in keys):
-            known = [replace(s, ref_logprobs=self._ref_cache[k]) for s, k in zip(samples, keys, strict=True)]
-            return _fill(torch.zeros_like(like), known, "ref_logprobs")
         ref = self.student.reference_logprobs(ids, mask)
-        for i, (k, s) in enumerate(zip(keys, samples, strict=True)):
+        for i, s in enumerate(samples):
             start = len(s.prompt_ids) - 1
-            self._ref_cache[k] = tuple(ref[i, start : start + len(s.completion_ids)].tolist())
-        self._trim(self._ref_cache)
+            values = tuple(ref[i, start : start + len(s.completion_ids)].tolist())
+            known = self._fresh.get(offset + i)
+            self._fresh[offset + i] = Logprobs(known.old if known else None, values, version)
         return ref
 
     def _distill_loss(self, distill: Sequence[DistillSample]) -> torch.Tensor:

@@ -62,6 +62,12 @@ class Episode:
     # how the response was found: "sampled" (played by the self-play agent), "search" (a solved path of the rescue
     # search) or "cache" (a verified response kept from an earlier iteration); agents.alphazero.adaptive
     source: str = "sampled"
+    # what the learner computed the first time it trained on the episode, per completion token (the response and
+    # its end-of-sequence token): the behaviour log-probs (PPO's old policy) and the reference's (under the
+    # student's reference_version ref_version). None until then; stored here so that no cache holds them
+    old_logprobs: list[float] | None = None
+    ref_logprobs: list[float] | None = None
+    ref_version: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -89,6 +95,7 @@ class ReplayBuffer:
         self.capacity_iterations = capacity_iterations
         self.persist = persist
         self.shards: dict[int, list[Episode]] = {}
+        self._changed: set[int] = set()  # iterations whose episodes changed since their shard was written
         if persist:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._load()
@@ -102,21 +109,24 @@ class ReplayBuffer:
 
     def add(self, iteration: int, episodes: list[Episode]) -> Path:
         """Write the iteration's shard atomically (with ``persist``), then drop shards past capacity."""
-        path = self.directory / f"iter-{iteration:06d}.jsonl"
-        if self.persist:
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            with tmp.open("w", encoding="utf-8") as f:
-                for episode in episodes:
-                    f.write(episode.to_json() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+        path = self._write(iteration, episodes) if self.persist else self._path(iteration)
         self.shards[iteration] = list(episodes)
         for old in sorted(self.shards)[: -self.capacity_iterations]:
             del self.shards[old]
             if self.persist:
                 (self.directory / f"iter-{old:06d}.jsonl").unlink(missing_ok=True)
         return path
+
+    def changed(self, episode: Episode) -> None:
+        """Note that ``episode`` (held here) gained fields since its shard was written; :meth:`flush` rewrites it."""
+        self._changed.add(episode.iteration)
+
+    def flush(self) -> None:
+        """Rewrite the shards whose episodes changed (atomically, as :meth:`add` writes them)."""
+        for iteration in sorted(self._changed):
+            if iteration in self.shards and self.persist:
+                self._write(iteration, self.shards[iteration])
+        self._changed.clear()
 
     def groups(self) -> dict[str, list[Episode]]:
         """Episodes by problem (the GRPO groups), across the kept iterations."""
@@ -137,6 +147,20 @@ class ReplayBuffer:
             return []
         chosen = rng.choice(len(groups), size=min(num_groups, len(groups)), replace=False)
         return [groups[i] for i in sorted(chosen)]
+
+    def _path(self, iteration: int) -> Path:
+        return self.directory / f"iter-{iteration:06d}.jsonl"
+
+    def _write(self, iteration: int, episodes: list[Episode]) -> Path:
+        path = self._path(iteration)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with tmp.open("w", encoding="utf-8") as f:
+            for episode in episodes:
+                f.write(episode.to_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
 
     def _load(self) -> None:
         for path in sorted(self.directory.iterdir()):
