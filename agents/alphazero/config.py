@@ -284,7 +284,7 @@ class RunConfig:
                     "must be >= 2 under --selfplay adaptive (an all-fail group is what it searches for)",
                 )
             )
-        if self.loop.selfplay == "tree" and self.search.num_simulations < 2:
+        if self.loop.selfplay == "tree" and not self.search.searches:
             why = (
                 f"must be >= 2 under --selfplay tree (a tree of one simulation is no tree), got "
                 f"{self.search.num_simulations}; raise --simulations or use --selfplay moves for the priors' draw"

@@ -29,8 +29,8 @@ from azgym.lm.hf import HFBackend
 
 
 def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | TreeSelfPlay | AdaptiveSelfPlay:
-    """The self-play agent the config asks for: MCTS per move (the default), tree self-play, adaptive (cheap
-    groups, the search only on all-fail groups), no search (``num_simulations`` 1, the ablation) or similarity."""
+    """The self-play agent the config asks for: adaptive (the default: cheap groups, the search only on all-fail
+    groups), MCTS per move, tree self-play, no search (``num_simulations`` 1, the ablation) or similarity."""
     loop = config.loop
     if loop.agent == "similarity":
         return SimilarityAgent(lm, epsilon=loop.epsilon, seed=loop.seed)
@@ -48,7 +48,7 @@ def make_agent(config: RunConfig, student: Student, lm: HFBackend) -> Agent | Tr
             skip_solved=loop.skip_solved,
             seed=loop.seed,
         )
-    if config.search.num_simulations <= 1:
+    if not config.search.searches:
         return PriorAgent()
     if loop.selfplay == "tree":
         return TreeSelfPlay(

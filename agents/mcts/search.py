@@ -85,6 +85,12 @@ class SearchConfig:
         choices=("minmax", "fixed"),
     )
 
+    @property
+    def searches(self) -> bool:
+        """Whether this config searches at all: 1 simulation turns search off (the actions come from the
+        priors). The one place that decides it (the self-play player and the config rules ask here)."""
+        return self.num_simulations >= 2
+
     def __post_init__(self):
         rules = {  # name: (holds, the rule)
             "num_simulations": (self.num_simulations >= 1, ">= 1"),
