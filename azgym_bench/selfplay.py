@@ -37,6 +37,7 @@ from agents.alphazero.config import cpu_preset
 from agents.mcts import SearchConfig
 from azgym.cli import parse_config
 from azgym.config import EnvConfig, check_fields, option, raise_problems
+from azgym_bench import roofline
 
 
 @dataclass(frozen=True)
@@ -193,4 +194,12 @@ def main(argv=None) -> None:
         on, off = runs["prefix cache"], runs["no cache (before)"]
         print(f"prefix cache: {off['seconds'] / on['seconds']:.2f}x faster self-play, prefill per generated token "
               f"{off['prefill_per_token']:.2f} -> {on['prefill_per_token']:.2f}")  # fmt: skip
+    bandwidth = roofline.measured_bandwidth()
+    weights = roofline.model_bytes(lm.model)
+    kv = roofline.kv_bytes_per_token(lm.model.config, next(lm.model.parameters()).element_size())
+    prompt = sum(len(lm.chat_prompt([{"role": "user", "content": p.question}])) for p in problems) / len(problems)
+    context = int(prompt + env.max_tokens / 2)  # a mean position of a decoded token: the prompt and half a response
+    bound = roofline.decode_bound(weights, kv, batch, context, bandwidth)
+    print(roofline.line(f"decode at batch {batch}, ~{context} tokens of context", rate, bound, "tok/s", bandwidth)
+          + " by plain generate, " + f"{first['tokens_per_s'] / bound:.1%} by self-play")  # fmt: skip
     print(f"ratio self-play ({order[0]}) / plain generate tokens/s: {first['tokens_per_s'] / rate:.2f}")

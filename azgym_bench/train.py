@@ -24,6 +24,7 @@ import torch
 from agents.student import Student, StudentConfig, token_logprobs
 from agents.training.learner import Learner, LearnerConfig, Sample
 from agents.training.samples import carried
+from azgym_bench import roofline
 
 
 def make_batch(student: Student, size: int, completion_tokens: int, seed: int = 0) -> list[Sample]:
@@ -99,5 +100,10 @@ def main() -> None:
     print(f"plain forward+backward+AdamW: {plain:6.2f} s/step  {tokens / plain:8.1f} trained tokens/s")
     print(f"GRPO step, new samples (reference pass): {grpo:6.2f} s/step  {tokens / grpo:8.1f} tokens/s")
     print(f"GRPO step, known samples:                {grpo_cached:6.2f} s/step  {tokens / grpo_cached:8.1f} tokens/s")
+    bandwidth = roofline.measured_bandwidth()
+    trainable = sum(p.numel() * p.element_size() for p in student.trainable_parameters())
+    micro_batches = -(-args.batch // learner.config.micro_batch_size)
+    bound = roofline.train_bound(roofline.model_bytes(student.model), trainable, micro_batches, bandwidth)
+    print(roofline.line("learner steps, a GRPO step on known samples", 1 / grpo_cached, bound, "steps/s", bandwidth))
     print(f"ratio GRPO (new samples)/plain: {plain / grpo:.2f}")
     print(f"ratio GRPO (known samples)/plain: {plain / grpo_cached:.2f}")

@@ -25,6 +25,24 @@ def test_cache_on_and_off_in_one_run(tiny_dir, capsys):
     assert after < before / 2
     assert any(line.strip().startswith("time: generate") and "score" in line and "value" in line and "tree" in line
                and "other (env, proposer, driver)" in line for line in lines)  # fmt: skip
+    roof = re.search(
+        r"roofline \(decode at batch \d+, ~\d+ tokens of context\): ([\d,.]+) tok/s at ([\d.]+) GB/s "
+        r"measured in this run; reached ([\d.]+)% by plain generate, ([\d.]+)% by self-play",
+        out,
+    )
+    assert roof and float(roof.group(2)) > 0 and 0 <= float(roof.group(3)) < 100, out[-600:]
+
+
+def test_the_roofline_arithmetic():
+    from azgym_bench import roofline
+
+    # 4 rows read 500 weight bytes and 4 x 5 tokens x 10 bytes of cache per step: 700 bytes at 700 B/s, 4 tokens
+    assert roofline.decode_bound(500, 10, batch=4, context=5, bandwidth=700.0) == 4.0
+    assert roofline.train_bound(100, 10, micro_batches=2, bandwidth=700.0) == 1.0  # 3 x 100 x 2 + 10 x 10 bytes
+    config = type("C", (), {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                            "hidden_size": 32})()  # fmt: skip
+    assert roofline.kv_bytes_per_token(config, dtype_bytes=4) == 2 * 2 * 2 * 8 * 4
+    assert roofline.measured_bandwidth(megabytes=8, repeats=2) > 1e8  # any machine copies more than 100 MB/s
 
 
 def test_search_kernels_are_compiled_before_the_timed_runs(tiny_dir, capsys, monkeypatch):
