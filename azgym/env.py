@@ -336,7 +336,7 @@ class ReasoningEnv(gym.Env):
     def judge(self, state: EnvState | int, response_ids: Sequence[int]) -> Judgement:
         """Grade a complete response to a state's (or a problem index's) problem: the one grading function
         (the env's transitions, tree self-play and the adaptive rescue all judge through it)."""
-        problem = self.problems[state if isinstance(state, int) else state.problem_index]
+        problem = self.problems[state.problem_index if isinstance(state, EnvState) else int(state)]
         response = self.lm.decode(response_ids)
         grade = self.task.grade(response, problem.gold)
         solved = self.solved(grade)

@@ -6,9 +6,8 @@
 The benchmark is :mod:`azgym_bench.workers` (its docstring: what it measures and how); this file is its entry point.
 """
 
-import sys
 
 from azgym_bench.workers import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -61,9 +61,10 @@ class Completions(BaseHTTPRequestHandler):
         return {"index": j, "text": text[: body["max_tokens"]], "finish_reason": "length"}
 
     def _echo(self, prompt: str):
-        offsets = list(range(0, len(prompt), 2))
-        logprobs = {"text_offset": offsets, "token_logprobs": [None] + [-0.5] * (len(offsets) - 1)}
-        self._reply(200, {"choices": [{"index": 0, "text": prompt, "logprobs": logprobs}]})
+        """The prompt in 2-character tokens, then one generated token (as vLLM echoes with max_tokens=1)."""
+        offsets = list(range(0, len(prompt), 2)) + [len(prompt)]
+        logprobs = {"text_offset": offsets, "token_logprobs": [None] + [-0.5] * (len(offsets) - 2) + [-9.0]}
+        self._reply(200, {"choices": [{"index": 0, "text": prompt + "Z", "logprobs": logprobs}]})
 
     def _reply(self, code: int, payload: dict):
         send_json(self, code, payload)
@@ -127,6 +128,7 @@ def test_n_is_batched_and_topped_up_with_single_requests_where_the_server_ignore
     again = lm.generate(["a"], n=3, max_tokens=5, stop=["\n"], seed=1)
     assert len(again[0]) == 3 and lm.requests == 6 + 3  # from now on: one request per sample
     assert all(r["n"] == 1 for r in Completions.requests[-3:])
+    assert again[0][0].text == out[0][0].text == "step 1-0\n"  # sample 0 keeps the prompt's seed either way
 
 
 @pytest.mark.parametrize(

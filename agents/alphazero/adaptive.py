@@ -96,8 +96,8 @@ class SolutionCache:
         kept = self.solutions.setdefault(episode.problem_id, [])
         if any(e.response_ids == episode.response_ids for e in kept):
             return
-        kept.append(episode)
-        del kept[: -self.per_problem]
+        kept.append(replace(episode, old_logprobs=None, ref_logprobs=None, ref_version=None))  # a copy: the replay's
+        del kept[: -self.per_problem]  # episode gains the learner's log-probs, a reuse starts afresh
 
     def get(self, problem_id: str) -> Episode | None:
         """The newest verified response of a problem (None: none kept)."""
@@ -249,7 +249,8 @@ class AdaptiveSelfPlay:
         for g in dead:
             cached = self.cache.get(groups[g][0].problem_id)
             if cached is not None:
-                groups[g][-1] = replace(cached, iteration=iteration, weights_version=weights_version, source="cache")
+                reused = dict(iteration=iteration, weights_version=weights_version, source="cache")
+                groups[g][-1] = replace(cached, **reused, old_logprobs=None, ref_logprobs=None, ref_version=None)
                 out.rescued_by_cache += 1
             else:
                 searched.append(g)

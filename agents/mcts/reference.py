@@ -279,8 +279,14 @@ class ReferenceGumbelSearch(ReferenceSearch):
         done = {a: q.get(a, mixed) for a in valid}
         low, high = min(done.values()), max(done.values())
         scale = (self.c_visit + max(self.visits(node, a) for a in valid)) * self.c_scale
-        return {a: ((done[a] - low) / max(high - low, 1e-8) * scale, self.visits(node, a),
-                    math.log(prob[a]) if prob[a] > 0 else -1e9) for a in valid}  # fmt: skip
+        return {
+            a: (
+                (done[a] - low) / max(high - low, 1e-8) * scale,
+                self.visits(node, a),
+                math.log(prob[a]) if prob[a] > 0 else -1e9,
+            )
+            for a in valid
+        }
 
     def improved_policy(self, node):
         """softmax(logit + sigma(completed Q)) over the valid actions, as a {a: probability} dict."""

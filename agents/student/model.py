@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import secrets
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -108,7 +109,9 @@ class Student(nn.Module):
         hidden = model.config.hidden_size if not hasattr(model, "peft_config") else model.base_model.config.hidden_size
         self.value_head = ValueHead(hidden).to(next(model.parameters()).device)
         self._reference: nn.Module | None = None
-        self.reference_version = 0  # bumped whenever the reference policy changes
+        # 0 for the frozen base (LoRA); a full fine-tuning's reference gets a fresh random id at each refresh, so
+        # log-probs stored with episodes (replay) never match a reference of another process or run
+        self.reference_version = 0
         if not config.lora:
             self.refresh_reference()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -194,7 +197,7 @@ class Student(nn.Module):
         """Make the current weights the KL reference (a no-op with LoRA: the reference is the base)."""
         if self.config.lora:
             return
-        self.reference_version += 1
+        self.reference_version = secrets.randbits(62) + 1
         self._reference = copy.deepcopy(self.model).eval()
         for p in self._reference.parameters():
             p.requires_grad_(False)

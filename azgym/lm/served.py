@@ -251,11 +251,9 @@ class OpenAIBackend(TokenizerMixin):
                     f"{self.base_url} returns no prompt log-probs (echo with logprobs); score with a local model "
                     "(the teachers' priors always are)"
                 )
-            out.append(
-                np.array(
-                    [v for o, v in zip(offsets, values, strict=False) if o >= len(head) and v is not None], np.float32
-                )
-            )
+            end = len(head) + len(tail)  # the echo ends with one generated token, which is not the continuation's
+            kept = [v for o, v in zip(offsets, values, strict=False) if len(head) <= o < end and v is not None]
+            out.append(np.array(kept, np.float32))
         return out
 
     def _complete(self, text: str, budget: int, temperature: float, seed, stop: tuple[str, ...], n: int):
@@ -352,9 +350,10 @@ def finish(choice: dict, stop: Sequence[str]) -> tuple[str, str]:
 
 
 def _sample_seed(seed, j: int) -> int | None:
-    """Sample ``j``'s seed when samples are requested one by one (None stays unseeded)."""
-    if seed is None:
-        return None
+    """Sample ``j``'s seed when samples are requested one by one: sample 0 keeps the prompt's seed, so it is the
+    same whether or not ``n`` was sent (None stays unseeded)."""
+    if seed is None or j == 0:
+        return seed
     return int.from_bytes(hashlib.blake2b(f"{seed}|{j}".encode(), digest_size=4).digest(), "little")
 
 
