@@ -129,8 +129,10 @@ def test_reference_logprobs_are_computed_once_per_sample_with_lora(tokenizer):
     calls = []
     original = student.reference_logprobs
     student.reference_logprobs = lambda *a: calls.append(1) or original(*a)
+    samples = SAMPLES
     for _ in range(3):
-        learner.step(SAMPLES)
+        learner.step(samples)
+        samples = carried(samples, learner.last_logprobs)  # as the replay keeps them with the episodes
     assert len(calls) == 1
 
 

@@ -316,7 +316,7 @@ class Learner:
         the micro-batch and handed back in :attr:`last_logprobs`. With LoRA the reference is the frozen base, so a
         sample's are computed once; with full fine-tuning they are recomputed after each refresh."""
         version = self.student.reference_version
-        if all(s.ref_logprobs is not None and s.ref_version == version for s in samples):
+        if all(s.ref_logprobs is not None and s.ref_version in (None, version) for s in samples):  # None: the caller's
             return _fill(torch.zeros_like(like), samples, "ref_logprobs")
         ref = self.student.reference_logprobs(ids, mask)
         for i, s in enumerate(samples):

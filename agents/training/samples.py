@@ -21,7 +21,7 @@ class Sample:
     # trained on the sample (PPO's old policy); None: not yet trained on, computed by this step (ratio 1)
     old_logprobs: tuple[float, ...] | None = None
     ref_logprobs: tuple[float, ...] | None = None  # per completion token under the reference; None: computed
-    ref_version: int | None = None  # the student's reference_version that ref_logprobs were computed under
+    ref_version: int | None = None  # the reference_version ref_logprobs were computed under (None: trusted as given)
     truncated: bool = False  # the episode ran out of steps or tokens before it ended on its own
     advantages: tuple[float, ...] | None = None  # per completion token (tree self-play); None: the group's
 
