@@ -129,10 +129,7 @@ def load_student(path: str | Path, device: str = "cpu", **overrides) -> Student:
     (e.g. ``load_in_4bit=False``). Raises :class:`CheckpointError` before any model loads."""
     path = Path(path)
     meta = _read_meta(path)
-    try:
-        weights = load_file(str(path / "trainable.safetensors"))
-    except Exception as err:  # noqa: BLE001 - safetensors raises many types
-        raise CorruptCheckpointError(_unreadable(path, err)) from err
+    weights = _trained_weights(path)
     fields = dict(meta["student"], device=device, init_from="") | overrides  # the trained weights are all here
     fields["lora_targets"] = tuple(fields.get("lora_targets", ()))
     student = Student.from_config(StudentConfig(**fields))
@@ -163,10 +160,7 @@ def init_weights(config: StudentConfig) -> tuple[dict[str, torch.Tensor], Studen
         logger.info(
             "init_from %s: taking %s from the checkpoint", path, ", ".join(f"{k}={v!r}" for k, v in changes.items())
         )
-    try:
-        weights = load_file(str(path / "trainable.safetensors"))
-    except Exception as err:  # noqa: BLE001 - safetensors raises many types
-        raise CorruptCheckpointError(_unreadable(path, err)) from err
+    weights = _trained_weights(path)
     return weights, replace(config, **changes)
 
 
@@ -217,6 +211,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
             f"checkpoint {path} has format version {meta.get('format_version')}, this azgym reads {FORMAT_VERSION}"
         )
     return meta
+
+
+def _trained_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's ``trainable.safetensors``, or :class:`CorruptCheckpointError` naming what to do."""
+    try:
+        return load_file(str(path / "trainable.safetensors"))
+    except Exception as err:  # noqa: BLE001 - safetensors raises many types
+        raise CorruptCheckpointError(_unreadable(path, err)) from err
 
 
 def _unreadable(path: Path, err: Exception) -> str:
