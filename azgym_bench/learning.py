@@ -12,6 +12,8 @@ anchor's reward) at ``--eval-points`` times spread over the budget. Learners (``
 
 - ``trl``: ``../shared/anchors/trl_grpo_baseline.py`` as documented (lr 2e-4), with its ``--seed``;
 - ``trl_azgym_lr``: the same script at azgym's learning rate (its config patched, nothing else);
+- ``trl_bf16``: ``trl_azgym_lr`` in bfloat16 mixed precision (``GRPOConfig(bf16=True)``), as azgym's learner
+  runs on a CPU with bfloat16 products, so that a gain is the method's and not the precision's;
 - ``azgym``: ``scripts/selfplay.py`` with its defaults (the cpu preset: MCTS per move, 4
   simulations, the played path trained) and ``--seed``;
 - ``azgym_tree``: tree self-play (``--selfplay tree --simulations 8 --leaves-per-round 2``: one
@@ -80,6 +82,7 @@ ANCHOR_LR = 2e-4  # the anchor's documented learning rate
 LEARNERS = (
     "trl",
     "trl_azgym_lr",
+    "trl_bf16",
     "azgym",
     "azgym_tree",
     "azgym_tree_entropy",
@@ -113,7 +116,7 @@ EXTRA_FLAGS = {  # what each azgym learner adds to selfplay.py's defaults
     "azgym_adaptive": ["--selfplay", "adaptive", "--dynamic-sampling"],
     "azgym_adaptive_no_search": ["--selfplay", "adaptive", "--dynamic-sampling", "--rescue-budget", "0"],
 }
-DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr")
+DEFAULT, ABLATION, BASELINES = "azgym", "azgym_simulations_1", ("trl", "trl_azgym_lr", "trl_bf16")
 ADAPTIVE = "azgym_adaptive"  # its gain ratio is printed last (the search issue's judge)
 
 logger = logging.getLogger("bench_learning")
@@ -135,8 +138,9 @@ class Trainer:
         log = run_dir.with_suffix(".log")  # beside the run: selfplay.py wants an empty run directory
         start = time.perf_counter()
         if name.startswith("trl"):
-            lr = ANCHOR_LR if name == "trl" else azgym_learning_rate()
+            lr = ANCHOR_LR if name == "trl" else azgym_learning_rate()  # trl_bf16: trl_azgym_lr in bfloat16
             cmd = [sys.executable, str(REPO / "scripts" / "run_trl_anchor.py"), "--lr", str(lr),
+                   *(["--bf16"] if name == "trl_bf16" else []),
                    "--snapshot-min", str(args.budget_min / args.eval_points), "--",
                    "--model-dir", model_dir(), "--train", str(self.train_file), "--budget-min", str(args.budget_min),
                    "--out-dir", str(run_dir), "--seed", str(seed)]  # fmt: skip

@@ -79,4 +79,3 @@ def main(argv: list[str] | None = None) -> None:
                 "visit_entropy", "prior_entropy", "equal_groups")  # fmt: skip
         print(f"| {name} | {c['episodes']} | " + " | ".join(f"{c[k]:.3f}" if k != "moves_per_episode"
                                                            else f"{c[k]:.2f}" for k in keys) + " |")  # fmt: skip
-

@@ -37,6 +37,7 @@ from agents.alphazero.config import cpu_preset
 from agents.mcts import SearchConfig
 from azgym.cli import parse_config
 from azgym.config import EnvConfig, check_fields, option, raise_problems
+from azgym.lm.precision import PRECISIONS
 from azgym_bench import roofline
 
 
@@ -55,6 +56,8 @@ class BenchOptions:
     compare: bool = option(True, "also run self-play with the cache the other way, same episodes: before and after")
     prefix_cache_mib: int = option(1024, "the prefix cache's memory budget (MiB) where it is on")
     full_prefill: bool = option(False, "also run self-play with no prefix reuse at all (every row prefilled in full)")
+    precision: str = option("auto", "the backend's precision (auto: bfloat16 where native); plain generate runs the "
+                                    "same weights", choices=PRECISIONS)  # fmt: skip
 
     def __post_init__(self):
         raise_problems(self, check_fields(self, {
@@ -120,7 +123,8 @@ def self_play_run(backend, problems, config: BenchConfig) -> dict:
 
 
 def plain_generate_rate(lm, problems, system, batch: int, new_tokens: int, repeats: int, seed: int) -> float:
-    """Tokens/s of transformers' ``generate`` sampling ``batch`` solve prompts, best of ``repeats``."""
+    """Tokens/s of transformers' ``generate`` on the weights the backend runs (its bfloat16 copy where it has one)
+    sampling ``batch`` solve prompts, best of ``repeats``."""
     from azgym.prompts import solve_prompt_ids
 
     prompts = [solve_prompt_ids(lm, system, problems[i % len(problems)].question) for i in range(batch)]
@@ -131,7 +135,7 @@ def plain_generate_rate(lm, problems, system, batch: int, new_tokens: int, repea
         torch.manual_seed(seed + r)
         start = time.perf_counter()
         with torch.inference_mode():
-            out = lm.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+            out = lm.runner.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
                                     max_new_tokens=new_tokens, pad_token_id=lm.pad_id)  # fmt: skip
         seconds = time.perf_counter() - start
         new = out[:, ids.shape[1] :]
@@ -164,16 +168,17 @@ def main(argv=None) -> None:
         order.append("no reuse at all")
     runs = {}
     for name in order:  # a fresh backend on the same weights: every run starts with an empty cache
-        backend = HFBackend(lm.model, lm.tokenizer, name=lm.name, **variants[name])
+        backend = HFBackend(lm.model, lm.tokenizer, name=lm.name, precision=bench.precision, **variants[name])
         runs[name] = self_play_run(backend, problems, config)
     first = runs[order[0]]
     batch = max(1, round(first["batch"]))
-    rate = plain_generate_rate(lm, problems, system_prompt(env.task, env.prompt), batch, env.chunk_tokens,
+    rate = plain_generate_rate(backend, problems, system_prompt(env.task, env.prompt), batch, env.chunk_tokens,
                                bench.repeats, bench.seed)  # fmt: skip
 
     print(f"{bench.model} on {bench.device}, {env.task}:{env.data or 'default'}; {bench.problems} problems x "
           f"{bench.group_size} episodes, {search.num_simulations} simulations, K={env.num_right + env.num_wrong}, "
-          f"chunk {env.chunk_tokens} tokens, right candidates under the {env.right_prompt} prompt")  # fmt: skip
+          f"chunk {env.chunk_tokens} tokens, right candidates under the {env.right_prompt} prompt; "
+          f"precision {bench.precision}: {str(backend.compute_dtype).removeprefix('torch.')}")  # fmt: skip
     print(f"  search kernels compiled or loaded before timing: {warm:.1f} s (once per process)")
     for name, r in runs.items():
         shares = "  ".join(f"{k} {v:4.0%}" for k, v in r["shares"].items())
@@ -195,8 +200,8 @@ def main(argv=None) -> None:
         print(f"prefix cache: {off['seconds'] / on['seconds']:.2f}x faster self-play, prefill per generated token "
               f"{off['prefill_per_token']:.2f} -> {on['prefill_per_token']:.2f}")  # fmt: skip
     bandwidth = roofline.measured_bandwidth()
-    weights = roofline.model_bytes(lm.model)
-    kv = roofline.kv_bytes_per_token(lm.model.config, next(lm.model.parameters()).element_size())
+    weights = roofline.model_bytes(backend.runner)  # the weights decoding reads, in the dtype it reads them
+    kv = roofline.kv_bytes_per_token(lm.model.config, next(backend.runner.parameters()).element_size())
     prompt = sum(len(lm.chat_prompt([{"role": "user", "content": p.question}])) for p in problems) / len(problems)
     context = int(prompt + env.max_tokens / 2)  # a mean position of a decoded token: the prompt and half a response
     bound = roofline.decode_bound(weights, kv, batch, context, bandwidth)

@@ -2,7 +2,8 @@
 
     python scripts/bench_train.py
 
-Both sides run on the same student (SmolLM2-135M-Instruct with LoRA r=32, fp32, CPU by default)
+Both sides run on the same student (SmolLM2-135M-Instruct with LoRA r=32, float32 weights, CPU by default,
+under bfloat16 autocast where the CPU multiplies it natively: ``--precision``, the student's)
 and the same batch (8 chat prompts with completions): the baseline is what a plain fine-tuning
 step costs (forward, cross-entropy on the completion tokens, backward, AdamW step); the GRPO step is
 the learner's (forward with hidden states, value head, GRPO + value loss, backward, clip, AdamW),
@@ -24,6 +25,7 @@ import torch
 from agents.student import Student, StudentConfig, token_logprobs
 from agents.training.learner import Learner, LearnerConfig, Sample
 from agents.training.samples import carried
+from azgym.lm.precision import PRECISIONS, autocast
 from azgym_bench import roofline
 
 
@@ -44,7 +46,8 @@ def make_batch(student: Student, size: int, completion_tokens: int, seed: int = 
 
 def plain_step(student: Student, optimizer: torch.optim.Optimizer, samples: list[Sample]) -> None:
     ids, mask, prompt_lengths = student.right_pad([(s.prompt_ids, s.completion_ids) for s in samples])
-    logits = student.model(input_ids=ids, attention_mask=mask).logits
+    with autocast(student.device, student.compute_dtype):
+        logits = student.model(input_ids=ids, attention_mask=mask).logits
     logprobs = token_logprobs(logits, ids)
     positions = torch.arange(ids.shape[1] - 1)[None, :]
     completion = (positions >= torch.tensor(prompt_lengths)[:, None] - 1) & (mask[:, 1:] > 0)
@@ -73,12 +76,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--completion-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="the student's (both steps run in it)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    student = Student.from_config(StudentConfig(model=args.model))
+    student = Student.from_config(StudentConfig(model=args.model, precision=args.precision))
     samples = make_batch(student, args.batch, args.completion_tokens)
     tokens = args.batch * args.completion_tokens
 
@@ -95,7 +99,8 @@ def main() -> None:
     plain, grpo, grpo_cached = seconds["plain"], seconds["new"], seconds["known"]
 
     print(
-        f"batch {args.batch} x {args.completion_tokens} completion tokens, model {args.model}, median of {args.repeats}"
+        f"batch {args.batch} x {args.completion_tokens} completion tokens, model {args.model}, "
+        f"median of {args.repeats}, precision {args.precision}: {str(student.compute_dtype).removeprefix('torch.')}"
     )
     print(f"plain forward+backward+AdamW: {plain:6.2f} s/step  {tokens / plain:8.1f} trained tokens/s")
     print(f"GRPO step, new samples (reference pass): {grpo:6.2f} s/step  {tokens / grpo:8.1f} tokens/s")

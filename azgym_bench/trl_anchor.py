@@ -4,7 +4,9 @@
         --budget-min 10 --out-dir OUT --seed 0
 
 ``../shared/anchors/trl_grpo_baseline.py`` runs unchanged (its arguments after ``--``) except that
-its ``GRPOConfig`` gets ``--lr`` and its ``GRPOTrainer`` one more callback: the LoRA adapter is saved
+its ``GRPOConfig`` gets ``--lr`` (and ``bf16=True`` with ``--bf16``: the trainer's autocast, float32
+master weights, as this project's learner runs on a CPU with bfloat16 products) and its ``GRPOTrainer`` one
+more callback: the LoRA adapter is saved
 to ``OUT/snapshots/step-N/`` every ``--snapshot-min`` minutes, with ``point.json`` (minutes since
 start, steps, completion tokens generated so far); ``OUT/final_point.json`` holds the same at the end.
 ``scripts/bench_learning.py`` evaluates them all with the project's evaluator.
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lr", type=float, required=True)
     parser.add_argument("--snapshot-min", type=float, required=True)
+    parser.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision (GRPOConfig bf16)")
     ours, anchor_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     anchor_args = [a for a in anchor_args if a != "--"]
     out_dir = Path(anchor_args[anchor_args.index("--out-dir") + 1])
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
         def on_train_begin(self, args, state, control, **_):
             seen["learning_rate"] = args.learning_rate  # what the trainer runs with, recorded as proof
+            seen["bf16"] = bool(args.bf16)
 
         def on_step_end(self, args, state, control, model=None, **_):
             if time.time() - start >= self.next:
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
 
     class Config(trl.GRPOConfig):
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "learning_rate": ours.lr})
+            super().__init__(*args, **{**kwargs, "learning_rate": ours.lr, **({"bf16": True} if ours.bf16 else {})})
 
     class Trainer(trl.GRPOTrainer):
         def __init__(self, *args, callbacks=None, **kwargs):

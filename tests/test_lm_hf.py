@@ -33,13 +33,16 @@ def test_sampler_draws_from_the_softmax_of_each_row():
     draws = 20_000
     scaled = logits.repeat_interleave(draws, dim=0)
     generators = [torch.Generator().manual_seed(i) for i in range(len(scaled))]
-    tokens = np.array(sample_rows(scaled, generators, [False] * len(scaled))).reshape(2, draws)
+    tokens = np.array(sample_rows(scaled, generators, [False] * len(scaled))[0]).reshape(2, draws)
     for row, want in zip(tokens, torch.softmax(logits.double(), dim=-1).numpy(), strict=True):
         freq = np.bincount(row, minlength=5) / draws
         assert np.abs(freq - want).max() < 4 * np.sqrt(0.25 / draws)  # each within four standard errors
     assert (tokens[1] != 3).all()  # a token of zero mass is never drawn
-    skipped = sample_rows(logits, [None, torch.Generator().manual_seed(0)], [False, True])
+    skipped, logprobs = sample_rows(logits, [None, torch.Generator().manual_seed(0)], [False, True])
     assert skipped == [-1, 0]  # no generator: skipped; greedy: the argmax
+    assert logprobs == [0.0, pytest.approx(float(torch.log_softmax(logits[1], dim=-1)[0]), abs=1e-6)]
+    hot = sample_rows(logits[:1], [torch.Generator().manual_seed(1)], [False], torch.tensor([1e-6]))[0]
+    assert hot == [0]  # a temperature near 0 draws the argmax
 
 
 def test_greedy_matches_transformers_generate(tiny_lm, prompt):
@@ -72,6 +75,27 @@ def test_stop_string_ends_the_sample_and_is_kept(tiny_lm, prompt):
     target = next(s for s, g in zip(stopped, samples, strict=True) if g.text == text)
     assert target.finish_reason == "stop" and stop in target.text
     assert stop not in tiny_lm.decode(target.token_ids[:-1])
+
+
+def test_stop_check_on_the_newest_text_cuts_where_the_whole_text_would(tiny_lm, prompt):
+    """The sampler decodes only the last tokens to look for a stop string; for multi-character stops taken from
+    long unconstrained samples, every sample ends at the first token whose whole decoded text holds one."""
+    free = tiny_lm.generate([prompt], n=6, max_tokens=40, seed=[11])[0]
+    stops = sorted({g.text[k : k + width] for g in free for k, width in ((9, 3), (20, 5)) if len(g.text) > k + width})
+    assert stops
+    stopped = tiny_lm.generate([prompt], n=6, max_tokens=40, seed=[11], stop=stops)[0]
+    cut_somewhere = False
+    for whole, cut in zip(free, stopped, strict=True):
+        ends = [
+            n
+            for n in range(1, len(whole.token_ids) + 1)
+            if any(s in tiny_lm.decode(whole.token_ids[:n]) for s in stops)
+        ]
+        expected = whole.token_ids[: ends[0]] if ends else whole.token_ids
+        assert cut.token_ids == expected
+        assert cut.finish_reason == ("stop" if ends else whole.finish_reason)
+        cut_somewhere |= bool(ends) and ends[0] < len(whole.token_ids)
+    assert cut_somewhere
 
 
 def test_score_matches_sampling_logprobs(tiny_lm, prompt):

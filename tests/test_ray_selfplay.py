@@ -22,7 +22,9 @@ def tiny_config(model, runs_dir, name: str, workers: int):
         base,
         env=replace(base.env, chunk_tokens=4, max_steps=2, max_tokens=8),
         search=replace(base.search, num_simulations=2),
-        student=replace(base.student, model=str(model)),
+        # float32: a worker's batches differ from the in-process ones, and only float32 products give a row the same
+        # logits whatever the batch around it (bfloat16 rounds per shape, so rare near-ties can flip a token)
+        student=replace(base.student, model=str(model), precision="float32"),
         loop=replace(base.loop, selfplay="moves", runs_dir=str(runs_dir), run_name=name, iterations=2,
                      num_examples=3, group_size=2, train_steps=1, eval_every=0, eval_size=2, progress=False,
                      workers=workers),

@@ -21,6 +21,8 @@ from torch import nn
 from agents.student.value import ValueHead
 from azgym.config import check_fields, option, raise_problems
 from azgym.lm.hf import HFBackend
+from azgym.lm.hf_prefix import logits_keyword
+from azgym.lm.precision import PRECISIONS, autocast, contiguous_head_input, resolve
 from azgym.lm.registry import DEFAULT_MODEL, load_model
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,13 @@ class StudentConfig:
         "auto",
         "weights' dtype; auto: bfloat16 on a GPU that supports it, else float32",
         choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    precision: str = option(
+        "auto",
+        "arithmetic of the matrix products: auto (bfloat16 where the device multiplies it natively, a CPU with "
+        "AVX512-BF16/AMX or a bf16 GPU, else float32), float32, or bfloat16; inference runs on a bfloat16 copy of "
+        "the weights, the learner under autocast with float32 weights, log-probs and the value head in float32",
+        choices=PRECISIONS,
     )
     device: str = option("cpu", "device of the student (and of teachers loaded by name): cpu, cuda, cuda:1, ...")
     prefix_cache_mib: int = option(
@@ -95,6 +104,7 @@ class Forward:
     values: torch.Tensor  # [B, V] values at the requested prefixes (0 where padded)
     value_mask: torch.Tensor  # [B, V] 1 for real value positions
     entropy: torch.Tensor  # [] mean entropy of the next-token distribution over completion tokens
+    first: int = 0  # logits were computed from this position on (the batch's first completion token); 0 before it
     extra: dict = field(default_factory=dict)
 
 
@@ -116,6 +126,10 @@ class Student(nn.Module):
             self.refresh_reference()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad)
+        self._logits_arg = logits_keyword(model)
+        self._compute_dtype = resolve(config.precision, self.device)
+        if self._compute_dtype != torch.float32:
+            contiguous_head_input(model)  # the learner keeps logits from a position on: a strided slice
 
     @classmethod
     def from_config(cls, config: StudentConfig, *, model: nn.Module | None = None, tokenizer=None) -> Student:
@@ -191,6 +205,12 @@ class Student(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the matrix products (``config.precision`` on this device): the learner's autocast and the
+        inference copy's weights."""
+        return self._compute_dtype
+
     # -- the reference policy ------------------------------------------------------------------------
 
     def refresh_reference(self) -> None:
@@ -203,15 +223,17 @@ class Student(nn.Module):
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T-1] log-probs of the tokens under the reference policy."""
+    def reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """[B, T-1] log-probs of the tokens under the reference policy (0 before position ``first``)."""
         if self.config.lora:
             context, model = self.model.disable_adapter(), self.model
         else:
             context, model = nullcontext(), self._reference
-        with context:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return token_logprobs(logits, input_ids)
+        with context, autocast(self.device, self.compute_dtype):
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask, **self._from_position(first, input_ids)
+            ).logits
+        return token_logprobs(logits[:, first - input_ids.shape[1] :], input_ids, first)
 
     # -- the pass the learner uses -----------------------------------------------------------------
 
@@ -227,14 +249,18 @@ class Student(nn.Module):
         and the right-padded ``input_ids`` / ``attention_mask`` it ran on.
         """
         ids, mask, prompt_lengths = self.right_pad(sequences)
-        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        logits = out.logits
-        logprobs = token_logprobs(logits, ids)
+        first = min(prompt_lengths) - 1  # no log-prob is read before the batch's first completion token
+        with autocast(self.device, self.compute_dtype):
+            out = self.model(
+                input_ids=ids, attention_mask=mask, output_hidden_states=True, **self._from_position(first, ids)
+            )
+        logits = out.logits[:, first - ids.shape[1] :]
+        logprobs = token_logprobs(logits, ids, first)
         positions = torch.arange(ids.shape[1] - 1, device=ids.device)[None, :]
         starts = torch.tensor(prompt_lengths, device=ids.device)[:, None]
         completion = (positions >= starts - 1) & (mask[:, 1:] > 0)
         with torch.no_grad():
-            entropy = _mean_entropy(logits[:, :-1], completion)
+            entropy = _mean_entropy(logits[:, :-1], completion[:, first:])
         value_positions = value_positions or [[] for _ in sequences]
         width = max((len(v) for v in value_positions), default=0)
         values = torch.zeros(len(sequences), width, device=ids.device)
@@ -252,7 +278,12 @@ class Student(nn.Module):
             picked = self.value_head(hidden[rows, index].float())
             values = values.index_put((torch.tensor(rows), torch.tensor(cols)), picked)
             value_mask[rows, cols] = 1.0
-        return Forward(logprobs, completion.float(), values, value_mask, entropy), ids, mask
+        return Forward(logprobs, completion.float(), values, value_mask, entropy, first), ids, mask
+
+    def _from_position(self, first: int, ids: torch.Tensor) -> dict:
+        """The keyword that makes the model compute logits from position ``first`` on only (none where its forward
+        has no such keyword: it computes them all and the caller slices)."""
+        return {self._logits_arg: ids.shape[1] - first} if self._logits_arg else {}
 
     def right_pad(self, sequences):
         """``(prompt, completion)`` pairs as a right-padded batch on the device, its mask, the prompt lengths."""
@@ -272,14 +303,16 @@ class Student(nn.Module):
         """The student as a :class:`~azgym.lm.LanguageModel` (generation and scoring share its weights).
         Its prefix cache holds ``config.prefix_cache_mib`` and empties itself after each learner step."""
         kwargs.setdefault("prefix_cache_bytes", self.config.prefix_cache_mib * 2**20)
+        kwargs.setdefault("precision", self.config.precision)
         return HFBackend(self.model, self.tokenizer, name=name, **kwargs)
 
 
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """[B, T-1] log-prob of ``ids[:, t+1]`` under ``logits[:, t]``, without a [B, T, V] log-softmax copy."""
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, first: int = 0) -> torch.Tensor:
+    """[B, T-1] float32 log-prob of ``ids[:, t+1]`` under the logits at position t, without a [B, T, V] log-softmax
+    copy. ``logits`` covers positions ``first`` .. T-1 (a pass with ``logits_to_keep``); earlier log-probs are 0."""
     logits = logits[:, :-1].float()
-    picked = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, ids[:, first + 1 :].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return torch.nn.functional.pad(picked, (first, 0)) if first else picked
 
 
 def _mean_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -235,7 +235,11 @@ class Learner:
         sequences = [(s.prompt_ids, s.completion_ids) for s in samples]
         fwd, ids, mask = student.forward_batch(sequences, [s.value_positions for s in samples])
         old = self._old(samples, fwd.logprobs, offset)
-        ref = self._reference(samples, ids, mask, old, offset) if losses.NEEDS_REFERENCE[config.loss](config) else None
+        ref = (
+            self._reference(samples, ids, mask, old, offset, fwd.first)
+            if losses.NEEDS_REFERENCE[config.loss](config)
+            else None
+        )
         device = fwd.logprobs.device
         policy_mask = fwd.mask
         if config.drop_truncated:
@@ -311,14 +315,14 @@ class Learner:
             old[i, start : start + len(s.old_logprobs)] = torch.tensor(s.old_logprobs, dtype=old.dtype)
         return old
 
-    def _reference(self, samples, ids, mask, like: torch.Tensor, offset: int) -> torch.Tensor:
+    def _reference(self, samples, ids, mask, like: torch.Tensor, offset: int, first: int = 0) -> torch.Tensor:
         """Reference log-probs: those the samples carry (computed under the current reference), else computed for
         the micro-batch and handed back in :attr:`last_logprobs`. With LoRA the reference is the frozen base, so a
         sample's are computed once; with full fine-tuning they are recomputed after each refresh."""
         version = self.student.reference_version
         if all(s.ref_logprobs is not None and s.ref_version in (None, version) for s in samples):  # None: the caller's
             return _fill(torch.zeros_like(like), samples, "ref_logprobs")
-        ref = self.student.reference_logprobs(ids, mask)
+        ref = self.student.reference_logprobs(ids, mask, first)
         for i, s in enumerate(samples):
             start = len(s.prompt_ids) - 1
             values = tuple(ref[i, start : start + len(s.completion_ids)].tolist())

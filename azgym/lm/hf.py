@@ -47,9 +47,10 @@ from azgym.lm.hf_prefix import (
     timed,
 )
 from azgym.lm.modes import inference
+from azgym.lm.precision import inference_copy, resolve
 from azgym.lm.prefix_cache import PrefixCache, supports_prefix_cache, weights_fingerprint
 from azgym.lm.registry import load_model
-from azgym.lm.sampling import sample_rows
+from azgym.lm.sampling import sample_rows, stop_window
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             row runs its whole prompt and the prefix cache is off too.
         prefix_cache_bytes: memory for keys and values kept across calls (see the module docs); 0 turns
             the cross-call cache off (the in-call reuse stays).
+        precision: ``float32`` runs the model as it is; ``bfloat16`` (or ``auto`` where the device multiplies
+            bfloat16 natively) runs every pass on a bfloat16 copy of its weights, LoRA merged in, rebuilt when
+            the model's weights change (:mod:`azgym.lm.precision`). Log-probs are computed in float32 either way.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         max_batch_size: int = 32,
         prefix_reuse: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+        precision: str = "float32",
     ):
         if prefix_cache_bytes < 0:
             raise ValueError(f"prefix_cache_bytes must be >= 0 (0 turns the cache off), got {prefix_cache_bytes}")
@@ -115,6 +120,15 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             else:
                 logger.info("%s: its KV cache is not plain full attention; the cross-call prefix cache is off", name)
         self._fingerprint = weights_fingerprint(model)
+        self.precision = precision
+        self.compute_dtype = resolve(precision, self.device)
+        self._copy = inference_copy(model, self.compute_dtype)
+
+    @property
+    def runner(self) -> torch.nn.Module:
+        """The module every pass runs: the model, or its bfloat16 inference copy (kept current by the weight
+        check each call makes)."""
+        return self._copy.model if self._copy is not None else self.model
 
     @classmethod
     def from_name(cls, name: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs) -> HFBackend:
@@ -160,16 +174,17 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         finish: list[str | None] = ["length" if b <= 0 else None for b in budgets]
 
         cache, logits, mask, position = self._prefill([r[0] for r in rows])
-        temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device).unsqueeze(1)
+        temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device)
+        window = stop_window(stop)
         live = list(range(num))  # row of each batch position
         while True:
-            log_total = torch.logsumexp(logits, dim=-1).cpu()  # log-prob of a token: its logit minus this
-            logits_cpu = logits.cpu()
-            scaled = (logits / temps).cpu()
-            next_ids = torch.full((len(live),), self.pad_id, dtype=torch.long)
-            drawn = sample_rows(
-                scaled, [None if finish[i] is not None else generators[i] for i in live], [greedy[i] for i in live]
+            drawn, drawn_logprobs = sample_rows(
+                logits,
+                [None if finish[i] is not None else generators[i] for i in live],
+                [greedy[i] for i in live],
+                temps,
             )
+            next_ids = [self.pad_id] * len(live)
             for pos, i in enumerate(live):
                 if finish[i] is not None:
                     continue
@@ -179,8 +194,9 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
                     finish[i] = "eos"
                     continue
                 tokens[i].append(token)
-                logprobs[i].append(float(logits_cpu[pos, token] - log_total[pos]))
-                if stop and any(s in self.decode(tokens[i]) for s in stop):
+                logprobs[i].append(drawn_logprobs[pos])
+                # only the newest text can complete a stop string: the last few tokens are decoded, not the sample
+                if stop and any(s in self.decode(tokens[i][-window:]) for s in stop):
                     finish[i] = "stop"
                 elif len(tokens[i]) >= budgets[i]:
                     finish[i] = "length"
@@ -195,13 +211,13 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
                 index = torch.tensor(keep, device=device)
                 cache.batch_select_indices(index)
                 mask, position, temps = mask[index], position[index], temps[index]
-                next_ids = next_ids[keep]
+                next_ids = [next_ids[pos] for pos in keep]
                 live = [live[pos] for pos in keep]
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             position = position + 1
             self.stats.generated += len(live)
-            out = self.model(
-                input_ids=next_ids.view(-1, 1).to(device),
+            out = self.runner(
+                input_ids=torch.tensor(next_ids, device=device).view(-1, 1),
                 attention_mask=mask,
                 position_ids=position,
                 **{self._cache_arg: cache},
@@ -242,7 +258,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             position = position[owner, -1:] + tail_mask.cumsum(-1)
             mask = torch.cat([mask[owner], tail_mask], dim=1)
             self.stats.prefill += int(tail_mask.sum())
-            out = self.model(
+            out = self.runner(
                 input_ids=tail_ids,
                 attention_mask=mask,
                 position_ids=position,
@@ -304,7 +320,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         ids, mask = ids.to(self.device), mask.to(self.device)
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         self.stats.prefill += int(mask.sum())
-        out = self.model(
+        out = self.runner(
             input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, **self._logits_kept(1)
         )
         return cache_of(out), out.logits[:, -1, :].float(), mask, position
@@ -328,7 +344,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             steps = torch.arange(1, width, device=device).unsqueeze(0)
             self.stats.scored += int(fed.sum())
             mask = torch.cat([mask, fed], dim=1)
-            out = self.model(
+            out = self.runner(
                 input_ids=conts[:, : width - 1],
                 attention_mask=mask,
                 position_ids=position + steps,
@@ -346,7 +362,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         ids, mask = self.left_pad([p + c for p, c in pairs])
         self.stats.prefill += int(mask.sum())
         position = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(
+        logits = self.runner(
             input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device)
         ).logits.float()
         log_p = torch.log_softmax(logits[:, :-1], dim=-1)
@@ -365,7 +381,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         ids, mask = self.left_pad([self.encode(t) or [self.eos_token_id] for t in texts])
         ids, mask = ids.to(self.device), mask.to(self.device)
         position = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.model(
+        hidden = self.runner(
             input_ids=ids, attention_mask=mask, position_ids=position, output_hidden_states=True, **self._logits_kept(1)
         )
         last = hidden.hidden_states[-1].float() * mask.unsqueeze(-1)

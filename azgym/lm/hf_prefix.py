@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from azgym.lm.precision import InferenceCopy
 from azgym.lm.prefix_cache import (
     LastHidden,
     PrefixCache,
@@ -159,6 +160,8 @@ class PrefixCacheMixin:
     """The cross-call prefix cache's methods of a transformers backend (see :mod:`azgym.lm.hf`)."""
 
     model: torch.nn.Module
+    runner: torch.nn.Module
+    _copy: InferenceCopy | None
     prefix_cache: PrefixCache | None
     stats: TokenStats
     _fingerprint: int
@@ -178,6 +181,8 @@ class PrefixCacheMixin:
         if fingerprint != self._fingerprint:
             self._fingerprint = fingerprint
             self.clear_prefix_cache()
+            if self._copy is not None:
+                self._copy.refresh()
 
     def _run_cached(
         self,
@@ -209,8 +214,8 @@ class PrefixCacheMixin:
         if any(lengths):
             cache, past_mask = past_from([pieces for _, pieces in matched], self.model.config)
             mask, past = torch.cat([past_mask, tail_mask], dim=1), {self._cache_arg: cache}
-        with LastHidden(self.model) as hidden:
-            out = self.model(
+        with LastHidden(self.runner) as hidden:
+            out = self.runner(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=position,
@@ -325,8 +330,8 @@ class PrefixCacheMixin:
         ids, mask = self.left_pad(sequences)
         ids, mask = ids.to(self.device), mask.to(self.device)
         self.stats.valued += int(mask.sum())
-        with LastHidden(self.model) as hidden:
-            self.model(
+        with LastHidden(self.runner) as hidden:
+            self.runner(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
