@@ -122,14 +122,14 @@ class Student(nn.Module):
         # 0 for the frozen base (LoRA); a full fine-tuning's reference gets a fresh random id at each refresh, so
         # log-probs stored with episodes (replay) never match a reference of another process or run
         self.reference_version = 0
+        self._logits_arg = logits_keyword(model)
+        self._compute_dtype = resolve(config.precision, self.device)
+        if self._compute_dtype != torch.float32:  # before the reference copy below, so that it has the hook too
+            contiguous_head_input(model)  # the learner keeps logits from a position on: a strided slice
         if not config.lora:
             self.refresh_reference()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad)
-        self._logits_arg = logits_keyword(model)
-        self._compute_dtype = resolve(config.precision, self.device)
-        if self._compute_dtype != torch.float32:
-            contiguous_head_input(model)  # the learner keeps logits from a position on: a strided slice
 
     @classmethod
     def from_config(cls, config: StudentConfig, *, model: nn.Module | None = None, tokenizer=None) -> Student:
