@@ -31,24 +31,24 @@ from agents.training.samples import Sample
 from azgym.prompts import solve_prompt_ids, system_prompt
 from azgym.tasks import get_task, load_problems
 
-PRECISIONS = ("float32", "bfloat16")
+COMPARED = ("float32", "bfloat16")  # the two precisions set side by side
 
 
 def greedy_pair(student: Student, problems, task, args) -> dict:
     """The evaluator's greedy pass in each precision on the same weights, and how far the two agree."""
     results = {}
-    for precision in PRECISIONS:
+    for precision in COMPARED:
         lm = student.backend(precision=precision)
         start = time.perf_counter()
         result = evaluate(lm, problems, task, max_tokens=args.max_tokens, prompt=args.prompt, answer=args.answer,
                           progress=False)  # fmt: skip
         results[precision] = {**result, "seconds": time.perf_counter() - start}
-    low, high = (results[p]["records"] for p in PRECISIONS)
+    low, high = (results[p]["records"] for p in COMPARED)
     same_text = np.mean([a["response"] == b["response"] for a, b in zip(low, high, strict=True)])
     same_grade = np.mean([a["correct"] == b["correct"] for a, b in zip(low, high, strict=True)])
     keys = ("accuracy", "accuracy_low", "accuracy_high", "seconds")
     return {
-        **{p: {k: float(results[p][k]) for k in keys} for p in PRECISIONS},
+        **{p: {k: float(results[p][k]) for k in keys} for p in COMPARED},
         "same_response": float(same_text),
         "same_grade": float(same_grade),
         "problems": len(problems),
@@ -72,7 +72,7 @@ def fixed_batch(student: Student, problems, task, args) -> list[Sample]:
 def learner_pair(model: str, samples: list[Sample]) -> dict:
     """One learner step on ``samples`` per precision (students built alike), and their log-probs' difference."""
     out, logprobs = {}, {}
-    for precision in PRECISIONS:
+    for precision in COMPARED:
         torch.manual_seed(0)
         student = Student.from_config(StudentConfig(model=model, precision=precision))
         with torch.no_grad():
@@ -115,13 +115,13 @@ def main(argv=None) -> None:
     learner = learner_pair(args.model, fixed_batch(student, problems, task, args))
     print(f"{args.model}, {args.task}:{args.data}, {greedy['problems']} held-out problems, greedy, {args.max_tokens} "
           f"tokens")  # fmt: skip
-    for p in PRECISIONS:
+    for p in COMPARED:
         g = greedy[p]
         print(f"  {p:9s} accuracy {g['accuracy']:.3f} ({g['accuracy_low']:.3f}-{g['accuracy_high']:.3f})  "
               f"{g['seconds']:6.1f} s")  # fmt: skip
     print(f"  identical responses {greedy['same_response']:.1%}, graded alike {greedy['same_grade']:.1%}")
     print(f"learner step on a fixed batch of {learner['samples']} samples:")
-    for p in PRECISIONS:
+    for p in COMPARED:
         print(f"  {p:9s} " + "  ".join(f"{k} {v:.5f}" for k, v in learner[p].items()))
     print(f"  completion log-probs |bf16 - fp32|: max {learner['logprob_abs_diff_max']:.4f}, mean "
           f"{learner['logprob_abs_diff_mean']:.4f}; relative difference: loss {learner['loss_rel_diff']:.2%}, gradient "

@@ -217,8 +217,9 @@ def check_search() -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cuda (the default where torch sees a GPU) or cpu: the same steps")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_help = "cuda (the default where torch sees a GPU) or cpu: the same steps"
+    parser.add_argument("--device", help=device_help, default=default_device)
     parser.add_argument("--out", default="runs/gpu-check", help="folder of gpu_check.json")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

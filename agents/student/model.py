@@ -233,7 +233,7 @@ class Student(nn.Module):
             logits = model(
                 input_ids=input_ids, attention_mask=attention_mask, **self._from_position(first, input_ids)
             ).logits
-        return token_logprobs(logits[:, first - input_ids.shape[1] :], input_ids, first)
+        return token_logprobs(logits, input_ids, first)
 
     # -- the pass the learner uses -----------------------------------------------------------------
 
@@ -309,8 +309,9 @@ class Student(nn.Module):
 
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, first: int = 0) -> torch.Tensor:
     """[B, T-1] float32 log-prob of ``ids[:, t+1]`` under the logits at position t, without a [B, T, V] log-softmax
-    copy. ``logits`` covers positions ``first`` .. T-1 (a pass with ``logits_to_keep``); earlier log-probs are 0."""
-    logits = logits[:, :-1].float()
+    copy. Only positions ``first`` .. T-1 of ``logits`` are read (all a pass with ``logits_to_keep`` returns, or
+    the tail of every position's); earlier log-probs are 0."""
+    logits = logits[:, first - ids.shape[1] : -1].float()
     picked = logits.gather(-1, ids[:, first + 1 :].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return torch.nn.functional.pad(picked, (first, 0)) if first else picked
 

@@ -120,7 +120,6 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             else:
                 logger.info("%s: its KV cache is not plain full attention; the cross-call prefix cache is off", name)
         self._fingerprint = weights_fingerprint(model)
-        self.precision = precision
         self.compute_dtype = resolve(precision, self.device)
         self._copy = inference_copy(model, self.compute_dtype)
 

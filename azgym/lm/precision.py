@@ -61,18 +61,13 @@ def resolve(precision: str, device: torch.device | str) -> torch.dtype:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "float32":
         return torch.float32
-    native = bf16_supported(device)
-    if precision == "bfloat16":
-        if not native:
-            logger.warning("precision bfloat16 on %s, which has no native bfloat16 products: expect it slower", device)
+    if bf16_supported(device):
         return torch.bfloat16
-    if not native:
-        _log_fallback(str(device))
-    return torch.bfloat16 if native else torch.float32
-
-
-def _log_fallback(device: str) -> None:
+    if precision == "bfloat16":
+        logger.warning("precision bfloat16 on %s, which has no native bfloat16 products: expect it slower", device)
+        return torch.bfloat16
     logger.info("precision auto: %s has no native bfloat16 products (AVX512-BF16/AMX or a bf16 GPU); float32", device)
+    return torch.float32
 
 
 def contiguous_head_input(model: nn.Module) -> None:
@@ -93,11 +88,6 @@ def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager
     return torch.autocast(device.type, dtype=dtype)
 
 
-def float32_region(device: torch.device) -> AbstractContextManager:
-    """Autocast off: what must stay in float32 inside an autocast region (the value head)."""
-    return torch.autocast(device.type, enabled=False)
-
-
 class InferenceCopy:
     """A ``dtype`` copy of a model's weights for the passes that do not train, LoRA adapters merged in.
 
@@ -109,23 +99,22 @@ class InferenceCopy:
     def __init__(self, model: nn.Module, dtype: torch.dtype):
         self.source = model
         self.dtype = dtype
-        plain = _without_adapters(model)
-        self.model = plain.to(dtype).eval()
+        self.model = _without_adapters(model).to(dtype).eval()  # built from the current weights: no refresh yet
         contiguous_head_input(self.model)
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self._tied = _tied_names(self.model)
         self.refreshes = 0
-        self.refresh()
 
     @torch.no_grad()
     def refresh(self) -> None:
         """Copy the source's current weights (adapters merged) into the copy, converting to its dtype."""
         state = merged_state(self.source)
         missing, unexpected = self.model.load_state_dict(state, strict=False)
-        tied = _tied_names(self.model)
-        if unexpected or set(missing) - tied:
+        untied = sorted(set(missing) - self._tied)
+        if unexpected or untied:
             raise RuntimeError(
-                f"the {self.dtype} inference copy does not fit its model: missing {sorted(set(missing) - tied)[:3]}, "
+                f"the {self.dtype} inference copy does not fit its model: missing {untied[:3]}, "
                 f"unexpected {sorted(unexpected)[:3]}"
             )
         self.refreshes += 1

@@ -49,8 +49,7 @@ def sample_rows(
         tokens[index] = torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
     picked = logits.gather(-1, tokens.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     out = torch.stack([tokens.double(), picked.double()]).cpu().tolist()  # the step's one transfer to the host
-    skipped = set(range(count)) - set(rows)
-    return [int(t) for t in out[0]], [0.0 if pos in skipped else lp for pos, lp in enumerate(out[1])]
+    return [int(t) for t in out[0]], [0.0 if g is None else lp for g, lp in zip(generators, out[1], strict=True)]
 
 
 def stop_window(stop: Sequence[str]) -> int:
