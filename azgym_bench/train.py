@@ -25,7 +25,7 @@ import torch
 from agents.student import Student, StudentConfig, token_logprobs
 from agents.training.learner import Learner, LearnerConfig, Sample
 from agents.training.samples import carried
-from azgym.lm.precision import PRECISIONS, autocast
+from azgym.lm.precision import PRECISIONS
 from azgym_bench import roofline
 
 
@@ -46,7 +46,7 @@ def make_batch(student: Student, size: int, completion_tokens: int, seed: int = 
 
 def plain_step(student: Student, optimizer: torch.optim.Optimizer, samples: list[Sample]) -> None:
     ids, mask, prompt_lengths = student.right_pad([(s.prompt_ids, s.completion_ids) for s in samples])
-    with autocast(student.device, student.compute_dtype):
+    with student.autocast(ids.shape[1]):
         logits = student.model(input_ids=ids, attention_mask=mask).logits
     logprobs = token_logprobs(logits, ids)
     positions = torch.arange(ids.shape[1] - 1)[None, :]

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from agents.student import Student, StudentConfig
+from agents.student import model as student_module
 from agents.training.learner import Learner, LearnerConfig
 from agents.training.samples import Sample
 from azgym.lm import precision as precision_module
-from azgym.lm.precision import InferenceCopy, inference_copy, resolve
+from azgym.lm.precision import FrozenCasts, InferenceCopy, inference_copy, resolve
 from helpers import tiny_llama
 
 # bfloat16 keeps 8 bits of mantissa: a log-prob of a tiny model's near-uniform ~11-nat distribution moves by a few
@@ -117,3 +118,31 @@ def test_logits_from_the_first_completion_position_give_the_same_logprobs(tokeni
     want = torch.log_softmax(full[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     torch.testing.assert_close(fwd.logprobs[:, 1:], want[:, 1:], atol=1e-5, rtol=1e-5)
     assert (fwd.logprobs[:, :1] == 0).all()
+
+
+def test_frozen_casts_are_swapped_in_only_for_the_pass_and_remade_after_a_change(tokenizer):
+    student = student_of(tokenizer, "bfloat16", seed=2)
+    casts = student._frozen
+    assert isinstance(casts, FrozenCasts) and len(casts) == 2 * 7  # every frozen projection, not the tied head
+    layer = student.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    with casts.swapped():
+        assert layer.weight.dtype == torch.bfloat16 and not isinstance(layer.weight, torch.nn.Parameter)
+    assert layer.weight.dtype == torch.float32 and isinstance(layer.weight, torch.nn.Parameter)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)  # an in-place change: the cast is remade
+    with casts.swapped():
+        remade = layer.weight
+    torch.testing.assert_close(remade.float(), layer.weight.bfloat16().float())
+
+
+def test_stored_casts_and_plain_attention_leave_the_learners_loss_as_it_was(tokenizer, monkeypatch):
+    losses = []
+    for frozen, eager in ((False, False), (True, True)):
+        student = student_of(tokenizer, "bfloat16", seed=4)
+        if not frozen:
+            student._frozen = None
+        monkeypatch.setattr(student_module, "EAGER_MAX_WIDTH", 10_000 if eager else 0)
+        torch.manual_seed(7)  # the same dropout draws
+        losses.append(Learner(student, LearnerConfig(kl_coef=0.1)).step(SAMPLES)["loss"])
+        assert student.model.config._attn_implementation == "sdpa"  # restored after the pass
+    assert losses[1] == pytest.approx(losses[0], rel=LOSS_TOLERANCE, abs=1e-3)

@@ -11,21 +11,27 @@ from __future__ import annotations
 import copy
 import logging
 import secrets
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from agents.student.dropout import use_lane_dropout
 from agents.student.value import ValueHead
 from azgym.config import check_fields, option, raise_problems
 from azgym.lm.hf import HFBackend
 from azgym.lm.hf_prefix import logits_keyword
-from azgym.lm.precision import PRECISIONS, autocast, contiguous_head_input, resolve
+from azgym.lm.precision import PRECISIONS, FrozenCasts, autocast, contiguous_head_input, resolve
 from azgym.lm.registry import DEFAULT_MODEL, load_model
 
 logger = logging.getLogger(__name__)
+
+# the widest batch whose learner passes use plain attention on a CPU: its backward pass beats the fused kernel's
+# below ~300 positions on this 2-core CPU (8 rows x 9 heads, bfloat16: 3 vs 12 ms at 80, 20 vs 23 ms at 256,
+# 76 vs 47 ms at 350) and stores [rows, heads, width, width] probabilities
+EAGER_MAX_WIDTH = 256
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -126,6 +132,11 @@ class Student(nn.Module):
         self._compute_dtype = resolve(config.precision, self.device)
         if self._compute_dtype != torch.float32:  # before the reference copy below, so that it has the hook too
             contiguous_head_input(model)  # the learner keeps logits from a position on: a strided slice
+        self._frozen = (
+            FrozenCasts(model, self._compute_dtype)
+            if config.lora and not config.load_in_4bit and self._compute_dtype != torch.float32
+            else None
+        )
         if not config.lora:
             self.refresh_reference()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -171,6 +182,7 @@ class Student(nn.Module):
                 task_type="CAUSAL_LM",
             )
             model = get_peft_model(model, lora)
+            use_lane_dropout(model)
         model.train()
         return cls(model, tokenizer, config)
 
@@ -211,6 +223,18 @@ class Student(nn.Module):
         inference copy's weights."""
         return self._compute_dtype
 
+    def autocast(self, width: int) -> AbstractContextManager:
+        """The context of the learner's passes over ``width`` positions: autocast to :attr:`compute_dtype`, frozen
+        weights through their stored casts, and on a CPU plain (eager) attention up to :data:`EAGER_MAX_WIDTH`
+        positions, where its backward pass is 2-4x faster than the fused kernel's (``scripts/bench_train.py``)."""
+        stack = ExitStack()
+        stack.enter_context(autocast(self.device, self.compute_dtype))
+        if self._frozen is not None:
+            stack.enter_context(self._frozen.swapped())
+        if self.device.type == "cpu" and width <= EAGER_MAX_WIDTH:
+            stack.enter_context(_attention(self.model, "eager"))
+        return stack
+
     # -- the reference policy ------------------------------------------------------------------------
 
     def refresh_reference(self) -> None:
@@ -229,7 +253,7 @@ class Student(nn.Module):
             context, model = self.model.disable_adapter(), self.model
         else:
             context, model = nullcontext(), self._reference
-        with context, autocast(self.device, self.compute_dtype):
+        with context, self.autocast(input_ids.shape[1]):
             logits = model(
                 input_ids=input_ids, attention_mask=attention_mask, **self._from_position(first, input_ids)
             ).logits
@@ -250,7 +274,7 @@ class Student(nn.Module):
         """
         ids, mask, prompt_lengths = self.right_pad(sequences)
         first = min(prompt_lengths) - 1  # no log-prob is read before the batch's first completion token
-        with autocast(self.device, self.compute_dtype):
+        with self.autocast(ids.shape[1]):
             out = self.model(
                 input_ids=ids, attention_mask=mask, output_hidden_states=True, **self._from_position(first, ids)
             )
@@ -341,3 +365,19 @@ def _load_4bit(config: StudentConfig):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+@contextmanager
+def _attention(model: nn.Module, implementation: str) -> Iterator[None]:
+    """``model`` computes attention with ``implementation`` for the duration (its config's choice, read at each
+    forward pass by transformers' attention layers and mask builder)."""
+    config = model.config
+    before = getattr(config, "_attn_implementation", None)
+    if before is None or before == implementation:
+        yield
+        return
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = before

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from azgym.lm.base import Generation, Prompt, TokenizerMixin
+from azgym.lm.decode import LeanDecoder, lean_decoder
 from azgym.lm.hf_prefix import (
     SHARED_HEAD_TOKENS,
     PrefixCacheMixin,
@@ -80,6 +81,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         precision: ``float32`` runs the model as it is; ``bfloat16`` (or ``auto`` where the device multiplies
             bfloat16 natively) runs every pass on a bfloat16 copy of its weights, LoRA merged in, rebuilt when
             the model's weights change (:mod:`azgym.lm.precision`). Log-probs are computed in float32 either way.
+        lean_decode: on a CPU, decode steps on that copy run through :class:`~azgym.lm.decode.LeanDecoder` (fused
+            products, a preallocated KV cache) where its architecture allows; off, through the model's forward.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         prefix_reuse: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
         precision: str = "float32",
+        lean_decode: bool = True,
     ):
         if prefix_cache_bytes < 0:
             raise ValueError(f"prefix_cache_bytes must be >= 0 (0 turns the cache off), got {prefix_cache_bytes}")
@@ -122,12 +126,25 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         self._fingerprint = weights_fingerprint(model)
         self.compute_dtype = resolve(precision, self.device)
         self._copy = inference_copy(model, self.compute_dtype)
+        self.lean_decode = lean_decode
+        self._lean: LeanDecoder | None | bool = False  # False: not built yet; None: the copy's layout has none
 
     @property
     def runner(self) -> torch.nn.Module:
         """The module every pass runs: the model, or its bfloat16 inference copy (kept current by the weight
         check each call makes)."""
         return self._copy.model if self._copy is not None else self.model
+
+    def _decoder(self) -> LeanDecoder | None:
+        """The lean decoder of the inference copy (built once: its fused weights are views the refresh writes
+        into), or None: off, not on a CPU, no copy, or an architecture it does not cover."""
+        if not self.lean_decode or self._copy is None or self.device.type != "cpu":
+            return None
+        if self._lean is False:
+            self._lean = lean_decoder(self._copy.model)
+            if self._lean is None:
+                logger.info("%s: no lean decoder for its architecture; decoding through its forward", self.name)
+        return self._lean or None
 
     @classmethod
     def from_name(cls, name: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", **kwargs) -> HFBackend:
@@ -173,6 +190,9 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         finish: list[str | None] = ["length" if b <= 0 else None for b in budgets]
 
         cache, logits, mask, position = self._prefill([r[0] for r in rows])
+        decoder = self._decoder()
+        if decoder is not None:
+            cache = decoder.start(cache, mask, max(budgets))
         temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device)
         window = stop_window(stop)
         live = list(range(num))  # row of each batch position
@@ -215,14 +235,13 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             position = position + 1
             self.stats.generated += len(live)
-            out = self.runner(
-                input_ids=torch.tensor(next_ids, device=device).view(-1, 1),
-                attention_mask=mask,
-                position_ids=position,
-                **{self._cache_arg: cache},
-                use_cache=True,
-            )
-            cache, logits = cache_of(out), out.logits[:, -1, :].float()
+            ids = torch.tensor(next_ids, device=device)
+            if decoder is not None:
+                logits = decoder.step(cache, ids, mask, position)
+            else:
+                kwargs = {"attention_mask": mask, "position_ids": position, self._cache_arg: cache, "use_cache": True}
+                out = self.runner(input_ids=ids.view(-1, 1), **kwargs)
+                cache, logits = cache_of(out), out.logits[:, -1, :].float()
         self.stats.sampled += sum(len(t) for t in tokens)
         return [
             Generation(self.decode(t), tuple(t), tuple(lp), f)  # type: ignore[arg-type]

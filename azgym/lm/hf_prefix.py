@@ -183,6 +183,7 @@ class PrefixCacheMixin:
             self.clear_prefix_cache()
             if self._copy is not None:
                 self._copy.refresh()
+                self._lean = False  # the lean decoder holds copies of the old weights: rebuilt when next needed
 
     def _run_cached(
         self,

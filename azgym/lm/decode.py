@@ -1,0 +1,203 @@
+"""One-token decode steps for Llama-architecture models without the per-layer overhead of the general forward.
+
+At a batch of ~8 rows on a CPU a decode step of SmolLM2-135M in bfloat16 took ~47 ms in transformers' forward, of
+which ~28 ms were the matrix products: the rest was ~40 small operations a layer (cache concatenation, mask
+building, rotary and norm arithmetic written out op by op) and the Python around them. :class:`LeanDecoder` runs
+the same arithmetic with fewer, larger operations:
+
+- q/k/v and gate/up are one product each (their weights copied side by side), and on a CPU every product reads
+  its weight in oneDNN's blocked layout (``mkldnn._reorder_linear_weight``, what PyTorch's compiler uses for
+  frozen weights): bit-identical results, ~1.4x faster at a few rows on this CPU (a bfloat16 product at 8 rows
+  read ~10 GB/s of weights plain, ~14 GB/s blocked);
+- keys and values go into a cache preallocated for the whole sample (:class:`StepCache`), written in place,
+  instead of a concatenation of the whole cache every step;
+- rotary embeddings for q and k in one pass; norms through ``F.rms_norm``; cos/sin and the mask once per step.
+
+Prompts are still prefilled by the model's own forward (hundreds of positions: the products dominate there);
+:meth:`LeanDecoder.start` takes over that KV cache. The decoder holds copies of the weights: build a new one when
+the model's weights change. Supported: transformers' Llama and Qwen2 layouts (RMSNorm,
+rotary embeddings without length-dependent scaling, SiLU-gated MLP, full attention); :func:`lean_decoder` says
+None for anything else and the caller keeps the general forward. The norms' weight is applied in float32 before
+the one rounding to the model's dtype (transformers rounds, then multiplies): outputs agree to that rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED = ("llama", "qwen2")
+
+
+def lean_decoder(model: nn.Module) -> LeanDecoder | None:
+    """A :class:`LeanDecoder` with ``model``'s current weights, or None where its architecture or configuration is
+    not one the decoder reproduces."""
+    config = getattr(model, "config", None)
+    inner = getattr(model, "model", None)
+    if config is None or getattr(config, "model_type", None) not in SUPPORTED or inner is None:
+        return None
+    rotary = getattr(inner, "rotary_emb", None)
+    rope_type = getattr(rotary, "rope_type", "default")
+    if rotary is None or rope_type.startswith("dynamic") or rope_type == "longrope":
+        return None
+    if getattr(config, "use_sliding_window", False) or getattr(config, "pretraining_tp", 1) != 1:
+        return None
+    if getattr(config, "hidden_act", "silu") != "silu" or hasattr(model, "peft_config"):
+        return None
+    if any(not isinstance(p, nn.Parameter) or p.dtype not in (torch.float32, torch.bfloat16, torch.float16)
+           for p in model.parameters()):  # fmt: skip
+        return None
+    try:
+        return LeanDecoder(model)
+    except ValueError as error:  # a layout the decoder does not reproduce (biases where Llama has none)
+        logger.info("no lean decoder: %s", error)
+        return None
+
+
+class StepCache:
+    """Keys and values of a batch being decoded, preallocated to its last step: ``kv[layer, 0 | 1, row, head,
+    column, :]``, columns ``0 .. length - 1`` filled. ``layers`` shows them as transformers' cache layers do
+    (``.keys`` / ``.values``: ``[rows, heads, length, head_dim]``), for the prefix cache's readers."""
+
+    def __init__(self, kv: torch.Tensor, length: int):
+        self.kv = kv
+        self.length = length
+
+    @property
+    def layers(self) -> list[_LayerView]:
+        return [_LayerView(self.kv[i, 0, :, :, : self.length], self.kv[i, 1, :, :, : self.length])
+                for i in range(self.kv.shape[0])]  # fmt: skip
+
+    def batch_select_indices(self, index: torch.Tensor) -> None:
+        """Keep the rows ``index`` (in that order)."""
+        self.kv = self.kv.index_select(2, index)
+
+
+class _LayerView:
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        self.keys, self.values = keys, values
+
+
+class LeanDecoder:
+    """Decode steps on a Llama-layout model (see the module docs); build with :func:`lean_decoder`."""
+
+    def __init__(self, model: nn.Module):
+        config = model.config
+        inner = model.model
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        self.embed = inner.embed_tokens
+        self.norm = inner.norm
+        self.head = Product(model.get_output_embeddings().weight)
+        self.inv_freq = inner.rotary_emb.inv_freq
+        self.scaling = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
+        self.layers = [_fuse(layer) for layer in inner.layers]
+        self.num_layers = len(self.layers)
+
+    @torch.no_grad()
+    def start(self, cache, mask: torch.Tensor, steps: int) -> StepCache:
+        """A :class:`StepCache` holding ``cache`` (transformers', after the prefill: ``mask.shape[1]`` columns) with
+        room for ``steps`` more."""
+        first = cache.layers[0].keys
+        rows, _, width, _ = first.shape
+        kv = first.new_zeros((self.num_layers, 2, rows, self.kv_heads, width + steps, self.head_dim))
+        for i, layer in enumerate(cache.layers):
+            kv[i, 0, :, :, :width] = layer.keys
+            kv[i, 1, :, :, :width] = layer.values
+        return StepCache(kv, width)
+
+    @torch.no_grad()
+    def step(self, cache: StepCache, ids: torch.Tensor, mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Run one new token a row (``ids`` [B]) at ``position`` [B, 1]; its keys and values go into ``cache`` at
+        the next column; ``mask`` [B, length + 1] covers the cache and the new token. Returns [B, vocab] float32
+        logits."""
+        rows, column = ids.shape[0], cache.length
+        if column >= cache.kv.shape[4]:
+            raise RuntimeError(f"the step cache holds {cache.kv.shape[4]} columns; a step past them was asked for")
+        h = self.embed(ids)
+        dtype = h.dtype
+        freqs = position.to(torch.float32) * self.inv_freq[None, :].to(torch.float32)  # [B, d/2]
+        cos = (freqs.cos() * self.scaling).to(dtype).repeat(1, 2)[:, None, :]  # [B, 1, d]
+        sin = (freqs.sin() * self.scaling).to(dtype)
+        sin = torch.cat([-sin, sin], dim=-1)[:, None, :]  # rotate_half's signs folded in
+        keep = mask[:, None, None, : column + 1].bool()
+        q_width, kv_width, half = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.head_dim // 2
+        for i, layer in enumerate(self.layers):
+            x = _rms(h, layer.input_norm, self.eps)
+            qkv = layer.qkv(x)
+            qk = qkv[:, : q_width + kv_width].view(rows, self.heads + self.kv_heads, self.head_dim)
+            rotated = torch.addcmul(qk * cos, qk.view(rows, -1, 2, half).flip(2).view_as(qk), sin)
+            cache.kv[i, 0, :, :, column] = rotated[:, self.heads :]
+            cache.kv[i, 1, :, :, column] = qkv[:, q_width + kv_width :].view(rows, self.kv_heads, self.head_dim)
+            attended = F.scaled_dot_product_attention(
+                rotated[:, : self.heads].unsqueeze(2),
+                cache.kv[i, 0, :, :, : column + 1],
+                cache.kv[i, 1, :, :, : column + 1],
+                attn_mask=keep,
+                enable_gqa=self.kv_heads != self.heads,
+            )
+            h = h + layer.o(attended.reshape(rows, q_width))
+            x = _rms(h, layer.post_norm, self.eps)
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
+            h = h + layer.down(F.silu(gate) * up)
+        cache.length = column + 1
+        return self.head(_rms(h, self.norm.weight, self.eps)).float()
+
+
+class Product:
+    """``x @ weight.T + bias`` with the weight kept in the layout the device's kernels read fastest."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        weight = weight.detach()
+        self.blocked = weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and blocked_available()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, BLOCKED_ROWS) if self.blocked else weight
+        self.bias = None if bias is None else bias.detach().clone()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blocked:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+BLOCKED_ROWS = 8  # the row count oneDNN lays the weights out for (any count multiplies correctly)
+
+
+def blocked_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+class _Layer:
+    """One decoder layer: fused q/k/v and gate/up products, the output and down products, the norms' weights."""
+
+    def __init__(self, **weights):
+        self.__dict__.update(weights)
+
+
+def _rms(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.rms_norm(h.float(), (h.shape[-1],), weight.float(), eps).to(h.dtype)
+
+
+@torch.no_grad()
+def _fuse(layer: nn.Module) -> _Layer:
+    attention, mlp = layer.self_attn, layer.mlp
+    qkv = [attention.q_proj, attention.k_proj, attention.v_proj]
+    biases = [m.bias for m in qkv]
+    if any(b is None for b in biases) and any(b is not None for b in biases):
+        raise ValueError("q/k/v with some biases and not others is not the Llama or Qwen2 layout")
+    if any(getattr(m, "bias", None) is not None for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+        raise ValueError("a biased MLP is not the Llama layout")
+    return _Layer(
+        input_norm=layer.input_layernorm.weight,
+        post_norm=layer.post_attention_layernorm.weight,
+        qkv=Product(torch.cat([m.weight for m in qkv]), None if biases[0] is None else torch.cat(biases)),
+        o=Product(attention.o_proj.weight, attention.o_proj.bias),
+        gate_up=Product(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+        down=Product(mlp.down_proj.weight),
+    )

@@ -1,0 +1,111 @@
+"""The lean decoder: the same logits as transformers' forward step for step (float32: to float rounding), the
+backend decoding through it in bfloat16 (samples' log-probs agree with scoring), a rebuild after the weights
+change, and None for what it does not reproduce."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agents.student import Student, StudentConfig
+from agents.training.learner import Learner, LearnerConfig
+from agents.training.samples import Sample
+from azgym.lm.decode import LeanDecoder, Product, blocked_available, lean_decoder
+from azgym.lm.hf_prefix import cache_argument
+from helpers import tiny_llama
+
+LOGPROB_TOLERANCE = 0.1  # bfloat16 against float32 (as tests/test_precision.py)
+
+
+def test_lean_steps_match_the_models_forward_in_float32(tokenizer):
+    model = tiny_llama(len(tokenizer))
+    rows, width, steps = 3, 6, 4
+    torch.manual_seed(1)
+    ids = torch.randint(5, 200, (rows, width))
+    mask = torch.ones(rows, width, dtype=torch.long)
+    mask[0, :3] = 0  # left padding, as the backend's prefill leaves it
+    mask[2, :1] = 0
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True)
+    reference = copy.deepcopy(out.past_key_values)
+    decoder = lean_decoder(model)
+    assert isinstance(decoder, LeanDecoder)
+    cache = decoder.start(out.past_key_values, mask, steps)
+    position = position[:, -1:]
+    for step in range(steps):
+        token = torch.randint(5, 200, (rows,))
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+        position = position + 1
+        with torch.no_grad():
+            want = model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=position,
+                **{cache_argument(model): reference},
+            )
+        got = decoder.step(cache, token, mask, position)
+        torch.testing.assert_close(got, want.logits[:, -1].float(), atol=1e-5, rtol=1e-5)
+        assert cache.length == width + step + 1
+    keys = cache.layers[1].keys
+    torch.testing.assert_close(keys, reference.layers[1].keys, atol=1e-5, rtol=1e-5)  # the rows' keys, as the cache
+    cache.batch_select_indices(torch.tensor([2, 0]))
+    torch.testing.assert_close(cache.layers[1].keys, keys[[2, 0]])
+    with pytest.raises(RuntimeError, match="step cache holds"):
+        decoder.step(cache, token[:2], torch.cat([mask[[2, 0]], mask.new_ones(2, 1)], dim=1), position[:2] + 1)
+
+
+def test_what_the_decoder_does_not_reproduce_gets_none(tokenizer):
+    model = tiny_llama(len(tokenizer))
+    other = copy.deepcopy(model)
+    other.config.model_type = "gpt2"
+    assert lean_decoder(other) is None
+    other = copy.deepcopy(model)
+    other.config.use_sliding_window = True
+    assert lean_decoder(other) is None
+    student = Student.from_config(StudentConfig(model="tiny-llama"), model=model, tokenizer=tokenizer)
+    assert lean_decoder(student.model) is None  # adapters unmerged: the decoder would drop them
+
+
+@pytest.mark.skipif(not blocked_available(), reason="PyTorch built without oneDNN")
+def test_the_blocked_product_is_the_plain_product():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(48, 32, dtype=torch.bfloat16), torch.randn(48, dtype=torch.bfloat16)
+    product = Product(weight, bias)
+    assert product.blocked
+    for rows in (1, 5, 8, 20):
+        x = torch.randn(rows, 32, dtype=torch.bfloat16)
+        torch.testing.assert_close(product(x), F.linear(x, weight, bias), atol=0, rtol=0)
+
+
+def test_the_backend_decodes_through_it_and_rebuilds_it_after_a_step(tokenizer):
+    torch.manual_seed(0)
+    student = Student.from_config(
+        StudentConfig(model="tiny-llama", precision="bfloat16"), model=tiny_llama(len(tokenizer)), tokenizer=tokenizer
+    )
+    with torch.no_grad():
+        for name, p in student.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    lean, plain = student.backend(), student.backend(lean_decode=False)
+    exact = student.backend(precision="float32")
+    prompts = [list(range(5, 25)), list(range(30, 41))]
+    drawn = lean.generate(prompts, n=2, max_tokens=10, seed=[1, 2])
+    assert isinstance(lean._lean, LeanDecoder)  # it decoded through the lean decoder
+    for prompt, samples in zip(prompts, drawn, strict=True):
+        for sample in samples:
+            (want,) = exact.score([prompt], [sample.token_ids])
+            np.testing.assert_allclose(sample.logprobs, want, atol=LOGPROB_TOLERANCE)
+    plain.generate(prompts, max_tokens=4)
+    assert plain._lean is False
+    before = lean._lean
+    samples = [Sample(tuple(prompts[0]), s.token_ids, float(i), "a") for i, s in enumerate(drawn[0])]
+    Learner(student, LearnerConfig(learning_rate=5e-2)).step(samples)
+    after = lean.generate(prompts[:1], max_tokens=10, seed=[3])[0][0]
+    assert isinstance(lean._lean, LeanDecoder) and lean._lean is not before  # rebuilt from the new weights
+    (want,) = exact.score(prompts[:1], [after.token_ids])
+    np.testing.assert_allclose(after.logprobs, want, atol=LOGPROB_TOLERANCE)  # the new weights, not the old
