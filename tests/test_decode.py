@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from agents.student import Student, StudentConfig
 from agents.training.learner import Learner, LearnerConfig
 from agents.training.samples import Sample
-from azgym.lm.decode import LeanDecoder, Product, blocked_available, lean_decoder
+from azgym.lm.blocked import BlockedLinear, Product, blocked_available
+from azgym.lm.decode import LeanDecoder, lean_decoder
 from azgym.lm.hf_prefix import cache_argument
 from helpers import tiny_llama
 
@@ -96,6 +97,8 @@ def test_the_backend_decodes_through_it_and_rebuilds_it_after_a_step(tokenizer):
     prompts = [list(range(5, 25)), list(range(30, 41))]
     drawn = lean.generate(prompts, n=2, max_tokens=10, seed=[1, 2])
     assert isinstance(lean._lean, LeanDecoder)  # it decoded through the lean decoder
+    blocked = [m for m in lean.runner.modules() if isinstance(m, BlockedLinear)]
+    assert len(blocked) == (2 * 7 + 1 if blocked_available() else 0)  # the copy's projections and output layer
     for prompt, samples in zip(prompts, drawn, strict=True):
         for sample in samples:
             (want,) = exact.score([prompt], [sample.token_ids])

@@ -6,19 +6,17 @@ building, rotary and norm arithmetic written out op by op) and the Python around
 the same arithmetic with fewer, larger operations:
 
 - q/k/v and gate/up are one product each (their weights copied side by side), and on a CPU every product reads
-  its weight in oneDNN's blocked layout (``mkldnn._reorder_linear_weight``, what PyTorch's compiler uses for
-  frozen weights): bit-identical results, ~1.4x faster at a few rows on this CPU (a bfloat16 product at 8 rows
-  read ~10 GB/s of weights plain, ~14 GB/s blocked);
+  its weight in oneDNN's blocked layout (:mod:`azgym.lm.blocked`: ~1.4x faster at a few rows, bit-identical);
 - keys and values go into a cache preallocated for the whole sample (:class:`StepCache`), written in place,
   instead of a concatenation of the whole cache every step;
-- rotary embeddings for q and k in one pass; norms through ``F.rms_norm``; cos/sin and the mask once per step.
+- rotary embeddings for q and k in one pass; norms through ``F.rms_norm`` (one op, float32 inside: the same
+  rounding as transformers' norm up to where the weight multiplies); cos/sin and the mask once per step.
 
 Prompts are still prefilled by the model's own forward (hundreds of positions: the products dominate there);
 :meth:`LeanDecoder.start` takes over that KV cache. The decoder holds copies of the weights: build a new one when
 the model's weights change. Supported: transformers' Llama and Qwen2 layouts (RMSNorm,
 rotary embeddings without length-dependent scaling, SiLU-gated MLP, full attention); :func:`lean_decoder` says
-None for anything else and the caller keeps the general forward. The norms' weight is applied in float32 before
-the one rounding to the model's dtype (transformers rounds, then multiplies): outputs agree to that rounding.
+None for anything else and the caller keeps the general forward.
 """
 
 from __future__ import annotations
@@ -28,6 +26,8 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from azgym.lm.blocked import Product
 
 logger = logging.getLogger(__name__)
 
@@ -151,28 +151,6 @@ class LeanDecoder:
         return self.head(_rms(h, self.norm.weight, self.eps)).float()
 
 
-class Product:
-    """``x @ weight.T + bias`` with the weight kept in the layout the device's kernels read fastest."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        weight = weight.detach()
-        self.blocked = weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and blocked_available()
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, BLOCKED_ROWS) if self.blocked else weight
-        self.bias = None if bias is None else bias.detach().clone()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.blocked:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-
-BLOCKED_ROWS = 8  # the row count oneDNN lays the weights out for (any count multiplies correctly)
-
-
-def blocked_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
 class _Layer:
     """One decoder layer: fused q/k/v and gate/up products, the output and down products, the norms' weights."""
 
@@ -181,7 +159,7 @@ class _Layer:
 
 
 def _rms(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.rms_norm(h.float(), (h.shape[-1],), weight.float(), eps).to(h.dtype)
+    return F.rms_norm(h, (h.shape[-1],), weight, eps)  # bfloat16 in and out, float32 inside
 
 
 @torch.no_grad()

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from azgym.lm.blocked import block_linears
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -150,6 +152,7 @@ class InferenceCopy:
         self.dtype = dtype
         self.model = _without_adapters(model).to(dtype).eval()  # built from the current weights: no refresh yet
         contiguous_head_input(self.model)
+        block_linears(self.model)  # bfloat16 on a CPU: weights in oneDNN's blocked layout (azgym.lm.blocked)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._tied = _tied_names(self.model)
@@ -166,6 +169,7 @@ class InferenceCopy:
                 f"the {self.dtype} inference copy does not fit its model: missing {untied[:3]}, "
                 f"unexpected {sorted(unexpected)[:3]}"
             )
+        block_linears(self.model)
         self.refreshes += 1
 
 
