@@ -3,7 +3,8 @@
     python scripts/bench_train.py
 
 Both sides run on the same student (SmolLM2-135M-Instruct with LoRA r=32, float32 weights, CPU by default,
-under bfloat16 autocast where the CPU multiplies it natively: ``--precision``, the student's)
+in the student's learner context: bfloat16 autocast where the CPU multiplies it natively (``--precision``) with
+the frozen base's casts stored, plain attention for short batches)
 and the same batch (8 chat prompts with completions): the baseline is what a plain fine-tuning
 step costs (forward, cross-entropy on the completion tokens, backward, AdamW step); the GRPO step is
 the learner's (forward with hidden states, value head, GRPO + value loss, backward, clip, AdamW),

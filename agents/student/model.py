@@ -28,9 +28,9 @@ from azgym.lm.registry import DEFAULT_MODEL, load_model
 
 logger = logging.getLogger(__name__)
 
-# the widest batch whose learner passes use plain attention on a CPU: its backward pass beats the fused kernel's
-# below ~300 positions on this 2-core CPU (8 rows x 9 heads, bfloat16: 3 vs 12 ms at 80, 20 vs 23 ms at 256,
-# 76 vs 47 ms at 350) and stores [rows, heads, width, width] probabilities
+# the widest batch whose learner passes use plain attention on a CPU: forward + backward of attention beat the
+# fused kernel's below ~300 positions on this 2-core CPU (8 rows x 9 heads x 64, bfloat16, causal: 3 vs 12 ms at
+# 80 positions, 5 vs 16 at 128, 20 vs 23 at 256, 76 vs 47 at 350) and store [rows, heads, width, width] probabilities
 EAGER_MAX_WIDTH = 256
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -50,7 +50,7 @@ class StudentConfig:
     lora: bool = option(True, "train LoRA adapters (--no-lora: every weight)")
     lora_r: int = option(32, "rank r of the LoRA adapters")
     lora_alpha: int = option(32, "LoRA alpha (the adapter's scale is alpha / r)")
-    lora_dropout: float = option(0.05, "dropout on the LoRA path")
+    lora_dropout: float = option(0.05, "dropout on the LoRA path (masks from 16-bit random lanes: student/dropout.py)")
     lora_targets: tuple[str, ...] = option(
         LORA_TARGETS, "module names that get adapters (attention and MLP projections)"
     )
@@ -226,7 +226,7 @@ class Student(nn.Module):
     def autocast(self, width: int) -> AbstractContextManager:
         """The context of the learner's passes over ``width`` positions: autocast to :attr:`compute_dtype`, frozen
         weights through their stored casts, and on a CPU plain (eager) attention up to :data:`EAGER_MAX_WIDTH`
-        positions, where its backward pass is 2-4x faster than the fused kernel's (``scripts/bench_train.py``)."""
+        positions, where its backward pass is faster than the fused kernel's (see :data:`EAGER_MAX_WIDTH`)."""
         stack = ExitStack()
         stack.enter_context(autocast(self.device, self.compute_dtype))
         if self._frozen is not None:

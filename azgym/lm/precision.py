@@ -8,8 +8,8 @@ in bfloat16 with any LoRA adapter merged in, rebuilt from the float32 model when
 autocast would recast every float32 weight at every matrix product (reading 4 bytes, writing 2, reading 2), so a
 decode step moves more memory than in float32; a stored copy reads 2 bytes a weight. The learner instead keeps its
 float32 weights (the optimizer's master copy) and runs forward and backward under autocast, where a batch of
-hundreds of positions makes the products compute-bound; log-probabilities, ratios, KL and the value head stay in
-float32 (:func:`autocast`).
+hundreds of positions makes the products compute-bound, the frozen weights of a LoRA base cast once
+(:class:`FrozenCasts`); log-probabilities, ratios, KL and the value head stay in float32 (:func:`autocast`).
 
 What bfloat16 gives up: a row's logits are the same whatever the batch around it only in float32 (bfloat16
 products round per shape), so a seeded sample is drawn from the same distribution but a near-tie can flip a token
