@@ -6,7 +6,6 @@
 The benchmark is :mod:`azgym_bench.workers` (its docstring: what it measures and how); this file is its entry point.
 """
 
-
 from azgym_bench.workers import main
 
 if __name__ == "__main__":

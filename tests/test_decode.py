@@ -112,3 +112,12 @@ def test_the_backend_decodes_through_it_and_rebuilds_it_after_a_step(tokenizer):
     assert isinstance(lean._lean, LeanDecoder) and lean._lean is not before  # rebuilt from the new weights
     (want,) = exact.score(prompts[:1], [after.token_ids])
     np.testing.assert_allclose(after.logprobs, want, atol=LOGPROB_TOLERANCE)  # the new weights, not the old
+
+
+def test_the_decode_benchmark_times_both_steps_on_the_same_weights(tokenizer):
+    from azgym.lm.precision import InferenceCopy
+    from azgym_bench.decode import time_batch
+
+    model = InferenceCopy(tiny_llama(len(tokenizer)), torch.bfloat16).model
+    forward, lean, diff, agree = time_batch(model, lean_decoder(model), rows=3, context=5, repeats=1)
+    assert forward > 0 and lean > 0 and diff < 0.1 and 0 <= agree <= 1

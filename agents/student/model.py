@@ -223,8 +223,9 @@ class Student(nn.Module):
         inference copy's weights."""
         return self._compute_dtype
 
-    def autocast(self, width: int) -> AbstractContextManager:
-        """The context of the learner's passes over ``width`` positions: autocast to :attr:`compute_dtype`, frozen
+    def autocast(self, width: int, model: nn.Module | None = None) -> AbstractContextManager:
+        """The context of the learner's passes over ``width`` positions of ``model`` (the student's by default, or
+        its full fine-tuning reference): autocast to :attr:`compute_dtype`, frozen
         weights through their stored casts, and on a CPU plain (eager) attention up to :data:`EAGER_MAX_WIDTH`
         positions, where its backward pass is faster than the fused kernel's (see :data:`EAGER_MAX_WIDTH`)."""
         stack = ExitStack()
@@ -232,7 +233,7 @@ class Student(nn.Module):
         if self._frozen is not None:
             stack.enter_context(self._frozen.swapped())
         if self.device.type == "cpu" and width <= EAGER_MAX_WIDTH:
-            stack.enter_context(_attention(self.model, "eager"))
+            stack.enter_context(_attention(self.model if model is None else model, "eager"))
         return stack
 
     # -- the reference policy ------------------------------------------------------------------------
@@ -253,7 +254,7 @@ class Student(nn.Module):
             context, model = self.model.disable_adapter(), self.model
         else:
             context, model = nullcontext(), self._reference
-        with context, self.autocast(input_ids.shape[1]):
+        with context, self.autocast(input_ids.shape[1], model):
             logits = model(
                 input_ids=input_ids, attention_mask=attention_mask, **self._from_position(first, input_ids)
             ).logits
