@@ -9,8 +9,9 @@ the same arithmetic with fewer, larger operations:
   its weight in oneDNN's blocked layout (:mod:`azgym.lm.blocked`: ~1.4x faster at a few rows, bit-identical);
 - keys and values go into a cache preallocated for the whole sample (:class:`StepCache`), written in place,
   instead of a concatenation of the whole cache every step;
-- rotary embeddings for q and k in one pass; norms through ``F.rms_norm`` (one op, float32 inside: the same
-  rounding as transformers' norm up to where the weight multiplies); cos/sin and the mask once per step.
+- rotary embeddings for q and k in one pass; norms in float32 with the weight applied before the one rounding
+  (transformers rounds, then multiplies by the weight: outputs agree to that rounding); cos/sin and the mask
+  once per step.
 
 Prompts are still prefilled by the model's own forward (hundreds of positions: the products dominate there);
 :meth:`LeanDecoder.start` takes over that KV cache. The decoder holds copies of the weights: build a new one when
@@ -94,7 +95,7 @@ class LeanDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
         self.embed = inner.embed_tokens
-        self.norm = inner.norm
+        self.norm = inner.norm.weight.detach().float()
         self.head = Product(model.get_output_embeddings().weight)
         self.inv_freq = inner.rotary_emb.inv_freq
         self.scaling = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
@@ -148,7 +149,7 @@ class LeanDecoder:
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
             h = h + layer.down(F.silu(gate) * up)
         cache.length = column + 1
-        return self.head(_rms(h, self.norm.weight, self.eps)).float()
+        return self.head(_rms(h, self.norm, self.eps)).float()
 
 
 class _Layer:
@@ -159,7 +160,11 @@ class _Layer:
 
 
 def _rms(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.rms_norm(h, (h.shape[-1],), weight, eps)  # bfloat16 in and out, float32 inside
+    """RMSNorm in float32 (``weight``: float32), rounded once to ``h``'s dtype. Written out: on a few rows this is
+    ~20 µs against ~50 µs for ``F.rms_norm`` on bfloat16 (which converts inside, op by op)."""
+    x = h.float()
+    scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    return (x * scale).mul_(weight).to(h.dtype)
 
 
 @torch.no_grad()
@@ -172,8 +177,8 @@ def _fuse(layer: nn.Module) -> _Layer:
     if any(getattr(m, "bias", None) is not None for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
         raise ValueError("a biased MLP is not the Llama layout")
     return _Layer(
-        input_norm=layer.input_layernorm.weight,
-        post_norm=layer.post_attention_layernorm.weight,
+        input_norm=layer.input_layernorm.weight.detach().float(),
+        post_norm=layer.post_attention_layernorm.weight.detach().float(),
         qkv=Product(torch.cat([m.weight for m in qkv]), None if biases[0] is None else torch.cat(biases)),
         o=Product(attention.o_proj.weight, attention.o_proj.bias),
         gate_up=Product(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
