@@ -225,9 +225,9 @@ class Student(nn.Module):
 
     def autocast(self, width: int, model: nn.Module | None = None) -> AbstractContextManager:
         """The context of the learner's passes over ``width`` positions of ``model`` (the student's by default, or
-        its full fine-tuning reference): autocast to :attr:`compute_dtype`, frozen
-        weights through their stored casts, and on a CPU plain (eager) attention up to :data:`EAGER_MAX_WIDTH`
-        positions, where its backward pass is faster than the fused kernel's (see :data:`EAGER_MAX_WIDTH`)."""
+        its full fine-tuning reference): autocast to :attr:`compute_dtype`, frozen weights through their stored
+        casts, and on a CPU plain (eager) attention up to :data:`EAGER_MAX_WIDTH` positions, where it is faster
+        than the fused kernel."""
         stack = ExitStack()
         stack.enter_context(autocast(self.device, self.compute_dtype))
         if self._frozen is not None:

@@ -136,8 +136,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         return self._copy.model if self._copy is not None else self.model
 
     def _decoder(self) -> LeanDecoder | None:
-        """The lean decoder of the inference copy (built once: its fused weights are views the refresh writes
-        into), or None: off, not on a CPU, no copy, or an architecture it does not cover."""
+        """The lean decoder of the inference copy (built when first needed after each refresh of the copy: it holds
+        copies of the weights), or None: off, not on a CPU, no copy, or an architecture it does not cover."""
         if not self.lean_decode or self._copy is None or self.device.type != "cpu":
             return None
         if self._lean is False:
