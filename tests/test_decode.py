@@ -22,8 +22,31 @@ from helpers import tiny_llama
 LOGPROB_TOLERANCE = 0.1  # bfloat16 against float32 (as tests/test_precision.py)
 
 
-def test_lean_steps_match_the_models_forward_in_float32(tokenizer):
-    model = tiny_llama(len(tokenizer))
+def tiny_qwen2(vocab_size: int):
+    """A 2-layer random Qwen2: biased q/k/v, grouped-query attention."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # biases that matter (they start at zero)
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0.0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_qwen2], ids=["llama", "qwen2"])
+def test_lean_steps_match_the_models_forward_in_float32(tokenizer, build):
+    model = build(len(tokenizer))
     rows, width, steps = 3, 6, 4
     torch.manual_seed(1)
     ids = torch.randint(5, 200, (rows, width))
@@ -56,6 +79,8 @@ def test_lean_steps_match_the_models_forward_in_float32(tokenizer):
     torch.testing.assert_close(keys, reference.layers[1].keys, atol=1e-5, rtol=1e-5)  # the rows' keys, as the cache
     cache.batch_select_indices(torch.tensor([2, 0]))
     torch.testing.assert_close(cache.layers[1].keys, keys[[2, 0]])
+    with pytest.raises(ValueError, match="the mask is"):
+        decoder.start(out.past_key_values, mask, 1)  # a mask wider than the cache
     with pytest.raises(RuntimeError, match="step cache holds"):
         decoder.step(cache, token[:2], torch.cat([mask[[2, 0]], mask.new_ones(2, 1)], dim=1), position[:2] + 1)
 
@@ -121,3 +146,13 @@ def test_the_decode_benchmark_times_both_steps_on_the_same_weights(tokenizer):
     model = InferenceCopy(tiny_llama(len(tokenizer)), torch.bfloat16).model
     forward, lean, diff, agree = time_batch(model, lean_decoder(model), rows=3, context=5, repeats=1)
     assert forward > 0 and lean > 0 and diff < 0.1 and 0 <= agree <= 1
+
+
+def test_the_inference_copy_keeps_rotary_frequencies_in_float32(tokenizer):
+    from azgym.lm.precision import InferenceCopy
+
+    model = tiny_llama(len(tokenizer))
+    copy_ = InferenceCopy(model, torch.bfloat16).model
+    frequencies = copy_.model.rotary_emb.inv_freq
+    assert frequencies.dtype == torch.float32 and torch.equal(frequencies, model.model.rotary_emb.inv_freq)
+    assert next(copy_.parameters()).dtype == torch.bfloat16

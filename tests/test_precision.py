@@ -146,3 +146,12 @@ def test_stored_casts_and_plain_attention_leave_the_learners_loss_as_it_was(toke
         losses.append(Learner(student, LearnerConfig(kl_coef=0.1)).step(SAMPLES)["loss"])
         assert student.model.config._attn_implementation == "sdpa"  # restored after the pass
     assert losses[1] == pytest.approx(losses[0], rel=LOSS_TOLERANCE, abs=1e-3)
+
+
+def test_gradient_checkpointing_keeps_the_attention_its_forward_ran(tokenizer):
+    model = tiny_llama(len(tokenizer), seed=0)
+    config = StudentConfig(model="tiny-llama", precision="bfloat16", gradient_checkpointing=True)
+    student = Student.from_config(config, model=model, tokenizer=tokenizer)
+    # the backward pass recomputes each layer after the learner's context has ended: same attention both times
+    loss = Learner(student, LearnerConfig(kl_coef=0.1)).step(SAMPLES)["loss"]
+    assert np.isfinite(loss)

@@ -12,7 +12,7 @@ import copy
 import logging
 import secrets
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -223,18 +223,26 @@ class Student(nn.Module):
         inference copy's weights."""
         return self._compute_dtype
 
-    def autocast(self, width: int, model: nn.Module | None = None) -> AbstractContextManager:
+    @contextmanager
+    def autocast(self, width: int, model: nn.Module | None = None) -> Iterator[None]:
         """The context of the learner's passes over ``width`` positions of ``model`` (the student's by default, or
-        its full fine-tuning reference): autocast to :attr:`compute_dtype`, frozen weights through their stored
-        casts, and on a CPU plain (eager) attention up to :data:`EAGER_MAX_WIDTH` positions, where it is faster
-        than the fused kernel."""
-        stack = ExitStack()
-        stack.enter_context(autocast(self.device, self.compute_dtype))
-        if self._frozen is not None:
-            stack.enter_context(self._frozen.swapped())
-        if self.device.type == "cpu" and width <= EAGER_MAX_WIDTH:
-            stack.enter_context(_attention(self.model if model is None else model, "eager"))
-        return stack
+        its full fine-tuning reference): autocast to :attr:`compute_dtype`; in bfloat16, frozen weights through their
+        stored casts and, on a CPU, plain (eager) attention up to :data:`EAGER_MAX_WIDTH` positions, where it is
+        faster than the fused kernel (not with gradient checkpointing: its recomputation in the backward pass, after
+        the context, must run the attention the forward ran)."""
+        model = self.model if model is None else model
+        with ExitStack() as stack:
+            stack.enter_context(autocast(self.device, self.compute_dtype))
+            if self._frozen is not None:
+                stack.enter_context(self._frozen.swapped())
+            if (
+                self.device.type == "cpu"
+                and self.compute_dtype != torch.float32
+                and width <= EAGER_MAX_WIDTH
+                and not self.config.gradient_checkpointing
+            ):
+                stack.enter_context(_attention(model, "eager"))
+            yield
 
     # -- the reference policy ------------------------------------------------------------------------
 

@@ -18,8 +18,11 @@ BLOCKED_ROWS = 8  # the row count oneDNN lays the weights out for (any count mul
 
 
 def blocked_available() -> bool:
-    """Whether this PyTorch has oneDNN's blocked linear ops."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """Whether this PyTorch has oneDNN's blocked linear ops and this CPU runs their bfloat16 path."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return supported is None or bool(supported())
 
 
 def blocks(weight: torch.Tensor) -> bool:

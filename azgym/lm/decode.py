@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from azgym.lm.blocked import Product
+from azgym.lm.blocked import BlockedLinear, Product
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class LeanDecoder:
         self.eps = config.rms_norm_eps
         self.embed = inner.embed_tokens
         self.norm = inner.norm.weight.detach().float()
-        self.head = Product(model.get_output_embeddings().weight)
+        self.head = _product_of(model.get_output_embeddings())
         self.inv_freq = inner.rotary_emb.inv_freq
         self.scaling = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
         self.layers = [_fuse(layer) for layer in inner.layers]
@@ -108,6 +108,8 @@ class LeanDecoder:
         room for ``steps`` more."""
         first = cache.layers[0].keys
         rows, _, width, _ = first.shape
+        if mask.shape != (rows, width):
+            raise ValueError(f"the mask is {tuple(mask.shape)}, the cache holds {rows} rows of {width} columns")
         kv = first.new_zeros((self.num_layers, 2, rows, self.kv_heads, width + steps, self.head_dim))
         for i, layer in enumerate(cache.layers):
             kv[i, 0, :, :, :width] = layer.keys
@@ -159,6 +161,11 @@ class _Layer:
         self.__dict__.update(weights)
 
 
+def _product_of(linear: nn.Module) -> Product:
+    """The linear's own blocked product where it has one (an inference copy's :class:`BlockedLinear`), else one."""
+    return linear._product if isinstance(linear, BlockedLinear) else Product(linear.weight, linear.bias)
+
+
 def _rms(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm in float32 (``weight``: float32), rounded once to ``h``'s dtype. Written out: on a few rows this is
     ~20 µs against ~50 µs for ``F.rms_norm`` on bfloat16 (which converts inside, op by op)."""
@@ -180,7 +187,7 @@ def _fuse(layer: nn.Module) -> _Layer:
         input_norm=layer.input_layernorm.weight.detach().float(),
         post_norm=layer.post_attention_layernorm.weight.detach().float(),
         qkv=Product(torch.cat([m.weight for m in qkv]), None if biases[0] is None else torch.cat(biases)),
-        o=Product(attention.o_proj.weight, attention.o_proj.bias),
+        o=_product_of(attention.o_proj),
         gate_up=Product(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-        down=Product(mlp.down_proj.weight),
+        down=_product_of(mlp.down_proj),
     )

@@ -142,8 +142,9 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             return None
         if self._lean is False:
             self._lean = lean_decoder(self._copy.model)
-            if self._lean is None:
+            if self._lean is None:  # the architecture does not change with the weights: not tried again
                 logger.info("%s: no lean decoder for its architecture; decoding through its forward", self.name)
+                self.lean_decode = False
         return self._lean or None
 
     @classmethod

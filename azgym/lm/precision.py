@@ -100,7 +100,8 @@ class FrozenCasts:
     graph keeps it for the backward pass after the swap ends); outside, the float32 parameters are back. A cast is
     remade when its weight is another tensor or changed in place (its version counter; an edit through
     ``.data`` is invisible to both: call :meth:`clear` after one). Weights shared with an embedding (tied output
-    layers) keep autocast's cast: the embedding must stay float32.
+    layers) keep autocast's cast: the embedding must stay float32. The swap changes the model for every thread:
+    nothing else may run the model while the learner's pass does (the training loop is one thread).
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
@@ -111,7 +112,7 @@ class FrozenCasts:
             for m in model.modules()
             if isinstance(m, nn.Linear) and not m.weight.requires_grad and id(m.weight) not in embedded
         ]
-        self._casts: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
+        self._casts: dict[int, tuple[torch.Tensor, tuple[int, int], torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self._layers)
@@ -126,13 +127,14 @@ class FrozenCasts:
         try:
             for layer in self._layers:
                 weight = layer._parameters["weight"]
-                stamp = (weight.data_ptr(), weight._version)
+                if weight.requires_grad:  # unfrozen since: it trains through its own parameter
+                    continue
                 made = self._casts.get(id(layer))
-                if made is None or made[0] != stamp:
-                    made = (stamp, weight.detach().to(self.dtype))
+                if made is None or made[0] is not weight or made[1] != (weight.data_ptr(), weight._version):
+                    made = (weight, (weight.data_ptr(), weight._version), weight.detach().to(self.dtype))
                     self._casts[id(layer)] = made
                 originals.append((layer, weight))
-                layer._parameters["weight"] = made[1]
+                layer._parameters["weight"] = made[2]
             yield
         finally:
             for layer, weight in originals:
@@ -151,6 +153,7 @@ class InferenceCopy:
         self.source = model
         self.dtype = dtype
         self.model = _without_adapters(model).to(dtype).eval()  # built from the current weights: no refresh yet
+        _float32_rotary(self.model, model)
         contiguous_head_input(self.model)
         block_linears(self.model)  # bfloat16 on a CPU: weights in oneDNN's blocked layout (azgym.lm.blocked)
         for p in self.model.parameters():
@@ -219,6 +222,18 @@ def _without_adapters(model: nn.Module) -> nn.Module:
     if hasattr(clone, "peft_config"):
         clone = clone.merge_and_unload()
     return clone
+
+
+def _float32_rotary(copy_: nn.Module, source: nn.Module) -> None:
+    """Give the copy's rotary-embedding frequencies back their float32 values (``.to(dtype)`` rounded them to 8
+    bits of mantissa: angles off by ~0.5 rad a few hundred positions in); transformers computes the angles in
+    float32 from them either way."""
+    base = source.get_base_model() if hasattr(source, "peft_config") else source
+    originals = dict(base.named_buffers())
+    for name, buffer in list(copy_.named_buffers()):
+        if name.rsplit(".", 1)[-1] in ("inv_freq", "original_inv_freq") and name in originals:
+            owner, attr = copy_.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
+            setattr(owner, attr, originals[name].detach().to(device=buffer.device, dtype=torch.float32).clone())
 
 
 def _tied_names(model: nn.Module) -> set[str]:
