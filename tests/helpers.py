@@ -76,6 +76,17 @@ def torchrun(nproc: int, script: Path, *args: str, timeout: float = 300) -> subp
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 
+# the shape of the tiny test models: 2 layers, grouped-query attention (4 heads, 2 for keys and values)
+TINY_SHAPE = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=True,
+)
+
+
 def tiny_llama(vocab_size: int, seed: int = 0):
     """A 2-layer random Llama: a real transformers model with no knowledge, built in a second."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -83,18 +94,26 @@ def tiny_llama(vocab_size: int, seed: int = 0):
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=2048,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
-        tie_word_embeddings=True,
+        **TINY_SHAPE,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_qwen2(vocab_size: int, seed: int = 0):
+    """A 2-layer random Qwen2 (the tiny Llama's shape): biased q/k/v, the biases drawn so that they matter."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab_size, **TINY_SHAPE)).eval()
+    with torch.no_grad():  # they start at zero
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0.0, 0.5)
+    return model
 
 
 class ScriptedLM:

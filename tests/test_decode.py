@@ -17,31 +17,9 @@ from agents.training.samples import Sample
 from azgym.lm.blocked import BlockedLinear, Product, blocked_available
 from azgym.lm.decode import LeanDecoder, lean_decoder
 from azgym.lm.hf_prefix import cache_argument
-from helpers import tiny_llama
+from helpers import tiny_llama, tiny_qwen2
 
 LOGPROB_TOLERANCE = 0.1  # bfloat16 against float32 (as tests/test_precision.py)
-
-
-def tiny_qwen2(vocab_size: int):
-    """A 2-layer random Qwen2: biased q/k/v, grouped-query attention."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    model = Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():  # biases that matter (they start at zero)
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0.0, 0.5)
-    return model
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_qwen2], ids=["llama", "qwen2"])

@@ -23,6 +23,7 @@ None for anything else and the caller keeps the general forward.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +51,8 @@ def lean_decoder(model: nn.Module) -> LeanDecoder | None:
         return None
     if getattr(config, "hidden_act", "silu") != "silu" or hasattr(model, "peft_config"):
         return None
-    if any(not isinstance(p, nn.Parameter) or p.dtype not in (torch.float32, torch.bfloat16, torch.float16)
-           for p in model.parameters()):  # fmt: skip
-        return None
+    if any(p.dtype not in (torch.float32, torch.bfloat16, torch.float16) for p in model.parameters()):
+        return None  # quantized weights
     try:
         return LeanDecoder(model)
     except ValueError as error:  # a layout the decoder does not reproduce (biases where Llama has none)
@@ -71,8 +71,8 @@ class StepCache:
 
     @property
     def layers(self) -> list[_LayerView]:
-        return [_LayerView(self.kv[i, 0, :, :, : self.length], self.kv[i, 1, :, :, : self.length])
-                for i in range(self.kv.shape[0])]  # fmt: skip
+        columns = slice(0, self.length)
+        return [_LayerView(layer[0, :, :, columns], layer[1, :, :, columns]) for layer in self.kv]
 
     def batch_select_indices(self, index: torch.Tensor) -> None:
         """Keep the rows ``index`` (in that order)."""
@@ -97,7 +97,7 @@ class LeanDecoder:
         self.embed = inner.embed_tokens
         self.norm = inner.norm.weight.detach().float()
         self.head = _product_of(model.get_output_embeddings())
-        self.inv_freq = inner.rotary_emb.inv_freq
+        self.inv_freq = inner.rotary_emb.inv_freq.detach().float()[None, :]  # [1, d/2]
         self.scaling = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
         self.layers = [_fuse(layer) for layer in inner.layers]
         self.num_layers = len(self.layers)
@@ -126,11 +126,11 @@ class LeanDecoder:
             raise RuntimeError(f"the step cache holds {cache.kv.shape[4]} columns; a step past them was asked for")
         h = self.embed(ids)
         dtype = h.dtype
-        freqs = position.to(torch.float32) * self.inv_freq[None, :].to(torch.float32)  # [B, d/2]
+        freqs = position.to(torch.float32) * self.inv_freq  # [B, d/2]
         cos = (freqs.cos() * self.scaling).to(dtype).repeat(1, 2)[:, None, :]  # [B, 1, d]
         sin = (freqs.sin() * self.scaling).to(dtype)
         sin = torch.cat([-sin, sin], dim=-1)[:, None, :]  # rotate_half's signs folded in
-        keep = mask[:, None, None, : column + 1].bool()
+        keep = mask[:, None, None, :].bool()
         q_width, kv_width, half = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.head_dim // 2
         for i, layer in enumerate(self.layers):
             x = _rms(h, layer.input_norm, self.eps)
@@ -154,11 +154,16 @@ class LeanDecoder:
         return self.head(_rms(h, self.norm, self.eps)).float()
 
 
+@dataclass(frozen=True)
 class _Layer:
     """One decoder layer: fused q/k/v and gate/up products, the output and down products, the norms' weights."""
 
-    def __init__(self, **weights):
-        self.__dict__.update(weights)
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    qkv: Product
+    o: Product
+    gate_up: Product
+    down: Product
 
 
 def _product_of(linear: nn.Module) -> Product:

@@ -127,7 +127,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         self.compute_dtype = resolve(precision, self.device)
         self._copy = inference_copy(model, self.compute_dtype)
         self.lean_decode = lean_decode
-        self._lean: LeanDecoder | None | bool = False  # False: not built yet; None: the copy's layout has none
+        self._lean: LeanDecoder | None | bool = False  # False: not built yet; None: the copy's layout has none (kept)
 
     @property
     def runner(self) -> torch.nn.Module:
@@ -144,7 +144,6 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             self._lean = lean_decoder(self._copy.model)
             if self._lean is None:  # the architecture does not change with the weights: not tried again
                 logger.info("%s: no lean decoder for its architecture; decoding through its forward", self.name)
-                self.lean_decode = False
         return self._lean or None
 
     @classmethod

@@ -183,7 +183,8 @@ class PrefixCacheMixin:
             self.clear_prefix_cache()
             if self._copy is not None:
                 self._copy.refresh()
-                self._lean = False  # the lean decoder holds copies of the old weights: rebuilt when next needed
+                if self._lean is not None:  # it holds copies of the old weights: rebuilt when next needed
+                    self._lean = False
 
     def _run_cached(
         self,
