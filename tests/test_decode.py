@@ -63,6 +63,61 @@ def test_lean_steps_match_the_models_forward_in_float32(tokenizer, build):
         decoder.step(cache, token[:2], torch.cat([mask[[2, 0]], mask.new_ones(2, 1)], dim=1), position[:2] + 1)
 
 
+@pytest.mark.parametrize("build", [tiny_llama, tiny_qwen2], ids=["llama", "qwen2"])
+def test_a_pass_of_several_tokens_matches_the_forward_in_float32(tokenizer, build):
+    """On top of a cached prefix (left-padded; one row has none), a left-padded pass of new tokens: the kept
+    logits, the final hidden states and the new keys as the forward's, at every real position."""
+    from azgym.lm.prefix_cache import LastHidden
+
+    model = build(len(tokenizer))
+    torch.manual_seed(2)
+    rows, width, new, keep = 3, 5, 4, 3
+    ids = torch.randint(5, 200, (rows, width))
+    mask = torch.ones(rows, width, dtype=torch.long)
+    mask[0, :2] = 0
+    mask[2] = 0  # nothing cached for this row
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    decoder = lean_decoder(model)
+    cache = decoder.start(out.past_key_values, mask, new)
+    tail = torch.randint(5, 200, (rows, new))
+    tail_mask = torch.ones(rows, new, dtype=torch.long)
+    tail_mask[1, :2] = 0  # left padding of the new tokens
+    full = torch.cat([mask, tail_mask], dim=1)
+    position = (full.cumsum(-1) - 1).clamp(min=0)[:, width:]
+    with torch.no_grad(), LastHidden(model) as last:
+        want = model(input_ids=tail, attention_mask=full, position_ids=position,
+                     **{cache_argument(model): out.past_key_values})  # fmt: skip
+    logits, hidden = decoder.run(cache, tail, full, position, keep)
+    real = tail_mask.bool()
+    kept = real[:, -keep:]
+    torch.testing.assert_close(logits[kept], want.logits[:, -keep:][kept].float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden[real], last.value[real], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(hidden).all() and cache.length == width + new
+    columns = full[1].nonzero().squeeze(-1)  # the forward appended its new keys to the cache it was given
+    torch.testing.assert_close(cache.layers[1].keys[1][:, columns], out.past_key_values.layers[1].keys[1][:, columns])
+
+
+def test_the_backend_scores_and_values_through_it_as_through_the_forward(tokenizer):
+    """bfloat16 copy, prefix cache on: scores and hidden states of the lean passes agree with the forward's on the
+    same weights (to bfloat16 rounding), cold and on top of what the cache holds."""
+    student = Student.from_config(
+        StudentConfig(model="tiny-llama", precision="bfloat16"), model=tiny_llama(len(tokenizer)), tokenizer=tokenizer
+    )
+    lean, plain = student.backend(), student.backend(lean_decode=False)
+    prompts = [list(range(5, 25)), list(range(30, 41)), list(range(5, 18))]
+    continuations = [(50, 51, 52), (60,), (70, 71)]
+    for _ in range(2):  # the second time on top of the cached prompts
+        got, want = lean.score(prompts, continuations), plain.score(prompts, continuations)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, atol=LOGPROB_TOLERANCE)
+        lean._scored.clear(), plain._scored.clear()
+    assert isinstance(lean._lean, LeanDecoder) and plain._lean is False
+    states = [p + list(c) for p, c in zip(prompts, continuations, strict=True)] + [list(range(90, 99))]
+    got, want = lean.last_hidden(states).float(), plain.last_hidden(states).float()
+    assert torch.allclose(got, want, atol=0.1 * want.abs().max().item())
+
+
 def test_what_the_decoder_does_not_reproduce_gets_none(tokenizer):
     model = tiny_llama(len(tokenizer))
     other = copy.deepcopy(model)

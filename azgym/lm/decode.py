@@ -1,4 +1,4 @@
-"""One-token decode steps for Llama-architecture models without the per-layer overhead of the general forward.
+"""Decode steps and short passes for Llama-architecture models without the per-layer overhead of the general forward.
 
 At a batch of ~8 rows on a CPU a decode step of SmolLM2-135M in bfloat16 took ~47 ms in transformers' forward, of
 which ~28 ms were the matrix products: the rest was ~40 small operations a layer (cache concatenation, mask
@@ -13,11 +13,14 @@ the same arithmetic with fewer, larger operations:
   (transformers rounds, then multiplies by the weight: outputs agree to that rounding); cos/sin and the mask
   once per step.
 
-Prompts are still prefilled by the model's own forward (hundreds of positions: the products dominate there);
-:meth:`LeanDecoder.start` takes over that KV cache. The decoder holds copies of the weights: build a new one when
-the model's weights change. Supported: transformers' Llama and Qwen2 layouts (RMSNorm,
-rotary embeddings without length-dependent scaling, SiLU-gated MLP, full attention); :func:`lean_decoder` says
-None for anything else and the caller keeps the general forward.
+Passes of several tokens a row (prompts on top of what the prefix cache holds, scored continuations, value
+passes) run the same way (:meth:`LeanDecoder.run`: causal among the new positions), into a cache with room for
+the sample that follows; :meth:`LeanDecoder.start` takes over such a cache, or a KV cache of the model's own
+forward. The decoder holds copies of the weights: build a new one when the model's weights change.
+
+Supported: transformers' Llama and Qwen2 layouts (RMSNorm, rotary embeddings without length-dependent scaling,
+SiLU-gated MLP, full attention); :func:`lean_decoder` says None for anything else and the caller keeps the
+general forward.
 """
 
 from __future__ import annotations
@@ -75,8 +78,10 @@ class StepCache:
         return [_LayerView(layer[0, :, :, columns], layer[1, :, :, columns]) for layer in self.kv]
 
     def batch_select_indices(self, index: torch.Tensor) -> None:
-        """Keep the rows ``index`` (in that order)."""
+        """Keep the rows ``index`` (in that order; one may repeat: transformers' ``reorder_cache`` too)."""
         self.kv = self.kv.index_select(2, index)
+
+    reorder_cache = batch_select_indices
 
 
 class _LayerView:
@@ -102,6 +107,12 @@ class LeanDecoder:
         self.layers = [_fuse(layer) for layer in inner.layers]
         self.num_layers = len(self.layers)
 
+    def empty_cache(self, rows: int, columns: int) -> StepCache:
+        """An empty :class:`StepCache` of ``columns`` columns for ``rows`` rows."""
+        like = self.embed.weight
+        kv = like.new_zeros((self.num_layers, 2, rows, self.kv_heads, columns, self.head_dim))
+        return StepCache(kv, 0)
+
     @torch.no_grad()
     def start(self, cache, mask: torch.Tensor, steps: int) -> StepCache:
         """A :class:`StepCache` holding ``cache`` (transformers', after the prefill: ``mask.shape[1]`` columns) with
@@ -110,48 +121,71 @@ class LeanDecoder:
         rows, _, width, _ = first.shape
         if mask.shape != (rows, width):
             raise ValueError(f"the mask is {tuple(mask.shape)}, the cache holds {rows} rows of {width} columns")
+        if isinstance(cache, StepCache):  # this decoder's own pass ran the prompts: taken over as it is, or widened
+            if cache.kv.shape[4] >= width + steps:
+                return cache
+            kv = cache.kv.new_zeros((*cache.kv.shape[:4], width + steps, self.head_dim))
+            kv[..., :width, :] = cache.kv[..., :width, :]
+            return StepCache(kv, width)
         kv = first.new_zeros((self.num_layers, 2, rows, self.kv_heads, width + steps, self.head_dim))
         for i, layer in enumerate(cache.layers):
             kv[i, 0, :, :, :width] = layer.keys
             kv[i, 1, :, :, :width] = layer.values
         return StepCache(kv, width)
 
-    @torch.no_grad()
     def step(self, cache: StepCache, ids: torch.Tensor, mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """Run one new token a row (``ids`` [B]) at ``position`` [B, 1]; its keys and values go into ``cache`` at
         the next column; ``mask`` [B, length + 1] covers the cache and the new token. Returns [B, vocab] float32
         logits."""
-        rows, column = ids.shape[0], cache.length
-        if column >= cache.kv.shape[4]:
-            raise RuntimeError(f"the step cache holds {cache.kv.shape[4]} columns; a step past them was asked for")
+        return self.run(cache, ids[:, None], mask, position)[0][:, 0]
+
+    @torch.no_grad()
+    def run(
+        self, cache: StepCache, ids: torch.Tensor, mask: torch.Tensor, position: torch.Tensor, keep: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``ids`` [B, T] (left-padded; ``position`` [B, T]) on top of ``cache``: their keys and values go
+        into its next T columns; ``mask`` [B, length + T] covers the cache and them. Returns the float32 logits of
+        the last ``keep`` positions [B, keep, vocab] and every position's final (normed) hidden state [B, T, d].
+        A padded position attends to itself besides what the mask allows (all-masked rows would give NaN)."""
+        rows, width = ids.shape
+        column, end = cache.length, cache.length + width
+        if end > cache.kv.shape[4]:
+            raise RuntimeError(f"the step cache holds {cache.kv.shape[4]} columns; {end} were asked for")
         h = self.embed(ids)
         dtype = h.dtype
-        freqs = position.to(torch.float32) * self.inv_freq  # [B, d/2]
-        cos = (freqs.cos() * self.scaling).to(dtype).repeat(1, 2)[:, None, :]  # [B, 1, d]
+        freqs = position.to(torch.float32)[..., None] * self.inv_freq  # [B, T, d/2]
+        cos = (freqs.cos() * self.scaling).to(dtype).repeat(1, 1, 2)[:, :, None, :]  # [B, T, 1, d]
         sin = (freqs.sin() * self.scaling).to(dtype)
-        sin = torch.cat([-sin, sin], dim=-1)[:, None, :]  # rotate_half's signs folded in
-        keep = mask[:, None, None, :].bool()
+        sin = torch.cat([-sin, sin], dim=-1)[:, :, None, :]  # rotate_half's signs folded in
+        allowed = mask[:, None, None, :].bool()  # [B, 1, 1, length + T]
+        if width > 1:  # causal among the new positions
+            queries = torch.arange(column, end, device=ids.device)[:, None]
+            keys = torch.arange(end, device=ids.device)[None, :]
+            allowed = (allowed & (keys <= queries)) | (keys == queries)
         q_width, kv_width, half = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.head_dim // 2
         for i, layer in enumerate(self.layers):
             x = _rms(h, layer.input_norm, self.eps)
-            qkv = layer.qkv(x)
-            qk = qkv[:, : q_width + kv_width].view(rows, self.heads + self.kv_heads, self.head_dim)
-            rotated = torch.addcmul(qk * cos, qk.view(rows, -1, 2, half).flip(2).view_as(qk), sin)
-            cache.kv[i, 0, :, :, column] = rotated[:, self.heads :]
-            cache.kv[i, 1, :, :, column] = qkv[:, q_width + kv_width :].view(rows, self.kv_heads, self.head_dim)
+            qkv = layer.qkv(x.view(rows * width, -1)).view(rows, width, -1)
+            qk = qkv[..., : q_width + kv_width].view(rows, width, self.heads + self.kv_heads, self.head_dim)
+            rotated = torch.addcmul(qk * cos, qk.view(rows, width, -1, 2, half).flip(3).view_as(qk), sin)
+            cache.kv[i, 0, :, :, column:end] = rotated[:, :, self.heads :].transpose(1, 2)
+            values = qkv[..., q_width + kv_width :].view(rows, width, self.kv_heads, self.head_dim)
+            cache.kv[i, 1, :, :, column:end] = values.transpose(1, 2)
             attended = F.scaled_dot_product_attention(
-                rotated[:, : self.heads].unsqueeze(2),
-                cache.kv[i, 0, :, :, : column + 1],
-                cache.kv[i, 1, :, :, : column + 1],
-                attn_mask=keep,
+                rotated[:, :, : self.heads].transpose(1, 2),
+                cache.kv[i, 0, :, :, :end],
+                cache.kv[i, 1, :, :, :end],
+                attn_mask=allowed,
                 enable_gqa=self.kv_heads != self.heads,
-            )
-            h = h + layer.o(attended.reshape(rows, q_width))
+            )  # [B, heads, T, head_dim]
+            h = h + layer.o(attended.transpose(1, 2).reshape(rows * width, q_width)).view(rows, width, -1)
             x = _rms(h, layer.post_norm, self.eps)
-            gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            h = h + layer.down(F.silu(gate) * up)
-        cache.length = column + 1
-        return self.head(_rms(h, self.norm, self.eps)).float()
+            gate, up = layer.gate_up(x.view(rows * width, -1)).chunk(2, dim=-1)
+            h = h + layer.down(F.silu(gate) * up).view(rows, width, -1)
+        cache.length = end
+        hidden = _rms(h, self.norm, self.eps)
+        logits = self.head(hidden[:, -keep:].reshape(rows * keep, -1)).float()
+        return logits.view(rows, keep, -1), hidden
 
 
 @dataclass(frozen=True)

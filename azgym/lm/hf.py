@@ -81,8 +81,9 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         precision: ``float32`` runs the model as it is; ``bfloat16`` (or ``auto`` where the device multiplies
             bfloat16 natively) runs every pass on a bfloat16 copy of its weights, LoRA merged in, rebuilt when
             the model's weights change (:mod:`azgym.lm.precision`). Log-probs are computed in float32 either way.
-        lean_decode: on a CPU, decode steps on that copy run through :class:`~azgym.lm.decode.LeanDecoder` (fused
-            products, a preallocated KV cache) where its architecture allows; off, through the model's forward.
+        lean_decode: on a CPU, decode steps and the prefix cache's passes (prompts, scoring, values) on that copy
+            run through :class:`~azgym.lm.decode.LeanDecoder` (fused products, a preallocated KV cache) where its
+            architecture allows; off, through the model's forward.
     """
 
     def __init__(
@@ -189,7 +190,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         logprobs: list[list[float]] = [[] for _ in range(num)]
         finish: list[str | None] = ["length" if b <= 0 else None for b in budgets]
 
-        cache, logits, mask, position = self._prefill([r[0] for r in rows])
+        cache, logits, mask, position = self._prefill([r[0] for r in rows], room=max(budgets))
         decoder = self._decoder()
         if decoder is not None:
             cache = decoder.start(cache, mask, max(budgets))
@@ -248,11 +249,11 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             for t, lp, f in zip(tokens, logprobs, finish, strict=True)
         ]
 
-    def _prefill(self, prompts: list[list[int]]):
+    def _prefill(self, prompts: list[list[int]], room: int = 0):
         """Run the prompts through the model; rows with the same prompt share one prefill.
 
-        Returns the KV cache, the last position's logits, the attention mask and the last position
-        id, one row per prompt.
+        Returns the KV cache (with ``room`` free columns where the lean decoder ran it), the last position's
+        logits, the attention mask and the last position id, one row per prompt.
         """
         device = self.device
         if self.prefix_reuse:
@@ -262,7 +263,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         else:
             index, distinct = list(range(len(prompts))), prompts
         if self.prefix_cache is not None:
-            return self._spread(*self._prefill_cached(distinct), index, len(distinct))
+            return self._spread(*self._prefill_cached(distinct, room), index, len(distinct))
         groups = shared_heads(distinct, SHARED_HEAD_TOKENS) if self.prefix_reuse else None
         if groups is None:
             cache, logits, mask, position = self._forward_padded(distinct)

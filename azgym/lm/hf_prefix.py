@@ -19,12 +19,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from azgym.lm.decode import StepCache
 from azgym.lm.precision import InferenceCopy
 from azgym.lm.prefix_cache import (
     LastHidden,
     PrefixCache,
     common_prefix,
     past_from,
+    past_tensor,
     row_kv,
     stack_batches,
     weights_fingerprint,
@@ -193,11 +195,13 @@ class PrefixCacheMixin:
         *,
         limits: Sequence[int] | None = None,
         keep: int = 1,
+        room: int = 0,
     ) -> Ran | None:
         """Run each sequence after its longest cached prefix within ``limits`` (default: all but its last
         token, so at least that token runs) and cache it. ``keep``: positions whose logits are computed,
         counted from the end (left padding puts every row's last token in the last column). ``counter``:
-        the stat the tokens run are added to (None: the caller counts them).
+        the stat the tokens run are added to (None: the caller counts them). ``room``: columns the lean
+        decoder's cache keeps free after these, for decoding on from them.
         """
         if not sequences:
             return None
@@ -212,25 +216,34 @@ class PrefixCacheMixin:
             setattr(self.stats, counter, getattr(self.stats, counter) + int(tail_mask.sum()))
         start = torch.tensor(lengths, device=device).unsqueeze(1)
         position = (start + tail_mask.cumsum(-1) - 1).clamp(min=0)  # cached keys sit at positions 0..m-1
-        mask, past = tail_mask, {}
-        if any(lengths):
-            cache, past_mask = past_from([pieces for _, pieces in matched], self.model.config)
-            mask, past = torch.cat([past_mask, tail_mask], dim=1), {self._cache_arg: cache}
-        with LastHidden(self.runner) as hidden:
-            out = self.runner(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position,
-                use_cache=True,
-                **past,
-                **self._logits_kept(keep),
-            )
-        cache = cache_of(out)
-        self._remember(sequences, cache, mask, hidden.value)
-        logits = out.logits[:, -keep:].float()
-        return Ran(cache, logits, mask, position[:, -1:], hidden.value, lengths)
+        pieces = [pieces for _, pieces in matched]
+        decoder = self._decoder()
+        if decoder is not None:  # the lean decoder's own pass, into a cache with room for the new columns
+            if any(lengths):
+                kv, past_mask = past_tensor(pieces, room=ids.shape[1] + room)
+                cache, mask = StepCache(kv, past_mask.shape[1]), torch.cat([past_mask, tail_mask], dim=1)
+            else:
+                cache, mask = decoder.empty_cache(len(sequences), ids.shape[1] + room), tail_mask
+            logits, hidden = decoder.run(cache, ids, mask, position, keep)
+        else:
+            mask, past = tail_mask, {}
+            if any(lengths):
+                cache, past_mask = past_from(pieces, self.model.config)
+                mask, past = torch.cat([past_mask, tail_mask], dim=1), {self._cache_arg: cache}
+            with LastHidden(self.runner) as last:
+                out = self.runner(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=position,
+                    use_cache=True,
+                    **past,
+                    **self._logits_kept(keep),
+                )
+            cache, logits, hidden = cache_of(out), out.logits[:, -keep:].float(), last.value
+        self._remember(sequences, cache, mask, hidden)
+        return Ran(cache, logits, mask, position[:, -1:], hidden, lengths)
 
-    def _prefill_cached(self, prompts: list[list[int]]):
+    def _prefill_cached(self, prompts: list[list[int]], room: int = 0):
         """Run prompts to sample from (after their longest cached prefixes), rows of similar lengths in one
         pass each, stacked back into one batch: the KV cache, the last position's logits, the mask and the
         last position id, one row per prompt in order."""
@@ -239,7 +252,7 @@ class PrefixCacheMixin:
         lengths = [len(p) - tree.match_pieces(p, len(p) - 1)[0] for p in prompts]
         buckets = length_buckets(lengths, len(prompts), self._pass_tokens())
         if len(buckets) == 1:
-            ran = self._run_cached(prompts)
+            ran = self._run_cached(prompts, room=room)
             return ran.cache, ran.logits[:, -1], ran.mask, ran.position
         runs = [self._run_cached([prompts[i] for i in bucket]) for bucket in buckets]
         device = runs[0].logits.device

@@ -266,11 +266,18 @@ def past_from(rows: Sequence[Sequence[torch.Tensor]], config):
     Every piece is copied once, into place."""
     from transformers.cache_utils import DynamicCache
 
+    past, mask = past_tensor(rows)
+    return DynamicCache([(past[layer, 0], past[layer, 1]) for layer in range(len(past))], config=config), mask
+
+
+def past_tensor(rows: Sequence[Sequence[torch.Tensor]], room: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`past_from`'s keys and values as one ``[L, 2, B, H, width + room, D]`` tensor (the last ``room``
+    columns left unset, for what runs next) and the ``[B, width]`` mask."""
     lengths = [sum(piece.shape[3] for piece in pieces) for pieces in rows]
     width = max(lengths)
     like = next(pieces[0] for pieces in rows if pieces)
     num_layers, _, heads, _, size = like.shape
-    past = like.new_empty((num_layers, 2, len(rows), heads, width, size))
+    past = like.new_empty((num_layers, 2, len(rows), heads, width + room, size))
     mask = torch.zeros((len(rows), width), dtype=torch.long, device=like.device)
     for i, (pieces, m) in enumerate(zip(rows, lengths, strict=True)):
         past[:, :, i, :, : width - m] = 0  # padding: masked, but kept finite
@@ -279,7 +286,7 @@ def past_from(rows: Sequence[Sequence[torch.Tensor]], config):
             past[:, :, i, :, start : start + piece.shape[3]] = piece
             start += piece.shape[3]
         mask[i, width - m :] = 1
-    return DynamicCache([(past[layer, 0], past[layer, 1]) for layer in range(num_layers)], config=config), mask
+    return past, mask
 
 
 def stack_batches(parts: Sequence[tuple[object, torch.Tensor, torch.Tensor]], config):
@@ -292,17 +299,17 @@ def stack_batches(parts: Sequence[tuple[object, torch.Tensor, torch.Tensor]], co
     num_rows = sum(mask.shape[0] for _, mask, _ in parts)
     like = parts[0][1]
     mask = like.new_zeros((num_rows, width))
-    layers = []
-    for layer in range(len(parts[0][0].layers)):
-        k = parts[0][0].layers[layer].keys
+    layers, of_parts = [], [cache.layers for cache, _, _ in parts]
+    for layer in range(len(of_parts[0])):
+        k = of_parts[0][layer].keys
         keys, values = (
             k.new_zeros((num_rows, k.shape[1], width, k.shape[3])),
             k.new_zeros((num_rows, k.shape[1], width, k.shape[3])),
         )
-        for cache, part_mask, rows in parts:
+        for part_layers, (_, part_mask, rows) in zip(of_parts, parts, strict=True):
             t = part_mask.shape[1]
-            keys[rows, :, width - t :] = cache.layers[layer].keys
-            values[rows, :, width - t :] = cache.layers[layer].values
+            keys[rows, :, width - t :] = part_layers[layer].keys
+            values[rows, :, width - t :] = part_layers[layer].values
         layers.append((keys, values))
     for _, part_mask, rows in parts:
         mask[rows, width - part_mask.shape[1] :] = part_mask
