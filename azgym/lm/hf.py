@@ -196,7 +196,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
             cache = decoder.start(cache, mask, max(budgets))
         temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device)
         window = stop_window(stop)
-        live = list(range(num))  # row of each batch position
+        live, gone = list(range(num)), set()  # row of each batch position; rows finished
         while True:
             drawn, drawn_logprobs = sample_rows(
                 logits,
@@ -220,14 +220,15 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
                     finish[i] = "stop"
                 elif len(tokens[i]) >= budgets[i]:
                     finish[i] = "length"
-            if self.prefix_cache is not None:  # a finished row leaves its prompt + sample in the cache
-                done = [(pos, i) for pos, i in enumerate(live) if finish[i] is not None]
-                seqs = [rows[i][0] + tokens[i] for _, i in done]
-                self._remember(seqs, cache, mask, rows=[pos for pos, _ in done])
+            ended = [(pos, i) for pos, i in enumerate(live) if finish[i] is not None and i not in gone]
+            gone.update(i for _, i in ended)
+            if self.prefix_cache is not None and ended:  # a finished row leaves its prompt + sample in the cache
+                self._remember([rows[i][0] + tokens[i] for _, i in ended], cache, mask, rows=[p for p, _ in ended])
             keep = [pos for pos, i in enumerate(live) if finish[i] is None]
             if not keep:
                 break
-            if len(keep) < len(live):  # finished rows leave the batch
+            # finished rows leave the batch; the lean decoder's once half of it has (moving its cache costs steps)
+            if len(keep) < len(live) and (decoder is None or 2 * len(keep) <= len(live)):
                 index = torch.tensor(keep, device=device)
                 cache.batch_select_indices(index)
                 mask, position, temps = mask[index], position[index], temps[index]
@@ -235,7 +236,7 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
                 live = [live[pos] for pos in keep]
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             position = position + 1
-            self.stats.generated += len(live)
+            self.stats.generated += len(keep)
             ids = torch.tensor(next_ids, device=device)
             if decoder is not None:
                 logits = decoder.step(cache, ids, mask, position)
