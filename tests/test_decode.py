@@ -118,6 +118,31 @@ def test_the_backend_scores_and_values_through_it_as_through_the_forward(tokeniz
     assert torch.allclose(got, want, atol=0.1 * want.abs().max().item())
 
 
+def test_in_float32_the_backends_lean_passes_sample_score_and_value_as_its_forward(tokenizer, monkeypatch):
+    """The whole lean path of the backend (prefill on top of the prefix cache into a cache with room, the steps,
+    finished rows kept in the batch until half of it has finished, scoring, values), made to run in float32: the
+    same seeded samples as the forward's, log-probs, scores and hidden states to float rounding."""
+    from azgym.lm import HFBackend
+
+    model = tiny_llama(len(tokenizer))
+    plain, lean = HFBackend(model, tokenizer, name="tiny"), HFBackend(model, tokenizer, name="tiny")
+    decoder = lean_decoder(model)
+    monkeypatch.setattr(lean, "_decoder", lambda: decoder)
+    prompts = [list(range(5, 25)), list(range(30, 41)), list(range(5, 18))]
+    options = dict(n=2, max_tokens=[2, 9, 5], seed=[1, 2, 3], temperature=1.0)
+    for _ in range(2):  # the second time on top of what the first left in the prefix cache
+        want, got = plain.generate(prompts, **options), lean.generate(prompts, **options)
+        for w, g in zip(sum(want, []), sum(got, []), strict=True):
+            assert g.token_ids == w.token_ids and g.finish_reason == w.finish_reason
+            np.testing.assert_allclose(g.logprobs, w.logprobs, atol=1e-4)
+    assert (lean.stats.sampled, lean.stats.generated) == (plain.stats.sampled, plain.stats.generated)
+    continuations = [s.token_ids for s in sum(got, [])][::2]
+    for w, g in zip(plain.score(prompts, continuations), lean.score(prompts, continuations), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-4)
+    states = [p + list(c) for p, c in zip(prompts, continuations, strict=True)] + [list(range(90, 99))]
+    torch.testing.assert_close(lean.last_hidden(states), plain.last_hidden(states), atol=1e-4, rtol=1e-4)
+
+
 def test_what_the_decoder_does_not_reproduce_gets_none(tokenizer):
     model = tiny_llama(len(tokenizer))
     other = copy.deepcopy(model)
