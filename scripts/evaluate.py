@@ -15,7 +15,8 @@ head or by answer agreement (``--terminal-value``), and only the final responses
 ``--token-budget`` a problem stops searching once its teachers generated that many tokens and the
 student finishes greedily (scripts/bench_inference.py compares it with greedy and maj@k at matched
 generated tokens). The env, search and student flags are the self-play run's (same names, same
-defaults per ``--preset``). Writes a JSON result with every response and prints a summary table;
+defaults per ``--preset``; a checkpoint brings its own student settings, but runs at ``--device`` and
+``--precision``). Writes a JSON result with every response and prints a summary table;
 with --compare-base the base model is evaluated too, side by side.
 """
 
@@ -106,7 +107,8 @@ PRESETS = {name: _preset(name) for name in RUN_PRESETS}
 def build(config: EvaluateConfig, trained: bool) -> Student:
     options = config.evaluation
     if trained and options.checkpoint:
-        return load_student(options.checkpoint, device=config.student.device)
+        # the checkpoint's model and weights, run on this command's device and in its precision
+        return load_student(options.checkpoint, device=config.student.device, precision=config.student.precision)
     student = build_student(config.student)
     if trained and options.adapter:
         from peft import set_peft_model_state_dict

@@ -92,13 +92,29 @@ def test_sections_validate_on_construction():
     assert ReasoningEnv.__init__.__kwdefaults__["num_right"] == ENV_DEFAULTS.num_right
 
 
-def test_evaluate_searches_with_the_env_var_simulation_count():
+def _evaluate_script():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
     script = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = script  # dataclasses look their module up while the script is defined
     spec.loader.exec_module(script)
+    return script
+
+
+def test_evaluate_runs_a_checkpoint_at_the_commands_precision(monkeypatch):
+    script = _evaluate_script()
+    asked = {}
+    monkeypatch.setattr(script, "load_student", lambda path, **kwargs: asked.update(kwargs, path=path))
+    for precision in ("float32", "bfloat16"):
+        config = parse_config(script.EvaluateConfig, ["--checkpoint", "runs/x", "--precision", precision],
+                              presets=script.PRESETS, default_preset="cpu")  # fmt: skip
+        script.build(config, trained=True)
+        assert asked == {"path": "runs/x", "device": "cpu", "precision": precision}
+
+
+def test_evaluate_searches_with_the_env_var_simulation_count():
+    script = _evaluate_script()
     config = parse_config(script.EvaluateConfig, ["--mode", "mcts"], environ={"NUM_MCTS_ITERATIONS": "2"},
                           presets=script.PRESETS, default_preset="cpu")  # fmt: skip
     assert config.search.num_simulations == 2 and config.search.dirichlet_fraction == 0.0
