@@ -142,7 +142,7 @@ def test_all_pass_groups_put_their_problem_on_the_skip_list():
 def test_bad_adaptive_flags_are_one_line_errors(flags, message, tmp_path):
     cmd = [sys.executable, str(REPO / "scripts" / "selfplay.py"), "--runs-dir", str(tmp_path), "--selfplay",
            "adaptive", *flags]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     last = done.stderr.strip().splitlines()[-1]  # argparse's usage, then one line naming the flag and the rule
     assert done.returncode != 0 and message in last and "Traceback" not in done.stderr
     assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -88,6 +88,10 @@ def test_a_pass_of_several_tokens_matches_the_forward_in_float32(tokenizer, buil
     with torch.no_grad(), LastHidden(model) as last:
         want = model(input_ids=tail, attention_mask=full, position_ids=position,
                      **{cache_argument(model): out.past_key_values})  # fmt: skip
+    with pytest.raises(ValueError, match="keep must be 1..4, got 5"):
+        decoder.run(cache, tail, full, position, new + 1)
+    with pytest.raises(ValueError, match="the mask must be"):
+        decoder.run(cache, tail, full[:, 1:], position, keep)
     logits, hidden = decoder.run(cache, tail, full, position, keep)
     real = tail_mask.bool()
     kept = real[:, -keep:]

@@ -109,14 +109,15 @@ class LeanDecoder:
 
     def empty_cache(self, rows: int, columns: int) -> StepCache:
         """An empty :class:`StepCache` of ``columns`` columns for ``rows`` rows."""
-        like = self.embed.weight
-        kv = like.new_zeros((self.num_layers, 2, rows, self.kv_heads, columns, self.head_dim))
+        like = self.embed.weight  # unset: a pass writes every column before any is read
+        kv = like.new_empty((self.num_layers, 2, rows, self.kv_heads, columns, self.head_dim))
         return StepCache(kv, 0)
 
     @torch.no_grad()
     def start(self, cache, mask: torch.Tensor, steps: int) -> StepCache:
-        """A :class:`StepCache` holding ``cache`` (transformers', after the prefill: ``mask.shape[1]`` columns) with
-        room for ``steps`` more."""
+        """A :class:`StepCache` holding ``cache`` (``mask.shape[1]`` columns: transformers' after the prefill, or a
+        StepCache of :meth:`run`, taken as it is, to be written in place, where it has room) with room for ``steps``
+        more."""
         first = cache.layers[0].keys
         rows, _, width, _ = first.shape
         if mask.shape != (rows, width):
@@ -149,6 +150,9 @@ class LeanDecoder:
         A padded position attends to itself besides what the mask allows (all-masked rows would give NaN)."""
         rows, width = ids.shape
         column, end = cache.length, cache.length + width
+        if mask.shape != (rows, end) or not 1 <= keep <= width:
+            why = f"the mask must be {(rows, end)}, got {tuple(mask.shape)}; keep must be 1..{width}, got {keep}"
+            raise ValueError(f"a pass of {width} tokens a row on {column} cached columns: {why}")
         if end > cache.kv.shape[4]:
             raise RuntimeError(f"the step cache holds {cache.kv.shape[4]} columns; {end} were asked for")
         h = self.embed(ids)

@@ -190,10 +190,10 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
         logprobs: list[list[float]] = [[] for _ in range(num)]
         finish: list[str | None] = ["length" if b <= 0 else None for b in budgets]
 
-        cache, logits, mask, position = self._prefill([r[0] for r in rows], room=max(budgets))
-        decoder = self._decoder()
-        if decoder is not None:
-            cache = decoder.start(cache, mask, max(budgets))
+        steps = max(0, *budgets)
+        cache, logits, mask, position = self._prefill([r[0] for r in rows], room=steps)
+        if (decoder := self._decoder()) is not None:
+            cache = decoder.start(cache, mask, steps)
         temps = torch.tensor([max(r[2], 1e-6) for r in rows], device=device)
         window = stop_window(stop)
         live, gone = list(range(num)), set()  # row of each batch position; rows finished
@@ -253,8 +253,8 @@ class HFBackend(PrefixCacheMixin, TokenizerMixin):
     def _prefill(self, prompts: list[list[int]], room: int = 0):
         """Run the prompts through the model; rows with the same prompt share one prefill.
 
-        Returns the KV cache (with ``room`` free columns where the lean decoder ran it), the last position's
-        logits, the attention mask and the last position id, one row per prompt.
+        Returns the KV cache (with ``room`` free columns where the lean decoder ran it in one pass), the last
+        position's logits, the attention mask and the last position id, one row per prompt.
         """
         device = self.device
         if self.prefix_reuse:
