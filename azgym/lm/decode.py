@@ -122,12 +122,8 @@ class LeanDecoder:
         rows, _, width, _ = first.shape
         if mask.shape != (rows, width):
             raise ValueError(f"the mask is {tuple(mask.shape)}, the cache holds {rows} rows of {width} columns")
-        if isinstance(cache, StepCache):  # this decoder's own pass ran the prompts: taken over as it is, or widened
-            if cache.kv.shape[4] >= width + steps:
-                return cache
-            kv = cache.kv.new_zeros((*cache.kv.shape[:4], width + steps, self.head_dim))
-            kv[..., :width, :] = cache.kv[..., :width, :]
-            return StepCache(kv, width)
+        if isinstance(cache, StepCache) and cache.kv.shape[4] >= width + steps:
+            return cache  # this decoder's own pass ran the prompts, with room: taken over as it is
         kv = first.new_zeros((self.num_layers, 2, rows, self.kv_heads, width + steps, self.head_dim))
         for i, layer in enumerate(cache.layers):
             kv[i, 0, :, :, :width] = layer.keys

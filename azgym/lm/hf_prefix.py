@@ -25,7 +25,7 @@ from azgym.lm.prefix_cache import (
     LastHidden,
     PrefixCache,
     common_prefix,
-    past_from,
+    dynamic_cache,
     past_tensor,
     row_kv,
     stack_batches,
@@ -216,27 +216,28 @@ class PrefixCacheMixin:
             setattr(self.stats, counter, getattr(self.stats, counter) + int(tail_mask.sum()))
         start = torch.tensor(lengths, device=device).unsqueeze(1)
         position = (start + tail_mask.cumsum(-1) - 1).clamp(min=0)  # cached keys sit at positions 0..m-1
-        pieces = [pieces for _, pieces in matched]
         decoder = self._decoder()
-        if decoder is not None:  # the lean decoder's own pass, into a cache with room for the new columns
-            if any(lengths):
-                kv, past_mask = past_tensor(pieces, room=ids.shape[1] + room)
-                cache, mask = StepCache(kv, past_mask.shape[1]), torch.cat([past_mask, tail_mask], dim=1)
+        mask, past = tail_mask, None
+        if any(lengths):  # the cached prefixes; for the lean decoder with room for the new columns and beyond
+            past, past_mask = past_tensor(
+                [p for _, p in matched], room=ids.shape[1] + room if decoder is not None else 0
+            )
+            mask = torch.cat([past_mask, tail_mask], dim=1)
+        if decoder is not None:
+            if past is None:
+                cache = decoder.empty_cache(len(sequences), ids.shape[1] + room)
             else:
-                cache, mask = decoder.empty_cache(len(sequences), ids.shape[1] + room), tail_mask
+                cache = StepCache(past, mask.shape[1] - ids.shape[1])
             logits, hidden = decoder.run(cache, ids, mask, position, keep)
         else:
-            mask, past = tail_mask, {}
-            if any(lengths):
-                cache, past_mask = past_from(pieces, self.model.config)
-                mask, past = torch.cat([past_mask, tail_mask], dim=1), {self._cache_arg: cache}
+            cached = {} if past is None else {self._cache_arg: dynamic_cache(past, self.model.config)}
             with LastHidden(self.runner) as last:
                 out = self.runner(
                     input_ids=ids,
                     attention_mask=mask,
                     position_ids=position,
                     use_cache=True,
-                    **past,
+                    **cached,
                     **self._logits_kept(keep),
                 )
             cache, logits, hidden = cache_of(out), out.logits[:, -keep:].float(), last.value

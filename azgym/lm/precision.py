@@ -231,9 +231,10 @@ def _float32_rotary(copy_: nn.Module, source: nn.Module) -> None:
     base = source.get_base_model() if hasattr(source, "peft_config") else source
     originals = dict(base.named_buffers())
     for name, buffer in list(copy_.named_buffers()):
-        if name.rsplit(".", 1)[-1] in ("inv_freq", "original_inv_freq") and name in originals:
-            owner, attr = copy_.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
-            setattr(owner, attr, originals[name].detach().to(device=buffer.device, dtype=torch.float32).clone())
+        owner, _, attr = name.rpartition(".")
+        if attr in ("inv_freq", "original_inv_freq") and name in originals:
+            value = originals[name].detach().to(device=buffer.device, dtype=torch.float32).clone()
+            setattr(copy_.get_submodule(owner), attr, value)
 
 
 def _tied_names(model: nn.Module) -> set[str]:

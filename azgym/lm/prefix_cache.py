@@ -260,19 +260,18 @@ def row_kv(cache, row: int, columns: torch.Tensor) -> torch.Tensor:
     )
 
 
-def past_from(rows: Sequence[Sequence[torch.Tensor]], config):
-    """A left-padded batch KV cache from each row's cached prefix, given as ``[L, 2, H, t, D]`` pieces in
-    order (an empty list: nothing cached), and its ``[B, width]`` attention mask (long, on their device).
-    Every piece is copied once, into place."""
+def dynamic_cache(past: torch.Tensor, config):
+    """transformers' cache over the keys and values of :func:`past_tensor` (views, no copy)."""
     from transformers.cache_utils import DynamicCache
 
-    past, mask = past_tensor(rows)
-    return DynamicCache([(past[layer, 0], past[layer, 1]) for layer in range(len(past))], config=config), mask
+    return DynamicCache([(layer[0], layer[1]) for layer in past], config=config)
 
 
 def past_tensor(rows: Sequence[Sequence[torch.Tensor]], room: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`past_from`'s keys and values as one ``[L, 2, B, H, width + room, D]`` tensor (the last ``room``
-    columns left unset, for what runs next) and the ``[B, width]`` mask."""
+    """A left-padded batch of keys and values from each row's cached prefix, given as ``[L, 2, H, t, D]`` pieces
+    in order (an empty list: nothing cached): one ``[L, 2, B, H, width + room, D]`` tensor, every piece copied
+    once into place, the last ``room`` columns left unset for what runs next; and its ``[B, width]`` attention
+    mask (long, on their device)."""
     lengths = [sum(piece.shape[3] for piece in pieces) for pieces in rows]
     width = max(lengths)
     like = next(pieces[0] for pieces in rows if pieces)
